@@ -1,0 +1,140 @@
+//! Image files → RGB8, converting the way Pillow's `Image.open(p).convert("RGB")` does:
+//! alpha dropped (never composited), gray replicated, 16-bit samples reduced as Pillow reduces
+//! them (see `to_rgb8`). EXIF orientation and ICC profiles are ignored, as in PIL.
+
+use crate::CliError;
+use image::{DynamicImage, ImageReader};
+use std::path::Path;
+
+pub struct Rgb8 {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+pub fn load_rgb8(path: &Path) -> Result<Rgb8, CliError> {
+    let meta = std::fs::metadata(path).map_err(|e| CliError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(CliError(format!(
+            "{}: is a directory, not an image",
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(CliError(format!(
+            "{}: empty file, not an image",
+            path.display()
+        )));
+    }
+    let reader = ImageReader::open(path)
+        .map_err(|e| CliError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| CliError::io(path, e))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
+        if let Some(img) = decode_jpeg(&bytes)
+            .map_err(|e| CliError(format!("{}: cannot decode JPEG ({e})", path.display())))?
+        {
+            return Ok(img);
+        }
+    }
+    if reader.format().is_none() {
+        return Err(CliError(format!(
+            "{}: not an image in a format maple reads (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+            path.display()
+        )));
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| CliError(format!("{}: cannot decode image ({e})", path.display())))?;
+    Ok(to_rgb8(img))
+}
+
+/// Largest image accepted (pixels): about 16k × 16k.
+const MAX_PIXELS: usize = 1 << 28;
+
+/// JPEG through libjpeg-turbo's decoder (islow IDCT, fancy upsampling: Pillow's defaults), so the
+/// pixels equal Pillow's. `Ok(None)` for CMYK/YCCK files, which go through the `image` crate.
+fn decode_jpeg(bytes: &[u8]) -> Result<Option<Rgb8>, String> {
+    let r = std::panic::catch_unwind(|| -> std::io::Result<Option<Rgb8>> {
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        if matches!(
+            d.color_space(),
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
+        ) {
+            return Ok(None);
+        }
+        let (width, height) = (d.width(), d.height());
+        if width.saturating_mul(height) > MAX_PIXELS {
+            return Err(std::io::Error::other(format!(
+                "{width}×{height} pixels is too large"
+            )));
+        }
+        let mut s = d.rgb()?;
+        let data: Vec<u8> = s.read_scanlines()?;
+        s.finish()?;
+        if data.len() != width * height * 3 {
+            return Err(std::io::Error::other("truncated image data"));
+        }
+        Ok(Some(Rgb8 {
+            width,
+            height,
+            data,
+        }))
+    });
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the JPEG decoder failed".into()),
+    }
+}
+
+/// Pillow's conversions to RGB: 16-bit RGB(A) PNGs are opened by Pillow as 8-bit by keeping the
+/// high byte; 16-bit gray opens as mode `I;16`/`I`, whose conversion to 8 bits clamps to 0..=255.
+pub fn to_rgb8(img: DynamicImage) -> Rgb8 {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = Vec::with_capacity(w * h * 3);
+    match img {
+        DynamicImage::ImageRgb8(b) => data = b.into_raw(),
+        DynamicImage::ImageRgba8(b) => {
+            for p in b.pixels() {
+                data.extend_from_slice(&p.0[..3]);
+            }
+        }
+        DynamicImage::ImageLuma8(b) => {
+            for p in b.pixels() {
+                data.extend_from_slice(&[p.0[0]; 3]);
+            }
+        }
+        DynamicImage::ImageLumaA8(b) => {
+            for p in b.pixels() {
+                data.extend_from_slice(&[p.0[0]; 3]);
+            }
+        }
+        DynamicImage::ImageLuma16(b) => {
+            for p in b.pixels() {
+                data.extend_from_slice(&[p.0[0].min(255) as u8; 3]);
+            }
+        }
+        DynamicImage::ImageLumaA16(b) => {
+            for p in b.pixels() {
+                data.extend_from_slice(&[(p.0[0] >> 8) as u8; 3]);
+            }
+        }
+        DynamicImage::ImageRgb16(b) => {
+            for p in b.pixels() {
+                data.extend(p.0.iter().map(|&v| (v >> 8) as u8));
+            }
+        }
+        DynamicImage::ImageRgba16(b) => {
+            for p in b.pixels() {
+                data.extend(p.0[..3].iter().map(|&v| (v >> 8) as u8));
+            }
+        }
+        other => data = other.to_rgb8().into_raw(),
+    }
+    Rgb8 {
+        width: w,
+        height: h,
+        data,
+    }
+}

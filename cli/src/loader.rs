@@ -1,0 +1,92 @@
+//! Model directories (HF layout: `config.json`, `model.safetensors`, optional `tokenizer.json`)
+//! and MaPLe prompt files, memory-mapped and handed to the core.
+
+use crate::tokenizer::ClipTokenizer;
+use crate::CliError;
+use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors};
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A file's bytes: memory-mapped (weights are never copied whole), or read if tiny.
+pub enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+pub fn map_file(path: &Path) -> Result<Bytes, CliError> {
+    let f = File::open(path).map_err(|e| CliError::io(path, e))?;
+    let len = f.metadata().map_err(|e| CliError::io(path, e))?.len();
+    if len < 4096 {
+        return std::fs::read(path)
+            .map(Bytes::Owned)
+            .map_err(|e| CliError::io(path, e));
+    }
+    // SAFETY: the map is read-only; a file truncated underneath us is the caller's problem
+    // exactly as with any mmap-based loader (safetensors, candle, llama.cpp).
+    unsafe { Mmap::map(&f) }
+        .map(Bytes::Mapped)
+        .map_err(|e| CliError::io(path, e))
+}
+
+pub fn read_config(dir: &Path) -> Result<ClipConfig, CliError> {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| CliError::io(&p, e))?;
+    ClipConfig::from_hf_json(&text).map_err(|e| CliError::core(&p, e))
+}
+
+pub fn check_model_dir(dir: &Path) -> Result<(), CliError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError(format!(
+            "{}: not a directory (--model takes a directory with config.json and model.safetensors)",
+            dir.display()
+        ))),
+        Err(e) => Err(CliError(format!(
+            "cannot open model directory {}: {}",
+            dir.display(),
+            CliError::io(dir, e).0.rsplit(": ").next().unwrap_or("error")
+        ))),
+    }
+}
+
+/// Loads CLIP from a model directory and, if given, MaPLe prompts from a safetensors file.
+pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, CliError> {
+    check_model_dir(dir)?;
+    let config = read_config(dir)?;
+    let wp = dir.join("model.safetensors");
+    let bytes = map_file(&wp)?;
+    let st = SafeTensors::parse(&bytes).map_err(|e| CliError::core(&wp, e))?;
+    let clip = Clip::load(&config, &st).map_err(|e| CliError::core(&wp, e))?;
+    let prompts = match prompts {
+        Some(p) => Some(load_prompts(&config, p)?),
+        None => None,
+    };
+    Ok(Model::new(clip, prompts))
+}
+
+pub fn load_prompts(config: &ClipConfig, path: &Path) -> Result<MaplePrompts, CliError> {
+    let bytes = map_file(path)?;
+    let st = SafeTensors::parse(&bytes).map_err(|e| CliError::core(path, e))?;
+    MaplePrompts::load(config, &st).map_err(|e| CliError::core(path, e))
+}
+
+/// `DIR/tokenizer.json` when the model directory has one, else the built-in CLIP tokenizer.
+pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, CliError> {
+    let p: PathBuf = dir.join("tokenizer.json");
+    if p.is_file() {
+        ClipTokenizer::from_file(&p)
+    } else {
+        ClipTokenizer::builtin()
+    }
+}

@@ -1,0 +1,60 @@
+//! Writes a synthetic model directory (HF layout) and MaPLe prompts from the core's generator.
+
+use crate::CliError;
+use maple_core::safetensors::{serialize, Dtype};
+use maple_core::synth::{clip_tensors, hf_config_json, maple_tensors, tiny_config};
+use maple_core::ClipConfig;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Size {
+    Tiny,
+    Full,
+}
+
+pub struct SynthSpec {
+    pub size: Size,
+    pub seed: u64,
+    pub dtype: Dtype,
+    pub n_ctx: usize,
+    pub depth: usize,
+}
+
+pub fn config_for(size: Size) -> ClipConfig {
+    match size {
+        Size::Tiny => tiny_config(),
+        Size::Full => ClipConfig::vit_b16(),
+    }
+}
+
+/// Writes `config.json`, `model.safetensors` and `maple_prompts.safetensors` into `dir`; each
+/// file goes to a temporary name first and is renamed into place, so readers never see half.
+pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
+    let cfg = config_for(spec.size);
+    write_atomic(&dir.join("config.json"), hf_config_json(&cfg).as_bytes())?;
+    let t = clip_tensors(&cfg, spec.seed, spec.dtype);
+    write_atomic(
+        &dir.join("model.safetensors"),
+        &serialize(&t, &[("format", "pt")]),
+    )?;
+    drop(t);
+    let p = maple_tensors(&cfg, spec.n_ctx, spec.depth, spec.seed);
+    let (n, d) = (spec.n_ctx.to_string(), spec.depth.to_string());
+    let meta = [
+        ("n_ctx", n.as_str()),
+        ("prompt_depth", d.as_str()),
+        ("ctx_init", "a photo of a"),
+    ];
+    write_atomic(
+        &dir.join("maple_prompts.safetensors"),
+        &serialize(&p, &meta),
+    )?;
+    Ok(())
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| CliError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CliError::io(path, e))
+}

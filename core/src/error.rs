@@ -1,0 +1,71 @@
+//! Errors as values: every failure on bad data is one of these, never a panic.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// What went wrong, phrased so that it can be printed after the name of the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// `config.json` (or a config built in code) is missing a field or has an unusable value.
+    Config(String),
+    /// The safetensors container itself is malformed (header, offsets, lengths).
+    Safetensors(String),
+    /// A tensor the model needs is not in the file.
+    MissingTensor(String),
+    /// A tensor has the wrong shape for the configured model.
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype we do not read.
+    Dtype { name: String, dtype: String },
+    /// MaPLe prompt tensors that do not fit the model (n_ctx, width, depth).
+    Prompts(String),
+    /// Input data (pixels, token ids, batch) that does not fit the model or the workspace.
+    Input(String),
+}
+
+pub type Result<T> = core::result::Result<T, Error>;
+
+fn dims(d: &[usize]) -> String {
+    let mut s = String::from("[");
+    for (i, v) in d.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&alloc::format!("{v}"));
+    }
+    s.push(']');
+    s
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(m) => write!(f, "bad config: {m}"),
+            Error::Safetensors(m) => write!(f, "not a valid safetensors file: {m}"),
+            Error::MissingTensor(n) => write!(f, "missing tensor `{n}`"),
+            Error::Shape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor `{name}` has shape {} but the model needs {}",
+                dims(found),
+                dims(expected)
+            ),
+            Error::Dtype { name, dtype } => write!(
+                f,
+                "tensor `{name}` is stored as {dtype}; only F32, F16 and BF16 are supported"
+            ),
+            Error::Prompts(m) => write!(f, "prompts do not fit the model: {m}"),
+            Error::Input(m) => write!(f, "bad input: {m}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}

@@ -1,0 +1,31 @@
+//! maple-core: CLIP ViT-B/16 with MaPLe's multi-modal prompts, as plain `no_std` + `alloc` Rust.
+//!
+//! No I/O, no required threads, no panics on bad data: every loader returns [`Error`].
+//! Reading order, top to bottom: [`config`] → [`safetensors`] → [`clip`] (weights) →
+//! [`maple`] (prompts) → [`model`] (forward passes over allocate-once workspaces), with the
+//! kernels in [`gemm`] and [`ops`], and [`preprocess`] for pixels.
+#![no_std]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod clip;
+pub mod config;
+pub mod error;
+pub mod gemm;
+pub mod maple;
+pub mod model;
+pub mod ops;
+pub mod par;
+pub mod preprocess;
+pub mod safetensors;
+pub mod synth;
+
+pub use clip::Clip;
+pub use config::ClipConfig;
+pub use error::{Error, Result};
+pub use maple::MaplePrompts;
+pub use model::{Model, TextFeatures, TextWorkspace, TokenRow, VisionWorkspace};
+pub use par::Parallel;
+pub use safetensors::{Dtype, SafeTensors, TensorSource, TensorView};

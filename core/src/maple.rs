@@ -1,0 +1,142 @@
+//! MaPLe's learned prompts (spec §2.2, §5): read from MaPLe's state-dict names (with or without
+//! the `prompt_learner.` prefix) and turned, once per checkpoint, into the fixed matrices the
+//! towers splice in.
+
+use crate::clip::Reader;
+use crate::config::ClipConfig;
+use crate::error::{Error, Result};
+use crate::safetensors::TensorSource;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Prompt matrices ready to splice. Depth D: layer 0 uses `ctx` / `shared_ctx`; layers 1..D−1
+/// overwrite the prompt slots with `text_deep[l−1]` / `vis_deep[l−1]`.
+#[derive(Debug, Clone)]
+pub struct MaplePrompts {
+    pub n_ctx: usize,
+    pub depth: usize,
+    /// [n, Dt]: text positions 1..n of the input embeddings.
+    pub ctx: Vec<f32>,
+    /// [n, Dv] = ctx · proj.weightᵀ + proj.bias: appended to the vision tokens.
+    pub shared_ctx: Vec<f32>,
+    /// D−1 × [n, Dt]
+    pub text_deep: Vec<Vec<f32>>,
+    /// D−1 × [n, Dv]
+    pub vis_deep: Vec<Vec<f32>>,
+}
+
+/// `x [n, k] · W[o, k]ᵀ + b`, accumulated in f64 (tiny; done once per checkpoint).
+fn project(x: &[f32], n: usize, k: usize, w: &[f32], b: &[f32], o: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * o);
+    for i in 0..n {
+        for j in 0..o {
+            let s: f64 = (0..k)
+                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                .sum();
+            out.push((s + b[j] as f64) as f32);
+        }
+    }
+    out
+}
+
+impl MaplePrompts {
+    pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
+        let prefix = if src.tensor("prompt_learner.ctx").is_some() {
+            "prompt_learner."
+        } else if src.tensor("ctx").is_some() {
+            ""
+        } else {
+            return Err(Error::Prompts(
+                "no `prompt_learner.ctx` tensor: this is not a MaPLe prompt file".into(),
+            ));
+        };
+        let r = Reader {
+            src,
+            prefix: String::from(prefix),
+        };
+        let dt = config.text.tower.hidden_size;
+        let dv = config.vision.tower.hidden_size;
+        let cs = r.shape("ctx").unwrap_or_default();
+        if cs.len() != 2 || cs[1] != dt || cs[0] == 0 {
+            return Err(Error::Prompts(format!(
+                "`{prefix}ctx` has shape {cs:?}; this model needs [n_ctx, {dt}] (text width {dt})"
+            )));
+        }
+        let n = cs[0];
+        if n + 2 > config.text.max_position_embeddings {
+            return Err(Error::Prompts(format!(
+                "n_ctx = {n} leaves no room for a label in {} text positions",
+                config.text.max_position_embeddings
+            )));
+        }
+        // Deep prompts: compound_prompts_text.0 .. .{D-2}, contiguous.
+        let key = format!("{prefix}compound_prompts_text.");
+        let mut max_idx: Option<usize> = None;
+        for name in src.names() {
+            if let Some(rest) = name.strip_prefix(key.as_str()) {
+                let j: usize = rest
+                    .parse()
+                    .map_err(|_| Error::Prompts(format!("unexpected tensor `{name}`")))?;
+                max_idx = Some(max_idx.map_or(j, |m: usize| m.max(j)));
+            }
+        }
+        let n_deep = max_idx.map_or(0, |m| m + 1);
+        let depth = n_deep + 1;
+        let layers = config
+            .vision
+            .tower
+            .num_hidden_layers
+            .min(config.text.tower.num_hidden_layers);
+        if depth > layers {
+            return Err(Error::Prompts(format!(
+                "prompt depth {depth} is deeper than the model's {layers} layers"
+            )));
+        }
+        let load_proj = |w: &str, b: &str| -> Result<(Vec<f32>, Vec<f32>)> {
+            if let Some(s) = r.shape(w) {
+                if s != [dv, dt] {
+                    return Err(Error::Prompts(format!(
+                        "`{prefix}{w}` has shape {s:?}; this model needs [{dv}, {dt}] (vision width {dv}, text width {dt})"
+                    )));
+                }
+            }
+            Ok((r.get(w, &[dv, dt])?, r.get(b, &[dv])?))
+        };
+        let ctx = r.get("ctx", &[n, dt])?;
+        let (pw, pb) = load_proj("proj.weight", "proj.bias")?;
+        let shared_ctx = project(&ctx, n, dt, &pw, &pb, dv);
+        let mut text_deep = Vec::with_capacity(n_deep);
+        let mut vis_deep = Vec::with_capacity(n_deep);
+        for j in 0..n_deep {
+            let name = format!("compound_prompts_text.{j}");
+            if !r.has(&name) {
+                return Err(Error::Prompts(format!(
+                    "`{prefix}{name}` is missing (deep prompts must be numbered 0..{})",
+                    n_deep - 1
+                )));
+            }
+            let s = r.shape(&name).unwrap_or_default();
+            if s != [n, dt] {
+                return Err(Error::Prompts(format!(
+                    "`{prefix}{name}` has shape {s:?}; expected [{n}, {dt}]"
+                )));
+            }
+            let t = r.get(&name, &[n, dt])?;
+            let (w, b) = load_proj(
+                &format!("compound_prompt_projections.{j}.weight"),
+                &format!("compound_prompt_projections.{j}.bias"),
+            )?;
+            vis_deep.push(project(&t, n, dt, &w, &b, dv));
+            text_deep.push(t);
+        }
+        Ok(MaplePrompts {
+            n_ctx: n,
+            depth,
+            ctx,
+            shared_ctx,
+            text_deep,
+            vis_deep,
+        })
+    }
+}

@@ -1,0 +1,506 @@
+//! The two towers, MaPLe's prompt splice and the logits, over workspaces allocated once.
+//!
+//! Shapes (ViT-B/16, MaPLe n = 2): vision rows T = 1 + 196 + n = 199, width Dv = 768;
+//! text rows ≤ 77, width Dt = 512; joint E = 512. `B` is the batch held by a workspace.
+
+use crate::clip::{Clip, EncoderLayer, LayerNorm};
+use crate::error::{Error, Result};
+use crate::gemm::{gemm, Epilogue};
+use crate::maple::MaplePrompts;
+use crate::ops::{attention, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row};
+use crate::par::Parallel;
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// CLIP plus (optionally) MaPLe prompts. Without prompts it is zero-shot CLIP (spec §9).
+pub struct Model {
+    pub clip: Clip,
+    pub prompts: Option<MaplePrompts>,
+}
+
+/// Activations of one transformer tower for up to `batch` sequences of up to `t` rows.
+struct TowerBuffers {
+    x: Vec<f32>,       // [B·T, D] residual stream
+    h: Vec<f32>,       // [B·T, D] LayerNorm output
+    qkv: Vec<f32>,     // [B·T, 3D]
+    attn: Vec<f32>,    // [B·T, D]
+    mlp: Vec<f32>,     // [B·T, F]
+    scratch: Vec<f32>, // [threads · T] softmax rows
+}
+
+impl TowerBuffers {
+    fn new(rows: usize, t: usize, d: usize, f: usize, threads: usize) -> Self {
+        TowerBuffers {
+            x: vec![0.0; rows * d],
+            h: vec![0.0; rows * d],
+            qkv: vec![0.0; rows * 3 * d],
+            attn: vec![0.0; rows * d],
+            mlp: vec![0.0; rows * f],
+            scratch: vec![0.0; threads * t],
+        }
+    }
+}
+
+/// Everything an image forward pass writes, sized from the config once.
+pub struct VisionWorkspace {
+    batch: usize,
+    t: usize,
+    threads: usize,
+    patches: Vec<f32>, // [G², C·P·P] one image's im2col
+    buf: TowerBuffers,
+    pooled: Vec<f32>, // [B, Dv]
+    feats: Vec<f32>,  // [B, E]
+}
+
+/// Everything a text forward pass writes.
+pub struct TextWorkspace {
+    batch: usize,
+    threads: usize,
+    buf: TowerBuffers,
+    pooled: Vec<f32>, // [B, Dt]
+    feats: Vec<f32>,  // [B, E]
+    eot: Vec<usize>,
+}
+
+/// One tokenized prompt: `[SOT, …, EOT]` (no padding), at most `max_position_embeddings` long.
+pub type TokenRow = Vec<u32>;
+
+/// L2-normalised text features `[labels, E]`, computed once per label list.
+#[derive(Debug, Clone)]
+pub struct TextFeatures {
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl TextFeatures {
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim.max(1)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Runs one pre-LN block (spec §4) on `rows` rows laid out as `seqs` sequences of `t`.
+fn block(
+    par: &Parallel,
+    l: &EncoderLayer,
+    b: &mut TowerBuffers,
+    seqs: usize,
+    t: usize,
+    heads: usize,
+    causal: bool,
+) {
+    let d = l.layer_norm1.weight.len();
+    let f = l.fc1.bias.len();
+    let rows = seqs * t;
+    let (x, h) = (&mut b.x[..rows * d], &mut b.h[..rows * d]);
+    ln(&l.layer_norm1, x, h, d);
+    gemm(
+        par,
+        h,
+        d,
+        rows,
+        &l.qkv_proj.weight,
+        &mut b.qkv,
+        3 * d,
+        Epilogue::store(Some(&l.qkv_proj.bias)),
+    );
+    attention(
+        par,
+        &b.qkv,
+        &mut b.attn,
+        seqs,
+        t,
+        d,
+        heads,
+        causal,
+        &mut b.scratch,
+    );
+    gemm(
+        par,
+        &b.attn,
+        d,
+        rows,
+        &l.out_proj.weight,
+        x,
+        d,
+        Epilogue::residual(&l.out_proj.bias),
+    );
+    ln(&l.layer_norm2, x, h, d);
+    gemm(
+        par,
+        h,
+        d,
+        rows,
+        &l.fc1.weight,
+        &mut b.mlp,
+        f,
+        Epilogue::gelu(&l.fc1.bias),
+    );
+    gemm(
+        par,
+        &b.mlp,
+        f,
+        rows,
+        &l.fc2.weight,
+        x,
+        d,
+        Epilogue::residual(&l.fc2.bias),
+    );
+}
+
+fn ln(p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
+    layer_norm(x, out, d, &p.weight, &p.bias, p.eps)
+}
+
+impl Model {
+    pub fn new(clip: Clip, prompts: Option<MaplePrompts>) -> Self {
+        Model { clip, prompts }
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.prompts.as_ref().map_or(0, |p| p.n_ctx)
+    }
+
+    /// Vision sequence length: CLS + patches + prompt tokens.
+    pub fn vision_tokens(&self) -> usize {
+        self.clip.config.vision.num_positions() + self.n_ctx()
+    }
+
+    pub fn vision_workspace(&self, batch: usize, par: &Parallel) -> VisionWorkspace {
+        let v = &self.clip.config.vision;
+        let t = self.vision_tokens();
+        let batch = batch.max(1);
+        VisionWorkspace {
+            batch,
+            t,
+            threads: par.threads(),
+            patches: vec![0.0; v.grid() * v.grid() * v.patch_dim()],
+            buf: TowerBuffers::new(
+                batch * t,
+                t,
+                v.tower.hidden_size,
+                v.tower.intermediate_size,
+                par.threads(),
+            ),
+            pooled: vec![0.0; batch * v.tower.hidden_size],
+            feats: vec![0.0; batch * self.clip.config.projection_dim],
+        }
+    }
+
+    pub fn text_workspace(&self, batch: usize, par: &Parallel) -> TextWorkspace {
+        let tc = &self.clip.config.text;
+        let l = tc.max_position_embeddings;
+        let batch = batch.max(1);
+        TextWorkspace {
+            batch,
+            threads: par.threads(),
+            buf: TowerBuffers::new(
+                batch * l,
+                l,
+                tc.tower.hidden_size,
+                tc.tower.intermediate_size,
+                par.threads(),
+            ),
+            pooled: vec![0.0; batch * tc.tower.hidden_size],
+            feats: vec![0.0; batch * self.clip.config.projection_dim],
+            eot: Vec::with_capacity(batch),
+        }
+    }
+
+    /// Image features for `count` preprocessed images (`pixels`: count × [3, S, S]), L2-normalised,
+    /// as `[count, E]` inside the workspace. Allocates nothing.
+    pub fn encode_images<'w>(
+        &self,
+        par: &Parallel,
+        ws: &'w mut VisionWorkspace,
+        pixels: &[f32],
+        count: usize,
+    ) -> Result<&'w [f32]> {
+        let cfg = &self.clip.config;
+        let v = &cfg.vision;
+        let (dv, e) = (v.tower.hidden_size, cfg.projection_dim);
+        let (s, p, g) = (v.image_size, v.patch_size, v.grid());
+        let img_len = 3 * s * s;
+        if count == 0 || count > ws.batch {
+            return Err(Error::Input(format!(
+                "{count} images for a workspace of {}",
+                ws.batch
+            )));
+        }
+        if ws.t != self.vision_tokens() || ws.threads != par.threads() {
+            return Err(Error::Input(
+                "workspace was built for another model or thread count".into(),
+            ));
+        }
+        if pixels.len() != count * img_len {
+            return Err(Error::Input(format!(
+                "expected {count} × 3×{s}×{s} pixels, got {} values",
+                pixels.len()
+            )));
+        }
+        let t = ws.t;
+        let np = v.num_positions();
+        let vm = &self.clip.vision_model;
+        let pd = v.patch_dim();
+        for b in 0..count {
+            let img = &pixels[b * img_len..(b + 1) * img_len];
+            // im2col: patch (gy, gx) → row gy·G + gx, columns in (c, ky, kx) order = conv weight order.
+            for gy in 0..g {
+                for gx in 0..g {
+                    let row = &mut ws.patches[(gy * g + gx) * pd..][..pd];
+                    for c in 0..3 {
+                        for ky in 0..p {
+                            let src = &img[c * s * s + (gy * p + ky) * s + gx * p..][..p];
+                            row[(c * p + ky) * p..][..p].copy_from_slice(src);
+                        }
+                    }
+                }
+            }
+            let x = &mut ws.buf.x[b * t * dv..(b + 1) * t * dv];
+            // Patch embedding straight into rows 1..=G² of this image.
+            gemm(
+                par,
+                &ws.patches,
+                pd,
+                g * g,
+                &vm.patch_embedding,
+                &mut x[dv..],
+                dv,
+                Epilogue::store(None),
+            );
+            x[..dv].copy_from_slice(&vm.class_embedding);
+            for (xr, pr) in x[..np * dv].iter_mut().zip(&vm.position_embedding) {
+                *xr += pr;
+            }
+            // MaPLe: shared prompts appended after CLS + patches, no positional embedding.
+            if let Some(pr) = &self.prompts {
+                x[np * dv..t * dv].copy_from_slice(&pr.shared_ctx);
+            }
+            // ln_pre over every token (prompts included), in place.
+            let pl = &vm.pre_layrnorm;
+            for row in x.chunks_exact_mut(dv) {
+                layer_norm_in_place(row, &pl.weight, &pl.bias, pl.eps);
+            }
+        }
+        for (l, layer) in vm.layers.iter().enumerate() {
+            if let Some(pr) = &self.prompts {
+                if l >= 1 && l < pr.depth {
+                    for b in 0..count {
+                        let x = &mut ws.buf.x[b * t * dv..(b + 1) * t * dv];
+                        x[np * dv..t * dv].copy_from_slice(&pr.vis_deep[l - 1]);
+                    }
+                }
+            }
+            block(
+                par,
+                layer,
+                &mut ws.buf,
+                count,
+                t,
+                v.tower.num_attention_heads,
+                false,
+            );
+        }
+        for b in 0..count {
+            let x = &ws.buf.x[b * t * dv..][..dv];
+            let pl = &vm.post_layernorm;
+            layer_norm_row(
+                x,
+                &mut ws.pooled[b * dv..(b + 1) * dv],
+                &pl.weight,
+                &pl.bias,
+                pl.eps,
+            );
+        }
+        gemm(
+            par,
+            &ws.pooled,
+            dv,
+            count,
+            &self.clip.visual_projection,
+            &mut ws.feats,
+            e,
+            Epilogue::store(None),
+        );
+        for f in ws.feats[..count * e].chunks_exact_mut(e) {
+            l2_normalize(f);
+        }
+        Ok(&ws.feats[..count * e])
+    }
+
+    /// Checks one token row: length, ids, and that the prompt slots do not cover its EOT.
+    fn check_row(&self, row: &[u32]) -> Result<usize> {
+        let tc = &self.clip.config.text;
+        if row.len() < 2 || row.len() > tc.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "a token row has {} ids; it must hold 2..={}",
+                row.len(),
+                tc.max_position_embeddings
+            )));
+        }
+        if let Some(&bad) = row.iter().find(|&&id| id as usize >= tc.vocab_size) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                tc.vocab_size
+            )));
+        }
+        // EOT = first position of the largest id (spec §7).
+        let mut eot = 0;
+        for (i, &id) in row.iter().enumerate() {
+            if id > row[eot] {
+                eot = i;
+            }
+        }
+        if eot <= self.n_ctx() {
+            return Err(Error::Input(format!(
+                "the end-of-text token sits at position {eot}, inside the {} prompt slots",
+                self.n_ctx()
+            )));
+        }
+        Ok(eot)
+    }
+
+    /// Text features of `rows` into `out` (`[rows.len(), E]`), L2-normalised. Rows are run in
+    /// batches of similar length, each only up to its longest EOT (exact: spec §7).
+    /// Allocates nothing once the workspace exists.
+    pub fn encode_texts_into(
+        &self,
+        par: &Parallel,
+        ws: &mut TextWorkspace,
+        rows: &[TokenRow],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let cfg = &self.clip.config;
+        let e = cfg.projection_dim;
+        if out.len() != rows.len() * e {
+            return Err(Error::Input(
+                "output buffer does not match the label count".into(),
+            ));
+        }
+        if ws.threads != par.threads() {
+            return Err(Error::Input(
+                "workspace was built for another thread count".into(),
+            ));
+        }
+        for r in rows {
+            self.check_row(r)?;
+        }
+        for start in (0..rows.len()).step_by(ws.batch) {
+            let end = (start + ws.batch).min(rows.len());
+            ws.eot.clear();
+            for r in &rows[start..end] {
+                ws.eot.push(self.check_row(r)?);
+            }
+            // Causal attention: rows after the last EOT of the batch cannot change any EOT row.
+            let t = ws.eot.iter().max().map_or(1, |m| m + 1);
+            self.text_batch(par, ws, &rows[start..end], t);
+            out[start * e..end * e].copy_from_slice(&ws.feats[..(end - start) * e]);
+        }
+        Ok(())
+    }
+
+    fn text_batch(&self, par: &Parallel, ws: &mut TextWorkspace, rows: &[TokenRow], t: usize) {
+        let cfg = &self.clip.config;
+        let tc = &cfg.text;
+        let (dt, e) = (tc.tower.hidden_size, cfg.projection_dim);
+        let tm = &self.clip.text_model;
+        let n = self.n_ctx();
+        let bsz = rows.len();
+        for (b, row) in rows.iter().enumerate() {
+            let x = &mut ws.buf.x[b * t * dt..(b + 1) * t * dt];
+            for (pos, xr) in x.chunks_exact_mut(dt).enumerate() {
+                match row.get(pos) {
+                    Some(&id) => xr.copy_from_slice(&tm.token_embedding[id as usize * dt..][..dt]),
+                    None => xr.fill(0.0), // after EOT: never read by the EOT row (causal)
+                }
+            }
+            if let Some(pr) = &self.prompts {
+                x[dt..(1 + n) * dt].copy_from_slice(&pr.ctx);
+            }
+            for (xr, pr) in x.iter_mut().zip(&tm.position_embedding[..t * dt]) {
+                *xr += pr;
+            }
+        }
+        for (l, layer) in tm.layers.iter().enumerate() {
+            if let Some(pr) = &self.prompts {
+                if l >= 1 && l < pr.depth {
+                    for b in 0..bsz {
+                        let x = &mut ws.buf.x[b * t * dt..(b + 1) * t * dt];
+                        x[dt..(1 + n) * dt].copy_from_slice(&pr.text_deep[l - 1]);
+                    }
+                }
+            }
+            block(
+                par,
+                layer,
+                &mut ws.buf,
+                bsz,
+                t,
+                tc.tower.num_attention_heads,
+                true,
+            );
+        }
+        for (b, &eot) in ws.eot.iter().enumerate() {
+            let fl = &tm.final_layer_norm;
+            let x = &ws.buf.x[(b * t + eot) * dt..][..dt];
+            layer_norm_row(
+                x,
+                &mut ws.pooled[b * dt..(b + 1) * dt],
+                &fl.weight,
+                &fl.bias,
+                fl.eps,
+            );
+        }
+        gemm(
+            par,
+            &ws.pooled,
+            dt,
+            bsz,
+            &self.clip.text_projection,
+            &mut ws.feats,
+            e,
+            Epilogue::store(None),
+        );
+        for f in ws.feats[..bsz * e].chunks_exact_mut(e) {
+            l2_normalize(f);
+        }
+    }
+
+    /// Text features for a label list (allocates its own workspace; call once per list).
+    pub fn encode_texts(&self, par: &Parallel, rows: &[TokenRow]) -> Result<TextFeatures> {
+        let e = self.clip.config.projection_dim;
+        // Longest rows first, so each batch runs to a similar EOT.
+        let mut idx: Vec<usize> = (0..rows.len()).collect();
+        idx.sort_by_key(|&i| core::cmp::Reverse(rows[i].len()));
+        let sorted: Vec<TokenRow> = idx.iter().map(|&i| rows[i].clone()).collect();
+        let mut ws = self.text_workspace(32.min(rows.len().max(1)), par);
+        let mut tmp = vec![0.0; rows.len() * e];
+        self.encode_texts_into(par, &mut ws, &sorted, &mut tmp)?;
+        let mut data = vec![0.0; rows.len() * e];
+        for (k, &i) in idx.iter().enumerate() {
+            data[i * e..(i + 1) * e].copy_from_slice(&tmp[k * e..(k + 1) * e]);
+        }
+        Ok(TextFeatures { dim: e, data })
+    }
+
+    /// `logits[c] = exp(logit_scale) · ⟨img, txt_c⟩` (spec §8); both sides already unit-norm.
+    pub fn logits(
+        &self,
+        image_feature: &[f32],
+        text: &TextFeatures,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if image_feature.len() != text.dim || out.len() != text.len() {
+            return Err(Error::Input("feature sizes do not match".into()));
+        }
+        let scale = libm::expf(self.clip.logit_scale);
+        for (o, t) in out.iter_mut().zip(text.data.chunks_exact(text.dim)) {
+            let dot: f32 = image_feature.iter().zip(t).map(|(a, b)| a * b).sum();
+            *o = scale * dot;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! Row-wise kernels: LayerNorm, QuickGELU, fused multi-head attention, L2 normalisation.
+
+use crate::par::{split, Parallel, SyncPtr};
+
+/// `x · sigmoid(1.702 · x)` (CLIP's activation, spec §4).
+#[inline]
+pub fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-1.702 * x))
+}
+
+/// `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b` for each row of width `d` (biased variance).
+pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        layer_norm_row(xr, or, w, b, eps);
+    }
+}
+
+/// Mean and 1/sqrt(var + eps) of one row.
+#[inline]
+fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = sum8(x.iter().copied()) / d;
+    let var = sum8(x.iter().map(|&v| (v - mean) * (v - mean))) / d;
+    (mean, 1.0 / libm::sqrtf(var + eps))
+}
+
+pub fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let (mean, inv) = ln_stats(x, eps);
+    for ((v, &w), &b) in x.iter_mut().zip(w).zip(b) {
+        *v = (*v - mean) * inv * w + b;
+    }
+}
+
+pub fn layer_norm_row(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let (mean, inv) = ln_stats(x, eps);
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * inv * w + b;
+    }
+}
+
+/// Sum with 8 interleaved partial sums (vectorisable, and more accurate than one running sum).
+#[inline]
+fn sum8(it: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (i, v) in it.enumerate() {
+        acc[i & 7] += v;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+/// Multi-head attention on a fused `qkv [batch·t, 3d]` buffer (q | k | v per row), writing
+/// `out [batch·t, d]`. One (sequence, head) pair per work item; each query row does its own
+/// softmax in `scratch` (`threads · t` floats). `causal`: query i sees keys 0..=i.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    par: &Parallel,
+    qkv: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    causal: bool,
+    scratch: &mut [f32],
+) {
+    let hd = d / heads;
+    assert!(qkv.len() >= batch * t * 3 * d && out.len() >= batch * t * d);
+    assert!(scratch.len() >= par.threads() * t, "attention scratch");
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let op = SyncPtr(out.as_mut_ptr());
+    let sp = SyncPtr(scratch.as_mut_ptr());
+    par.run(&|tid, nt| {
+        let (lo, hi) = split(batch * heads, tid, nt);
+        // SAFETY: each thread owns its scratch slice and the (sequence, head) blocks of `out`
+        // it was given; the blocks are disjoint.
+        let sc = unsafe { core::slice::from_raw_parts_mut(sp.get().add(tid * t), t) };
+        for unit in lo..hi {
+            let (bi, h) = (unit / heads, unit % heads);
+            let rows = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+            for i in 0..t {
+                let q = &rows[i * 3 * d + h * hd..][..hd];
+                let lim = if causal { i + 1 } else { t };
+                let mut mx = f32::NEG_INFINITY;
+                for (j, s) in sc.iter_mut().enumerate().take(lim) {
+                    let k = &rows[j * 3 * d + d + h * hd..][..hd];
+                    *s = dot(q, k) * scale;
+                    mx = mx.max(*s);
+                }
+                let mut sum = 0.0f32;
+                for s in sc.iter_mut().take(lim) {
+                    *s = libm::expf(*s - mx);
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                let o = unsafe {
+                    core::slice::from_raw_parts_mut(op.get().add((bi * t + i) * d + h * hd), hd)
+                };
+                o.fill(0.0);
+                for (j, &p) in sc.iter().enumerate().take(lim) {
+                    let v = &rows[j * 3 * d + 2 * d + h * hd..][..hd];
+                    for (ov, &vv) in o.iter_mut().zip(v) {
+                        *ov += p * vv;
+                    }
+                }
+                for ov in o.iter_mut() {
+                    *ov *= inv;
+                }
+            }
+        }
+    });
+}
+
+/// Scales `v` to unit L2 norm (a zero vector stays zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let n = libm::sqrtf(v.iter().map(|x| x * x).sum::<f32>());
+    if n > 0.0 {
+        for x in v.iter_mut() {
+            *x /= n;
+        }
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(v: &mut [f32]) {
+    let mx = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0.0;
+    for x in v.iter_mut() {
+        *x = libm::expf(*x - mx);
+        s += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Rng;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn layer_norm_hand_case() {
+        // x = [1, 2, 3, 4]: mean 2.5, var 1.25.
+        let mut o = [0.0; 4];
+        layer_norm(
+            &[1.0, 2.0, 3.0, 4.0],
+            &mut o,
+            4,
+            &[1.0, 2.0, 1.0, 1.0],
+            &[0.0, 0.0, 0.0, 1.0],
+            1e-5,
+        );
+        let s = 1.0 / (1.25f64 + 1e-5).sqrt();
+        let want = [-1.5 * s, -0.5 * s * 2.0, 0.5 * s, 1.5 * s + 1.0];
+        for (a, b) in o.iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn quick_gelu_values() {
+        // x·σ(1.702x) at x = 1: 1 / (1 + e^-1.702) = 0.84579576...
+        assert!((quick_gelu(1.0) - 0.845_795_77).abs() < 1e-6);
+        assert_eq!(quick_gelu(0.0), 0.0);
+        assert!(quick_gelu(-20.0).abs() < 1e-12);
+    }
+
+    /// Naive attention in f64 as the independent check.
+    fn naive(qkv: &[f32], b: usize, t: usize, d: usize, h: usize, causal: bool) -> Vec<f32> {
+        let hd = d / h;
+        let mut out = vec![0.0f32; b * t * d];
+        for bi in 0..b {
+            for hh in 0..h {
+                for i in 0..t {
+                    let lim = if causal { i + 1 } else { t };
+                    let q = |c: usize| qkv[(bi * t + i) * 3 * d + hh * hd + c] as f64;
+                    let s: Vec<f64> = (0..lim)
+                        .map(|j| {
+                            (0..hd)
+                                .map(|c| q(c) * qkv[(bi * t + j) * 3 * d + d + hh * hd + c] as f64)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..hd {
+                        let v: f64 = (0..lim)
+                            .map(|j| {
+                                e[j] / z * qkv[(bi * t + j) * 3 * d + 2 * d + hh * hd + c] as f64
+                            })
+                            .sum();
+                        out[(bi * t + i) * d + hh * hd + c] = v as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_naive() {
+        let mut r = Rng::new(9);
+        for &(b, t, d, h, causal) in &[
+            (1, 1, 16, 2, true),
+            (2, 9, 24, 3, false),
+            (3, 13, 64, 2, true),
+        ] {
+            let qkv: Vec<f32> = (0..b * t * 3 * d).map(|_| r.uniform(2.0)).collect();
+            let par = Parallel::sequential();
+            let mut out = vec![0.0; b * t * d];
+            let mut sc = vec![0.0; t];
+            attention(&par, &qkv, &mut out, b, t, d, h, causal, &mut sc);
+            let want = naive(&qkv, b, t, d, h, causal);
+            for (x, y) in out.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Work splitting. Without `std` everything runs on the calling thread; with `std` a persistent
+//! pool (built once, with the workspace) runs one closure on every thread and waits for all of
+//! them. Dispatching a job allocates nothing, so a forward pass stays allocation-free.
+
+/// Runs `f(thread_index, thread_count)` on every thread of the pool and returns when all are done.
+pub struct Parallel {
+    #[cfg(feature = "std")]
+    pool: Option<pool::Pool>,
+}
+
+impl Parallel {
+    /// Everything on the calling thread.
+    pub fn sequential() -> Self {
+        Parallel {
+            #[cfg(feature = "std")]
+            pool: None,
+        }
+    }
+
+    /// `threads` workers in all (the caller counts as one). 0 means all available cores.
+    #[cfg(feature = "std")]
+    pub fn with_threads(threads: usize) -> Self {
+        let n = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        Parallel {
+            pool: (n > 1).then(|| pool::Pool::new(n)),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        #[cfg(feature = "std")]
+        if let Some(p) = &self.pool {
+            return p.threads();
+        }
+        1
+    }
+
+    pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        #[cfg(feature = "std")]
+        if let Some(p) = &self.pool {
+            p.run(f);
+            return;
+        }
+        f(0, 1)
+    }
+}
+
+/// The half-open range of `0..n` that thread `t` of `nt` owns (contiguous, balanced).
+pub fn split(n: usize, t: usize, nt: usize) -> (usize, usize) {
+    let base = n / nt;
+    let rem = n % nt;
+    let lo = t * base + t.min(rem);
+    let hi = lo + base + usize::from(t < rem);
+    (lo, hi)
+}
+
+/// A raw pointer that may cross threads; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub *mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// Use this inside closures (a method call captures the whole `Sync` wrapper).
+    #[inline]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(feature = "std")]
+mod pool {
+    use std::format;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::thread::JoinHandle;
+    use std::vec::Vec;
+
+    type Job = dyn Fn(usize, usize) + Sync;
+
+    #[derive(Clone, Copy)]
+    struct JobPtr(*const Job);
+    unsafe impl Send for JobPtr {}
+
+    struct State {
+        generation: u64,
+        job: Option<JobPtr>,
+        remaining: usize,
+        panicked: bool,
+        shutdown: bool,
+    }
+
+    struct Shared {
+        state: Mutex<State>,
+        work: Condvar,
+        done: Condvar,
+    }
+
+    pub struct Pool {
+        shared: Arc<Shared>,
+        workers: Vec<JoinHandle<()>>,
+        n: usize,
+    }
+
+    impl Pool {
+        pub fn new(n: usize) -> Self {
+            let shared = Arc::new(Shared {
+                state: Mutex::new(State {
+                    generation: 0,
+                    job: None,
+                    remaining: 0,
+                    panicked: false,
+                    shutdown: false,
+                }),
+                work: Condvar::new(),
+                done: Condvar::new(),
+            });
+            let workers = (1..n)
+                .map(|tid| {
+                    let s = Arc::clone(&shared);
+                    std::thread::Builder::new()
+                        .name(format!("maple-{tid}"))
+                        .spawn(move || worker(&s, tid, n))
+                        .expect("spawning a worker thread")
+                })
+                .collect();
+            Pool { shared, workers, n }
+        }
+
+        pub fn threads(&self) -> usize {
+            self.n
+        }
+
+        pub fn run<'a>(&self, f: &'a (dyn Fn(usize, usize) + Sync + 'a)) {
+            // SAFETY: the pointer is only dereferenced by workers between here and the wait
+            // below, which returns only after every worker has finished with it.
+            let ptr = JobPtr(unsafe {
+                core::mem::transmute::<&'a (dyn Fn(usize, usize) + Sync + 'a), &'static Job>(f)
+            });
+            {
+                let mut st = lock(&self.shared.state);
+                st.job = Some(ptr);
+                st.remaining = self.n - 1;
+                st.panicked = false;
+                st.generation = st.generation.wrapping_add(1);
+            }
+            self.shared.work.notify_all();
+            let mine = catch_unwind(AssertUnwindSafe(|| f(0, self.n)));
+            let mut st = lock(&self.shared.state);
+            while st.remaining > 0 {
+                st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.job = None;
+            let panicked = st.panicked;
+            drop(st);
+            if let Err(p) = mine {
+                std::panic::resume_unwind(p);
+            }
+            if panicked {
+                panic!("a maple worker thread panicked");
+            }
+        }
+    }
+
+    fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn worker(s: &Shared, tid: usize, n: usize) {
+        let mut seen = 0u64;
+        loop {
+            let job = {
+                let mut st = lock(&s.state);
+                while st.generation == seen && !st.shutdown {
+                    st = s.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if st.shutdown {
+                    return;
+                }
+                seen = st.generation;
+                st.job
+            };
+            let ok = match job {
+                // SAFETY: see `Pool::run`.
+                Some(JobPtr(f)) => {
+                    catch_unwind(AssertUnwindSafe(|| unsafe { (*f)(tid, n) })).is_ok()
+                }
+                None => true,
+            };
+            let mut st = lock(&s.state);
+            st.panicked |= !ok;
+            st.remaining -= 1;
+            if st.remaining == 0 {
+                s.done.notify_one();
+            }
+        }
+    }
+
+    impl Drop for Pool {
+        fn drop(&mut self) {
+            lock(&self.shared.state).shutdown = true;
+            self.shared.work.notify_all();
+            for w in self.workers.drain(..) {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything_once() {
+        for n in 0..20 {
+            for nt in 1..5 {
+                let mut next = 0;
+                for t in 0..nt {
+                    let (lo, hi) = split(n, t, nt);
+                    assert_eq!(lo, next);
+                    next = hi;
+                }
+                assert_eq!(next, n);
+            }
+        }
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn pool_runs_every_thread() {
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        let p = Parallel::with_threads(3);
+        let hits = AtomicUsize::new(0);
+        for _ in 0..100 {
+            p.run(&|t, n| {
+                assert_eq!(n, 3);
+                hits.fetch_add(1 << (8 * t), Ordering::Relaxed);
+            });
+        }
+        assert_eq!(hits.load(Ordering::Relaxed), 100 + (100 << 8) + (100 << 16));
+    }
+}

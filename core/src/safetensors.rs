@@ -1,0 +1,380 @@
+//! The safetensors container: an 8-byte little-endian header length, a JSON header, raw data.
+//! Parsed from a byte slice (the caller reads or memory-maps the file); nothing is copied.
+
+use crate::error::{Error, Result};
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+    /// Any other dtype the header names (kept so errors can say which).
+    Other(&'static str),
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<(Dtype, usize)> {
+        Some(match s {
+            "F32" => (Dtype::F32, 4),
+            "F16" => (Dtype::F16, 2),
+            "BF16" => (Dtype::BF16, 2),
+            "F64" => (Dtype::Other("F64"), 8),
+            "I64" => (Dtype::Other("I64"), 8),
+            "U64" => (Dtype::Other("U64"), 8),
+            "I32" => (Dtype::Other("I32"), 4),
+            "U32" => (Dtype::Other("U32"), 4),
+            "I16" => (Dtype::Other("I16"), 2),
+            "U16" => (Dtype::Other("U16"), 2),
+            "I8" => (Dtype::Other("I8"), 1),
+            "U8" => (Dtype::Other("U8"), 1),
+            "BOOL" => (Dtype::Other("BOOL"), 1),
+            "F8_E4M3" => (Dtype::Other("F8_E4M3"), 1),
+            "F8_E5M2" => (Dtype::Other("F8_E5M2"), 1),
+            _ => return None,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::Other(s) => s,
+        }
+    }
+}
+
+/// A borrowed tensor: dtype, shape and its little-endian bytes (any alignment).
+#[derive(Debug, Clone)]
+pub struct TensorView<'a> {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Widens to f32 (`name` is only used in the error).
+    pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.extend_f32(name, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn extend_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
+        match self.dtype {
+            Dtype::F32 => out.extend(
+                self.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            Dtype::F16 => out.extend(
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            Dtype::BF16 => out.extend(
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            Dtype::Other(d) => {
+                return Err(Error::Dtype {
+                    name: name.to_owned(),
+                    dtype: d.into(),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Anything that can hand out tensors by name (a safetensors file, a PyTorch checkpoint, a map).
+pub trait TensorSource {
+    fn tensor(&self, name: &str) -> Option<TensorView<'_>>;
+    /// All names, in file order.
+    fn names(&self) -> Vec<&str>;
+}
+
+struct Entry {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A parsed safetensors file borrowing its bytes.
+pub struct SafeTensors<'a> {
+    entries: Vec<Entry>,
+    metadata: Vec<(String, String)>,
+    data: &'a [u8],
+}
+
+/// Headers larger than this are refused (real ones are a few hundred KiB at most).
+pub const MAX_HEADER: usize = 100 << 20;
+
+impl<'a> SafeTensors<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        if bytes.len() < 8 {
+            return Err(Error::Safetensors(format!(
+                "file is {} bytes, shorter than the 8-byte header length",
+                bytes.len()
+            )));
+        }
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+        if n > MAX_HEADER as u64 {
+            return Err(Error::Safetensors(format!(
+                "header length {n} is larger than the {MAX_HEADER}-byte limit"
+            )));
+        }
+        let n = n as usize;
+        if n > bytes.len() - 8 {
+            return Err(Error::Safetensors(format!(
+                "header length {n} runs past the end of the {}-byte file (truncated?)",
+                bytes.len()
+            )));
+        }
+        let header = core::str::from_utf8(&bytes[8..8 + n])
+            .map_err(|_| Error::Safetensors("header is not UTF-8".into()))?;
+        let root: Value = serde_json::from_str(header)
+            .map_err(|e| Error::Safetensors(format!("header is not valid JSON ({e})")))?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| Error::Safetensors("header is not a JSON object".into()))?;
+        let data = &bytes[8 + n..];
+        let mut entries = Vec::with_capacity(obj.len());
+        let mut metadata = Vec::new();
+        for (name, v) in obj {
+            if name == "__metadata__" {
+                let m = v
+                    .as_object()
+                    .ok_or_else(|| Error::Safetensors("`__metadata__` is not an object".into()))?;
+                for (k, val) in m {
+                    let s = val.as_str().ok_or_else(|| {
+                        Error::Safetensors(format!("metadata `{k}` is not a string"))
+                    })?;
+                    metadata.push((k.clone(), s.to_owned()));
+                }
+                continue;
+            }
+            entries.push(parse_entry(name, v, data.len())?);
+        }
+        // Data regions must not overlap (the format requires it; it also rules out aliasing tricks).
+        let mut spans: Vec<(usize, usize, usize)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.end > e.start)
+            .map(|(i, e)| (e.start, e.end, i))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Error::Safetensors(format!(
+                    "tensors `{}` and `{}` overlap in the data section",
+                    entries[w[0].2].name, entries[w[1].2].name
+                )));
+            }
+        }
+        // Keep file order (by offset) for listings.
+        entries.sort_by_key(|e| (e.start, e.end));
+        Ok(SafeTensors {
+            entries,
+            metadata,
+            data,
+        })
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn parse_entry(name: &str, v: &Value, data_len: usize) -> Result<Entry> {
+    let bad = |what: &str| Error::Safetensors(format!("tensor `{name}`: {what}"));
+    let o: &Map<String, Value> = v.as_object().ok_or_else(|| bad("entry is not an object"))?;
+    let dtype_s = o
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing `dtype`"))?;
+    let (dtype, size) =
+        Dtype::parse(dtype_s).ok_or_else(|| bad(&format!("unknown dtype `{dtype_s}`")))?;
+    let shape_v = o
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("missing `shape`"))?;
+    let mut shape = Vec::with_capacity(shape_v.len());
+    let mut numel: usize = 1;
+    for d in shape_v {
+        let d = d
+            .as_u64()
+            .filter(|&d| d <= usize::MAX as u64)
+            .ok_or_else(|| bad("shape holds a value that is not a non-negative integer"))?
+            as usize;
+        numel = numel.checked_mul(d).ok_or_else(|| bad("shape overflows"))?;
+        shape.push(d);
+    }
+    let offs = o
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| bad("missing `data_offsets` [begin, end]"))?;
+    let start = offs[0].as_u64().ok_or_else(|| bad("bad data_offsets"))?;
+    let end = offs[1].as_u64().ok_or_else(|| bad("bad data_offsets"))?;
+    if start > end || end > data_len as u64 {
+        return Err(bad(&format!(
+            "data_offsets [{start}, {end}] fall outside the {data_len}-byte data section (truncated file?)"
+        )));
+    }
+    let (start, end) = (start as usize, end as usize);
+    let want = numel
+        .checked_mul(size)
+        .ok_or_else(|| bad("byte size overflows"))?;
+    if end - start != want {
+        return Err(bad(&format!(
+            "shape needs {want} bytes but data_offsets span {}",
+            end - start
+        )));
+    }
+    Ok(Entry {
+        name: name.to_owned(),
+        dtype,
+        shape,
+        start,
+        end,
+    })
+}
+
+impl TensorSource for SafeTensors<'_> {
+    fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+        self.entries
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| TensorView {
+                dtype: e.dtype,
+                shape: e.shape.clone(),
+                data: &self.data[e.start..e.end],
+            })
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+}
+
+/// One tensor to write.
+pub struct OwnedTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Serialises tensors (in the given order) and string metadata into safetensors bytes.
+/// The header is padded with spaces to a multiple of 8 so the data section stays aligned.
+pub fn serialize(tensors: &[OwnedTensor], metadata: &[(&str, &str)]) -> Vec<u8> {
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        let mut m = Map::new();
+        for (k, v) in metadata {
+            m.insert((*k).into(), Value::String((*v).into()));
+        }
+        header.insert("__metadata__".into(), Value::Object(m));
+    }
+    let mut off = 0usize;
+    for t in tensors {
+        let mut e = Map::new();
+        e.insert("dtype".into(), Value::String(t.dtype.name().into()));
+        e.insert(
+            "shape".into(),
+            Value::Array(t.shape.iter().map(|&d| Value::from(d as u64)).collect()),
+        );
+        e.insert(
+            "data_offsets".into(),
+            Value::Array(alloc::vec![
+                Value::from(off as u64),
+                Value::from((off + t.data.len()) as u64)
+            ]),
+        );
+        header.insert(t.name.clone(), Value::Object(e));
+        off += t.data.len();
+    }
+    let mut h = serde_json::to_string(&Value::Object(header)).unwrap_or_default();
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + off);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    for t in tensors {
+        out.extend_from_slice(&t.data);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn one() -> Vec<u8> {
+        let t = OwnedTensor {
+            name: "w".into(),
+            dtype: Dtype::F32,
+            shape: vec![2],
+            data: [1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat(),
+        };
+        serialize(&[t], &[("format", "pt")])
+    }
+
+    #[test]
+    fn round_trip() {
+        let b = one();
+        let st = SafeTensors::parse(&b).unwrap();
+        assert_eq!(st.metadata("format"), Some("pt"));
+        let v = st.tensor("w").unwrap();
+        assert_eq!(v.shape, vec![2]);
+        assert_eq!(v.to_f32("w").unwrap(), vec![1.5, -2.0]);
+    }
+
+    #[test]
+    fn refuses_truncation_and_lies() {
+        let b = one();
+        for cut in [0, 7, 9, b.len() - 1] {
+            assert!(SafeTensors::parse(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = b.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(SafeTensors::parse(&huge).is_err());
+        let h = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
+        let mut f = (h.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(h.as_bytes());
+        f.extend_from_slice(&[0; 8]);
+        let e = SafeTensors::parse(&f).err().unwrap();
+        assert!(alloc::format!("{e}").contains("needs 16 bytes"));
+        let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let mut f = (h.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(h.as_bytes());
+        f.extend_from_slice(&[0; 8]);
+        assert!(alloc::format!("{}", SafeTensors::parse(&f).err().unwrap()).contains("overlap"));
+    }
+}
