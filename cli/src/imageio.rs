@@ -3,7 +3,7 @@
 //! them (see `to_rgb8`). EXIF orientation and ICC profiles are ignored, as in PIL.
 
 use crate::CliError;
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageFormat, ImageReader};
 use std::path::Path;
 
 pub struct Rgb8 {
@@ -26,24 +26,23 @@ pub fn load_rgb8(path: &Path) -> Result<Rgb8, CliError> {
             path.display()
         )));
     }
-    let reader = ImageReader::open(path)
-        .map_err(|e| CliError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| CliError::io(path, e))?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
+    // The content decides the format, never the file name.
+    let format = image::guess_format(&bytes).map_err(|_| {
+        CliError(format!(
+            "{}: not an image in a format maple reads (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+            path.display()
+        ))
+    })?;
+    if format == ImageFormat::Jpeg {
         if let Some(img) = decode_jpeg(&bytes)
             .map_err(|e| CliError(format!("{}: cannot decode JPEG ({e})", path.display())))?
         {
             return Ok(img);
         }
     }
-    if reader.format().is_none() {
-        return Err(CliError(format!(
-            "{}: not an image in a format maple reads (JPEG, PNG, WebP, GIF, BMP, TIFF)",
-            path.display()
-        )));
-    }
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    reader.limits(image::Limits::default());
     let img = reader
         .decode()
         .map_err(|e| CliError(format!("{}: cannot decode image ({e})", path.display())))?;
@@ -56,6 +55,13 @@ const MAX_PIXELS: usize = 1 << 28;
 /// JPEG through libjpeg-turbo's decoder (islow IDCT, fancy upsampling: Pillow's defaults), so the
 /// pixels equal Pillow's. `Ok(None)` for CMYK/YCCK files, which go through the `image` crate.
 fn decode_jpeg(bytes: &[u8]) -> Result<Option<Rgb8>, String> {
+    // libjpeg pads a cut-off scan with gray and only warns; Pillow refuses such a file
+    // ("image file is truncated"). Require an end-of-image marker after the last scan.
+    let last = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => {}
+        _ => return Err("file is truncated: no end-of-image marker after the image data".into()),
+    }
     let r = std::panic::catch_unwind(|| -> std::io::Result<Option<Rgb8>> {
         let d = mozjpeg::Decompress::new_mem(bytes)?;
         if matches!(

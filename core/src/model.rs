@@ -170,6 +170,9 @@ impl Model {
     }
 
     pub fn vision_workspace(&self, batch: usize, par: &Parallel) -> VisionWorkspace {
+        // CPU feature detection allocates once on first use (std reads an environment
+        // variable): do it here, not inside the first forward pass.
+        crate::gemm::has_avx2_fma();
         let v = &self.clip.config.vision;
         let t = self.vision_tokens();
         let batch = batch.max(1);
@@ -191,6 +194,9 @@ impl Model {
     }
 
     pub fn text_workspace(&self, batch: usize, par: &Parallel) -> TextWorkspace {
+        // CPU feature detection allocates once on first use (std reads an environment
+        // variable): do it here, not inside the first forward pass.
+        crate::gemm::has_avx2_fma();
         let tc = &self.clip.config.text;
         let l = tc.max_position_embeddings;
         let batch = batch.max(1);

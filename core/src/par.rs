@@ -127,7 +127,10 @@ mod pool {
                         .expect("spawning a worker thread")
                 })
                 .collect();
-            Pool { shared, workers, n }
+            let pool = Pool { shared, workers, n };
+            // Return only once every worker runs (thread start-up allocates; a forward pass must not).
+            pool.run(&|_, _| {});
+            pool
         }
 
         pub fn threads(&self) -> usize {

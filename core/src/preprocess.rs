@@ -10,7 +10,10 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// CLIP's normalisation constants, written as in OpenAI's and MaPLe's configs.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 const PRECISION_BITS: u32 = 22;
@@ -232,6 +235,8 @@ mod tests {
         assert!(out.iter().all(|&v| v == 77));
         assert!(resize_crop_rgb8(&img, 0, 30, 24).is_err());
         assert!(resize_crop_rgb8(&img[1..], 50, 30, 24).is_err());
-        assert!(resize_crop_rgb8(&[0; 3], 1, 1 << 22 / 3, 24).is_err());
+        // 1×100000 would resize to 224×22400000: refused, not allocated.
+        let e = resize_crop_rgb8(&vec![0; 300_000], 1, 100_000, 224).unwrap_err();
+        assert!(alloc::format!("{e}").contains("too elongated"));
     }
 }

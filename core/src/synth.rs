@@ -127,6 +127,7 @@ fn tower(out: &mut Vec<OwnedTensor>, prefix: &str, t: &TowerConfig, seed: u64, d
     }
 }
 
+#[allow(clippy::vec_init_then_push)]
 /// Every tensor of a HF `CLIPModel` checkpoint for `cfg`, in the given dtype.
 pub fn clip_tensors(cfg: &ClipConfig, seed: u64, dtype: Dtype) -> Vec<OwnedTensor> {
     let v = &cfg.vision;
@@ -245,6 +246,7 @@ pub fn clip_tensors(cfg: &ClipConfig, seed: u64, dtype: Dtype) -> Vec<OwnedTenso
     out
 }
 
+#[allow(clippy::vec_init_then_push)]
 /// MaPLe's learnable tensors (spec §2.2) for `n_ctx` tokens and prompt depth `depth`, with the
 /// dtypes of a PREC=fp16 checkpoint (`ctx`, `proj` f16; compound tensors f32).
 pub fn maple_tensors(cfg: &ClipConfig, n_ctx: usize, depth: usize, seed: u64) -> Vec<OwnedTensor> {

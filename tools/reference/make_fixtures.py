@@ -75,3 +75,8 @@ for p in sorted(img_dir.iterdir()):
         crop = T.CenterCrop(s)(T.Resize(s, interpolation=T.InterpolationMode.BICUBIC)(rgb))
         crop.save(crop_dir / f"{p.stem}.{p.suffix[1:]}_{s}.png")
     print(p.name, Image.open(p).mode, Image.open(p).size)
+
+# One crop as raw RGB bytes, so the no_std core tests can run the model without an image decoder.
+rgb = Image.open(img_dir / "rgb_451x300.png").convert("RGB")
+crop = T.CenterCrop(32)(T.Resize(32, interpolation=T.InterpolationMode.BICUBIC)(rgb))
+(crop_dir / "rgb_451x300.png_32.rgb").write_bytes(crop.tobytes())

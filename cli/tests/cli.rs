@@ -1,0 +1,499 @@
+//! `maple-classify` as a person runs it: output formats, and every kind of bad input giving one
+//! line on stderr that names the file or label, exit status 1, no panic and nothing on stdout.
+
+use maple_core::safetensors::{serialize, OwnedTensor};
+use maple_core::synth::{clip_tensors, maple_tensors, tiny_config};
+use maple_core::{ClipConfig, Dtype};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+fn tiny() -> PathBuf {
+    fixtures().join("tiny")
+}
+fn image(n: &str) -> PathBuf {
+    fixtures().join("images").join(n)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
+    c.env_remove("MAPLE_MODEL");
+    for a in args {
+        c.arg(a);
+    }
+    c.output().unwrap()
+}
+
+/// Asserts the failure contract and returns the stderr line.
+fn fails(out: &Output, must_contain: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "partial output: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("maple-classify: "), "{err}");
+    for m in must_contain {
+        assert!(err.contains(m), "{err:?} does not mention {m:?}");
+    }
+    err
+}
+
+fn labels_file(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("labels.txt");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A model dir with the tiny config.json and the given tensors.
+fn model_dir(dir: &Path, cfg_json: &str, tensors: &[OwnedTensor]) -> PathBuf {
+    std::fs::write(dir.join("config.json"), cfg_json).unwrap();
+    std::fs::write(dir.join("model.safetensors"), serialize(tensors, &[])).unwrap();
+    dir.to_path_buf()
+}
+
+fn tiny_cfg_json() -> String {
+    std::fs::read_to_string(tiny().join("config.json")).unwrap()
+}
+
+#[test]
+fn json_output_has_every_label_in_file_order() {
+    let out = run(&[
+        &image("rgb_451x300.png"),
+        &image("photo_320x240.jpg"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+        &"--prompts",
+        &tiny().join("maple_prompts.safetensors"),
+        &"--format",
+        &"json",
+        &"--top-k",
+        &"3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for (line, img) in lines.iter().zip(["rgb_451x300.png", "photo_320x240.jpg"]) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["image"].as_str().unwrap().ends_with(img));
+        let scores = v["scores"].as_array().unwrap();
+        assert_eq!(scores.len(), 10);
+        assert_eq!(scores[0]["label"], "cat");
+        assert_eq!(scores[2]["label"], "golden_retriever");
+        let psum: f64 = scores.iter().map(|s| s["prob"].as_f64().unwrap()).sum();
+        assert!((psum - 1.0).abs() < 1e-5);
+        let top = v["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = scores
+            .iter()
+            .max_by(|a, b| {
+                a["logit"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&b["logit"].as_f64().unwrap())
+            })
+            .unwrap();
+        assert_eq!(top[0], best["label"]);
+    }
+}
+
+#[test]
+fn text_output_and_model_from_env() {
+    let out = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
+        .arg(image("gray_300x451.png"))
+        .args(["--classes"])
+        .arg(fixtures().join("labels.txt"))
+        .env("MAPLE_MODEL", tiny())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().next().unwrap().ends_with("gray_300x451.png"));
+    assert_eq!(text.lines().filter(|l| l.contains('%')).count(), 5);
+}
+
+#[test]
+fn missing_image() {
+    let d = scratch("missing_image");
+    let out = run(&[
+        &d.join("nope.jpg"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+    ]);
+    fails(&out, &["nope.jpg", "no such file"]);
+}
+
+#[test]
+fn undecodable_image() {
+    let d = scratch("undecodable");
+    let txt = d.join("notes.jpg");
+    std::fs::write(&txt, "this is not an image at all").unwrap();
+    fails(
+        &run(&[
+            &txt,
+            &"--classes",
+            &fixtures().join("labels.txt"),
+            &"--model",
+            &tiny(),
+        ]),
+        &["notes.jpg", "not an image"],
+    );
+    // A real JPEG cut in half.
+    let bytes = std::fs::read(image("photo_320x240.jpg")).unwrap();
+    let cut = d.join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let out = run(&[
+        &cut,
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+    ]);
+    // Pillow refuses a truncated JPEG; libjpeg alone would pad it with gray.
+    fails(&out, &["cut.jpg", "truncated"]);
+    let png = std::fs::read(image("rgb_100x80.png")).unwrap();
+    let bad = d.join("bad.png");
+    std::fs::write(&bad, &png[..png.len() / 2]).unwrap();
+    fails(
+        &run(&[
+            &bad,
+            &"--classes",
+            &fixtures().join("labels.txt"),
+            &"--model",
+            &tiny(),
+        ]),
+        &["bad.png", "cannot decode"],
+    );
+    let empty = d.join("empty.png");
+    std::fs::write(&empty, "").unwrap();
+    fails(
+        &run(&[
+            &empty,
+            &"--classes",
+            &fixtures().join("labels.txt"),
+            &"--model",
+            &tiny(),
+        ]),
+        &["empty.png", "empty file"],
+    );
+}
+
+#[test]
+fn missing_model_dir() {
+    let d = scratch("missing_model");
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &d.join("absent"),
+    ]);
+    fails(&out, &["absent", "cannot open model directory"]);
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &d,
+    ]);
+    fails(&out, &["config.json", "no such file"]);
+}
+
+#[test]
+fn config_with_wrong_dims() {
+    let d = scratch("wrong_dims");
+    let t = clip_tensors(&tiny_config(), 0, Dtype::F32);
+    // Dims that are valid on their own but are not the weights'.
+    let m = model_dir(
+        &d,
+        &tiny_cfg_json().replace("\"hidden_size\": 64", "\"hidden_size\": 128"),
+        &t,
+    );
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &m,
+    ]);
+    fails(
+        &out,
+        &[
+            "model.safetensors",
+            "vision_model",
+            "has shape",
+            "[64",
+            "[128",
+        ],
+    );
+    // Dims that cannot be a model.
+    let m = model_dir(
+        &d,
+        &tiny_cfg_json().replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
+        &t,
+    );
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &m,
+    ]);
+    fails(
+        &out,
+        &[
+            "config.json",
+            "vision_config.hidden_size = 64 is not divisible by num_attention_heads = 5",
+        ],
+    );
+    let m = model_dir(&d, "{ not json", &t);
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &m,
+    ]);
+    fails(&out, &["config.json", "not valid JSON"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = scratch("truncated");
+    std::fs::copy(tiny().join("config.json"), d.join("config.json")).unwrap();
+    let bytes = std::fs::read(tiny().join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() - 1000]).unwrap();
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &d,
+    ]);
+    fails(&out, &["model.safetensors", "truncated"]);
+    std::fs::write(d.join("model.safetensors"), &bytes[..5]).unwrap();
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &d,
+    ]);
+    fails(&out, &["model.safetensors", "not a valid safetensors file"]);
+}
+
+#[test]
+fn wrong_shape_and_missing_tensor() {
+    let d = scratch("bad_tensors");
+    let mut t = clip_tensors(&tiny_config(), 0, Dtype::F32);
+    let i = t
+        .iter()
+        .position(|x| x.name == "text_projection.weight")
+        .unwrap();
+    t[i].shape = vec![16, 64];
+    let m = model_dir(&d, &tiny_cfg_json(), &t);
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &m,
+    ]);
+    fails(
+        &out,
+        &[
+            "model.safetensors",
+            "`text_projection.weight` has shape [16, 64] but the model needs [32, 32]",
+        ],
+    );
+    let mut t = clip_tensors(&tiny_config(), 0, Dtype::F32);
+    t.retain(|x| x.name != "vision_model.encoder.layers.1.mlp.fc2.bias");
+    let m = model_dir(&d, &tiny_cfg_json(), &t);
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &m,
+    ]);
+    fails(
+        &out,
+        &[
+            "model.safetensors",
+            "missing tensor `vision_model.encoder.layers.1.mlp.fc2.bias`",
+        ],
+    );
+}
+
+#[test]
+fn prompts_that_do_not_fit() {
+    let d = scratch("bad_prompts");
+    // ViT-B/16 prompts (text width 512) against the tiny model (width 32).
+    let p = d.join("b16_prompts.safetensors");
+    std::fs::write(
+        &p,
+        serialize(&maple_tensors(&ClipConfig::vit_b16(), 2, 9, 0), &[]),
+    )
+    .unwrap();
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+        &"--prompts",
+        &p,
+    ]);
+    fails(
+        &out,
+        &["b16_prompts.safetensors", "[2, 512]", "[n_ctx, 32]"],
+    );
+    // Deeper than the model's 3 layers.
+    let p = d.join("deep.safetensors");
+    std::fs::write(&p, serialize(&maple_tensors(&tiny_config(), 2, 9, 0), &[])).unwrap();
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+        &"--prompts",
+        &p,
+    ]);
+    fails(
+        &out,
+        &[
+            "deep.safetensors",
+            "prompt depth 9 is deeper than the model's 3 layers",
+        ],
+    );
+    // More learned tokens than the template has words.
+    let p = d.join("n5.safetensors");
+    std::fs::write(&p, serialize(&maple_tensors(&tiny_config(), 5, 3, 0), &[])).unwrap();
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+        &"--prompts",
+        &p,
+    ]);
+    fails(&out, &["n5.safetensors", "5 context tokens", "only 4"]);
+    // Not a prompt file at all.
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+        &"--prompts",
+        &tiny().join("model.safetensors"),
+    ]);
+    fails(&out, &["model.safetensors", "not a MaPLe prompt file"]);
+}
+
+#[test]
+fn empty_duplicate_and_too_long_labels() {
+    let d = scratch("labels");
+    let run_with = |text: &str| {
+        let l = labels_file(&d, text);
+        run(&[
+            &image("rgb_100x80.png"),
+            &"--classes",
+            &l,
+            &"--model",
+            &tiny(),
+        ])
+    };
+    fails(
+        &run_with("# nothing here\n\n   \n"),
+        &["labels.txt", "no labels"],
+    );
+    fails(&run_with(""), &["labels.txt", "no labels"]);
+    fails(
+        &run_with("cat\ndog\ngolden retriever\ngolden_retriever\n"),
+        &[
+            "labels.txt",
+            "line 4",
+            "duplicate label \"golden_retriever\"",
+        ],
+    );
+    let long = vec!["word"; 80].join(" ");
+    fails(
+        &run_with(&format!("cat\n{long}\n")),
+        &["labels.txt", "is too long", "word word"],
+    );
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &d.join("none.txt"),
+        &"--model",
+        &tiny(),
+    ]);
+    fails(&out, &["none.txt", "no such file"]);
+    std::fs::write(d.join("latin1.txt"), b"caf\xe9\n").unwrap();
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &d.join("latin1.txt"),
+        &"--model",
+        &tiny(),
+    ]);
+    fails(&out, &["latin1.txt", "not UTF-8"]);
+}
+
+#[test]
+fn a_label_at_the_limit_fits() {
+    // "a photo of a" (4) + label + "." + SOT + EOT: 70 one-token words fill 77 exactly.
+    let d = scratch("limit");
+    let l = labels_file(&d, &format!("{}\ncat\n", vec!["dog"; 70].join(" ")));
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &l,
+        &"--model",
+        &tiny(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = labels_file(&d, &format!("{}\ncat\n", vec!["dog"; 71].join(" ")));
+    fails(
+        &run(&[
+            &image("rgb_100x80.png"),
+            &"--classes",
+            &l,
+            &"--model",
+            &tiny(),
+        ]),
+        &["too long"],
+    );
+}
