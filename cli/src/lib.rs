@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod clean;
 mod clean_tables;
+pub mod convert;
 pub mod imageio;
 pub mod labels;
 pub mod loader;
@@ -28,7 +29,12 @@ impl CliError {
     }
 
     pub fn core(path: &Path, e: maple_core::Error) -> Self {
-        CliError(format!("{}: {e}", path.display()))
+        match e {
+            maple_core::Error::Refused(m) => {
+                CliError(format!("refusing to load {}: {m}", path.display()))
+            }
+            e => CliError(format!("{}: {e}", path.display())),
+        }
     }
 }
 

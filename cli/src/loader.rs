@@ -3,7 +3,9 @@
 
 use crate::tokenizer::ClipTokenizer;
 use crate::CliError;
-use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors};
+use maple_core::checkpoint::openai::OpenAiNames;
+use maple_core::checkpoint::{is_zip, TorchCheckpoint};
+use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TensorSource};
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -60,14 +62,49 @@ pub fn check_model_dir(dir: &Path) -> Result<(), CliError> {
     }
 }
 
-/// Loads CLIP from a model directory and, if given, MaPLe prompts from a safetensors file.
+/// Runs `f` on the tensors of a safetensors file or a `torch.save` archive (detected by content).
+/// With `hf_names`, OpenAI-named CLIP weights are presented under HF names.
+pub fn with_tensors<T>(
+    path: &Path,
+    hf_names: bool,
+    f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
+) -> Result<T, CliError> {
+    let bytes = map_file(path)?;
+    let err = |e| CliError::core(path, e);
+    let run = |src: &dyn TensorSource| match OpenAiNames::detect(src).filter(|_| hf_names) {
+        Some(o) => f(&o),
+        None => f(src),
+    };
+    if is_zip(&bytes) {
+        let ck = TorchCheckpoint::parse(&bytes).map_err(err)?;
+        run(&ck).map_err(err)
+    } else {
+        let st = SafeTensors::parse(&bytes).map_err(err)?;
+        run(&st).map_err(err)
+    }
+}
+
+/// `model.safetensors`, else `pytorch_model.bin`, in a model directory.
+pub fn weights_file(dir: &Path) -> Result<PathBuf, CliError> {
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(CliError(format!(
+        "{}: no model.safetensors or pytorch_model.bin in the model directory",
+        dir.display()
+    )))
+}
+
+/// Loads CLIP from a model directory and, if given, MaPLe prompts (safetensors or a MaPLe
+/// `.pth.tar` checkpoint).
 pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, CliError> {
     check_model_dir(dir)?;
     let config = read_config(dir)?;
-    let wp = dir.join("model.safetensors");
-    let bytes = map_file(&wp)?;
-    let st = SafeTensors::parse(&bytes).map_err(|e| CliError::core(&wp, e))?;
-    let clip = Clip::load(&config, &st).map_err(|e| CliError::core(&wp, e))?;
+    let wp = weights_file(dir)?;
+    let clip = with_tensors(&wp, true, |src| Clip::load(&config, src))?;
     let prompts = match prompts {
         Some(p) => Some(load_prompts(&config, p)?),
         None => None,
@@ -76,9 +113,7 @@ pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, CliError>
 }
 
 pub fn load_prompts(config: &ClipConfig, path: &Path) -> Result<MaplePrompts, CliError> {
-    let bytes = map_file(path)?;
-    let st = SafeTensors::parse(&bytes).map_err(|e| CliError::core(path, e))?;
-    MaplePrompts::load(config, &st).map_err(|e| CliError::core(path, e))
+    with_tensors(path, false, |src| MaplePrompts::load(config, src))
 }
 
 /// `DIR/tokenizer.json` when the model directory has one, else the built-in CLIP tokenizer.

@@ -53,8 +53,15 @@ pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place; on any error
+/// the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| CliError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CliError::io(path, e))
+    let r = std::fs::write(&tmp, bytes)
+        .map_err(|e| CliError::io(path, e))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| CliError::io(path, e)));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }

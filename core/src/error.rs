@@ -23,6 +23,10 @@ pub enum Error {
     Dtype { name: String, dtype: String },
     /// MaPLe prompt tensors that do not fit the model (n_ctx, width, depth).
     Prompts(String),
+    /// A PyTorch checkpoint that is malformed (zip, pickle, storages).
+    Checkpoint(String),
+    /// A checkpoint that asks for something we never do (a global outside the allowlists).
+    Refused(String),
     /// Input data (pixels, token ids, batch) that does not fit the model or the workspace.
     Input(String),
 }
@@ -63,6 +67,8 @@ impl fmt::Display for Error {
             ),
             Error::Prompts(m) => write!(f, "prompts do not fit the model: {m}"),
             Error::Input(m) => write!(f, "bad input: {m}"),
+            Error::Checkpoint(m) => write!(f, "not a readable PyTorch checkpoint: {m}"),
+            Error::Refused(m) => f.write_str(m),
         }
     }
 }

@@ -10,6 +10,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod error;

@@ -2,7 +2,7 @@
 //! Parsed from a byte slice (the caller reads or memory-maps the file); nothing is copied.
 
 use crate::error::{Error, Result};
-use alloc::borrow::ToOwned;
+use alloc::borrow::{Cow, ToOwned};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -18,7 +18,7 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    fn parse(s: &str) -> Option<(Dtype, usize)> {
+    pub fn parse(s: &str) -> Option<(Dtype, usize)> {
         Some(match s {
             "F32" => (Dtype::F32, 4),
             "F16" => (Dtype::F16, 2),
@@ -39,6 +39,11 @@ impl Dtype {
         })
     }
 
+    /// Bytes per element.
+    pub fn size(&self) -> usize {
+        Dtype::parse(self.name()).map_or(1, |(_, s)| s)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Dtype::F32 => "F32",
@@ -49,12 +54,13 @@ impl Dtype {
     }
 }
 
-/// A borrowed tensor: dtype, shape and its little-endian bytes (any alignment).
+/// A tensor: dtype, shape and its little-endian row-major bytes (any alignment), borrowed from
+/// the file where possible, owned where it had to be rearranged (strides, transposes).
 #[derive(Debug, Clone)]
 pub struct TensorView<'a> {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    pub data: &'a [u8],
+    pub data: Cow<'a, [u8]>,
 }
 
 impl TensorView<'_> {
@@ -272,7 +278,7 @@ impl TensorSource for SafeTensors<'_> {
             .map(|e| TensorView {
                 dtype: e.dtype,
                 shape: e.shape.clone(),
-                data: &self.data[e.start..e.end],
+                data: Cow::Borrowed(&self.data[e.start..e.end]),
             })
     }
 
