@@ -1,25 +1,15 @@
 //! The whole `maple-classify` job: labels → text features (once), images → logits.
 
 use crate::imageio::load_rgb8;
+use crate::imageio::Rgb8;
+use crate::inputs::Input;
 use crate::labels::{read_labels, tokenize_labels, Label};
 use crate::loader::{load_model, load_tokenizer};
 use crate::CliError;
 use maple_core::ops::softmax;
 use maple_core::preprocess::preprocess;
-use maple_core::{Model, Parallel, TextFeatures};
+use maple_core::{Model, Parallel, TextFeatures, VisionWorkspace};
 use std::path::{Path, PathBuf};
-
-pub struct Options {
-    pub images: Vec<PathBuf>,
-    pub classes: PathBuf,
-    pub model: PathBuf,
-    pub prompts: Option<PathBuf>,
-    pub template: String,
-    /// Threads for the CPU kernels; 0 = all cores.
-    pub threads: usize,
-    /// Images per forward pass.
-    pub batch: usize,
-}
 
 pub struct ImageResult {
     pub image: String,
@@ -35,6 +25,14 @@ pub struct Classifier {
     par: Parallel,
 }
 
+/// One input's result: logits, or the one-line reason it failed.
+pub struct Outcome {
+    pub image: String,
+    pub result: Result<ImageResult, String>,
+    /// The decoded image, kept only when asked for (the HTML report's thumbnails).
+    pub decoded: Option<Rgb8>,
+}
+
 impl Classifier {
     pub fn new(
         model_dir: &Path,
@@ -44,6 +42,25 @@ impl Classifier {
         threads: usize,
     ) -> Result<Self, CliError> {
         let labels = read_labels(classes)?;
+        Self::with_labels(
+            model_dir,
+            prompts,
+            labels,
+            &classes.display().to_string(),
+            template,
+            threads,
+        )
+    }
+
+    /// `source` names where the labels came from, in errors.
+    pub fn with_labels(
+        model_dir: &Path,
+        prompts: Option<&Path>,
+        labels: Vec<Label>,
+        source: &str,
+        template: &str,
+        threads: usize,
+    ) -> Result<Self, CliError> {
         let model = load_model(model_dir, prompts)?;
         let tok = load_tokenizer(model_dir)?;
         let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
@@ -55,17 +72,11 @@ impl Classifier {
             )));
         }
         let max_len = model.clip.config.text.max_position_embeddings;
-        let rows = tokenize_labels(
-            &tok,
-            template,
-            &labels,
-            max_len,
-            &classes.display().to_string(),
-        )?;
+        let rows = tokenize_labels(&tok, template, &labels, max_len, source)?;
         let par = Parallel::with_threads(threads);
         let text = model
             .encode_texts(&par, &rows)
-            .map_err(|e| CliError(format!("{}: {e}", classes.display())))?;
+            .map_err(|e| CliError(format!("{source}: {e}")))?;
         Ok(Classifier {
             model,
             labels,
@@ -74,62 +85,97 @@ impl Classifier {
         })
     }
 
-    /// Preprocessed pixels `[3, S, S]` for one image file.
-    pub fn load_image(&self, path: &Path) -> Result<Vec<f32>, CliError> {
-        let img = load_rgb8(path)?;
-        let s = self.model.clip.config.vision.image_size;
-        preprocess(&img.data, img.width, img.height, s).map_err(|e| CliError::core(path, e))
+    pub fn vision_workspace(&self, batch: usize) -> VisionWorkspace {
+        self.model.vision_workspace(batch, &self.par)
     }
 
-    /// Classifies images in batches of `batch`; the first bad image stops the run with its error.
+    /// Decodes and preprocesses one image file → (`[3, S, S]` pixels, decoded RGB).
+    pub fn load_image(&self, path: &Path) -> Result<(Vec<f32>, Rgb8), CliError> {
+        let img = load_rgb8(path)?;
+        let s = self.model.clip.config.vision.image_size;
+        let px =
+            preprocess(&img.data, img.width, img.height, s).map_err(|e| CliError::core(path, e))?;
+        Ok((px, img))
+    }
+
+    /// Classifies up to one workspace batch of inputs; each gets an outcome, in order.
+    pub fn classify_batch(
+        &self,
+        ws: &mut VisionWorkspace,
+        inputs: &[Input],
+        keep_decoded: bool,
+    ) -> Vec<Outcome> {
+        let mut out: Vec<Outcome> = Vec::with_capacity(inputs.len());
+        let mut pixels = Vec::new();
+        let mut ok = Vec::new();
+        for inp in inputs {
+            let image = inp.path().display().to_string();
+            let loaded = match inp {
+                Input::Failed(p, why) => Err(format!("{}: {why}", p.display())),
+                Input::Image(p) => self.load_image(p).map_err(|e| e.0),
+            };
+            match loaded {
+                Ok((px, img)) => {
+                    pixels.extend(px);
+                    ok.push(out.len());
+                    out.push(Outcome {
+                        image,
+                        result: Err(String::new()),
+                        decoded: keep_decoded.then_some(img),
+                    });
+                }
+                Err(e) => out.push(Outcome {
+                    image,
+                    result: Err(e),
+                    decoded: None,
+                }),
+            }
+        }
+        if ok.is_empty() {
+            return out;
+        }
+        let e = self.text.dim;
+        match self.model.encode_images(&self.par, ws, &pixels, ok.len()) {
+            Ok(feats) => {
+                for (&i, f) in ok.iter().zip(feats.chunks_exact(e)) {
+                    let mut logits = vec![0.0; self.labels.len()];
+                    out[i].result = self
+                        .model
+                        .logits(f, &self.text, &mut logits)
+                        .map(|_| {
+                            let mut probs = logits.clone();
+                            softmax(&mut probs);
+                            ImageResult {
+                                image: out[i].image.clone(),
+                                logits,
+                                probs,
+                            }
+                        })
+                        .map_err(|e| e.to_string());
+                }
+            }
+            Err(err) => {
+                for &i in &ok {
+                    out[i].result = Err(err.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Classifies images in batches of `batch`; the first failure stops with its error.
     pub fn classify(&self, images: &[PathBuf], batch: usize) -> Result<Vec<ImageResult>, CliError> {
         let batch = batch.clamp(1, images.len().max(1));
-        let mut ws = self.model.vision_workspace(batch, &self.par);
+        let mut ws = self.vision_workspace(batch);
+        let inputs: Vec<Input> = images.iter().map(|p| Input::Image(p.clone())).collect();
         let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(batch) {
-            let mut pixels = Vec::new();
-            for p in chunk {
-                pixels.extend(self.load_image(p)?);
-            }
-            let feats = self
-                .model
-                .encode_images(&self.par, &mut ws, &pixels, chunk.len())
-                .map_err(|e| CliError(e.to_string()))?;
-            let e = self.text.dim;
-            for (p, f) in chunk.iter().zip(feats.chunks_exact(e)) {
-                let mut logits = vec![0.0; self.labels.len()];
-                self.model
-                    .logits(f, &self.text, &mut logits)
-                    .map_err(|e| CliError(e.to_string()))?;
-                let mut probs = logits.clone();
-                softmax(&mut probs);
-                out.push(ImageResult {
-                    image: p.display().to_string(),
-                    logits,
-                    probs,
-                });
+        for chunk in inputs.chunks(batch) {
+            for o in self.classify_batch(&mut ws, chunk, false) {
+                out.push(o.result.map_err(CliError)?);
             }
         }
         Ok(out)
     }
-}
-
-pub fn run(opts: &Options) -> Result<(Vec<Label>, Vec<ImageResult>), CliError> {
-    // Cheap checks first, so a typo in an image path fails before the model loads.
-    for p in &opts.images {
-        if let Err(e) = std::fs::metadata(p) {
-            return Err(CliError::io(p, e));
-        }
-    }
-    let c = Classifier::new(
-        &opts.model,
-        opts.prompts.as_deref(),
-        &opts.classes,
-        &opts.template,
-        opts.threads,
-    )?;
-    let results = c.classify(&opts.images, opts.batch)?;
-    Ok((c.labels, results))
 }
 
 /// Indices of the `k` best scores, best first (ties keep label order).

@@ -5,9 +5,13 @@ pub mod classify;
 pub mod clean;
 mod clean_tables;
 pub mod convert;
+pub mod hub;
 pub mod imageio;
+pub mod inputs;
 pub mod labels;
 pub mod loader;
+pub mod output;
+pub mod report;
 pub mod synth;
 pub mod tokenizer;
 

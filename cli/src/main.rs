@@ -1,17 +1,27 @@
 //! maple-classify: classify images with CLIP ViT-B/16 + MaPLe prompts.
 
 use clap::{Parser, ValueEnum};
-use maple_cli::classify::{json_line, run, text_block, Options};
-use std::io::Write;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use maple_cli::classify::Classifier;
+use maple_cli::hub::{resolve_model, DEFAULT_MODEL};
+use maple_cli::inputs::collect;
+use maple_cli::labels::{parse_labels, read_labels};
+use maple_cli::output::{header, record, Format};
+use maple_cli::report::{render, thumbnail, Entry};
+use maple_cli::synth::write_atomic;
+use maple_cli::CliError;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Format {
+enum FormatArg {
     /// A readable table of the top-k labels with percentages.
     Text,
     /// One JSON object per image per line, every label's logit and probability.
     Json,
+    /// CSV: image,rank,label,logit,prob,error — top-k rows per image, one row per failure.
+    Csv,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -29,33 +39,58 @@ enum Device {
     name = "maple-classify",
     version,
     after_help = "Examples:\n  \
-maple-classify photo.jpg --classes labels.txt --model clip-vit-base-patch16/ --prompts maple_prompts.safetensors\n  \
-MAPLE_MODEL=clip-vit-base-patch16/ maple-classify a.jpg b.png --classes labels.txt --format json\n\n\
+maple-classify photo.jpg --classes labels.txt --prompts MultiModalPromptLearner/model.pth.tar-5\n  \
+maple-classify ~/Pictures --labels \"cat,dog,a red car\" --format csv --output results.csv\n  \
+find . -name '*.jpg' | maple-classify - --classes labels.txt --format json\n  \
+maple-classify holiday/ --classes labels.txt --report report.html\n\n\
+Inputs: files are always tried; directories are walked recursively for .jpg .jpeg .png .webp\n\
+.gif .bmp .tif .tiff files, in sorted order; `-` reads one path per line from stdin.\n\n\
 Labels file: one label per line, UTF-8; blank lines and lines starting with # are skipped;\n\
 `_` is read as a space.\n\n\
-Exit status: 0 on success, 1 on any error (the error names the file and the problem)."
+Model: a directory (config.json + model.safetensors or pytorch_model.bin), or a Hugging Face\n\
+id looked up in the hub cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) and\n\
+downloaded there if missing (unless HF_HUB_OFFLINE=1).\n\n\
+Exit status:\n  \
+0  every image was classified\n  \
+1  fatal error (bad model, prompts, labels or arguments); nothing is written\n  \
+2  some images failed (each has an error record in the output and a line on stderr)"
 )]
 struct Args {
-    /// Image files (JPEG, PNG, WebP, GIF, BMP, TIFF).
-    #[arg(required = true, value_name = "IMAGE")]
-    images: Vec<PathBuf>,
+    /// Image files or directories; `-` reads paths from stdin.
+    #[arg(required = true, value_name = "IMAGE|DIR|-")]
+    inputs: Vec<PathBuf>,
     /// Labels file: one class name per line.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    classes: PathBuf,
-    /// Model directory in Hugging Face layout (config.json, model.safetensors, optional tokenizer.json).
-    #[arg(long, short = 'm', env = "MAPLE_MODEL", value_name = "DIR")]
-    model: PathBuf,
-    /// MaPLe prompts as safetensors (MaPLe's key names, with or without `prompt_learner.`).
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "labels",
+        conflicts_with = "labels"
+    )]
+    classes: Option<PathBuf>,
+    /// Labels inline, comma-separated: --labels "cat,dog,a red car".
+    #[arg(long, short = 'l', value_name = "LIST")]
+    labels: Option<String>,
+    /// Model directory or Hugging Face id.
+    #[arg(long, short = 'm', env = "MAPLE_MODEL", value_name = "DIR|ID", default_value = DEFAULT_MODEL)]
+    model: String,
+    /// MaPLe prompts: a MaPLe checkpoint (.pth.tar) or safetensors with prompt_learner tensors.
     #[arg(long, short = 'p', value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Prompt template; the label and a period follow it. Its first n_ctx words are learned.
     #[arg(long, default_value = "a photo of a")]
     template: String,
-    /// How many labels to show per image (text) or list in "top" (json).
+    /// How many labels to show per image (text, csv) or list in "top" (json).
     #[arg(long, short = 'k', default_value_t = 5)]
     top_k: usize,
     #[arg(long, short = 'f', value_enum, default_value = "text")]
-    format: Format,
+    format: FormatArg,
+    /// Write results to FILE (atomically: a temporary file renamed at the end) instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Also write a self-contained HTML page with thumbnails and score bars.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
     /// CPU threads (0 = all cores).
@@ -64,45 +99,139 @@ struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// No progress bar and no per-image error lines on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(PathBuf, Vec<u8>),
+}
+
+impl Sink {
+    fn write(&mut self, s: &str) -> Result<(), CliError> {
+        match self {
+            Sink::Stdout(o) => o
+                .lock()
+                .write_all(s.as_bytes())
+                .map_err(|e| CliError(format!("cannot write to stdout: {e}"))),
+            Sink::File(_, buf) => {
+                buf.extend_from_slice(s.as_bytes());
+                Ok(())
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    let _ = a.device;
-    let opts = Options {
-        images: a.images,
-        classes: a.classes,
-        model: a.model,
-        prompts: a.prompts,
-        template: a.template,
-        threads: a.threads,
-        batch: a.batch_size,
-    };
-    match run(&opts) {
-        Ok((labels, results)) => {
-            let mut out = String::new();
-            for r in &results {
-                match a.format {
-                    Format::Json => {
-                        out.push_str(&json_line(&labels, r, a.top_k));
-                        out.push('\n');
-                    }
-                    Format::Text => out.push_str(&text_block(&labels, r, a.top_k)),
-                }
-            }
-            let mut so = std::io::stdout().lock();
-            if so
-                .write_all(out.as_bytes())
-                .and_then(|_| so.flush())
-                .is_err()
-            {
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
-        }
+    match run(a) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(2),
         Err(e) => {
             eprintln!("maple-classify: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Returns the number of images that failed.
+fn run(a: Args) -> Result<usize, CliError> {
+    let _ = a.device;
+    let format = match a.format {
+        FormatArg::Text => Format::Text,
+        FormatArg::Json => Format::Json,
+        FormatArg::Csv => Format::Csv,
+    };
+    let (labels, source) = match (&a.classes, &a.labels) {
+        (Some(p), _) => (read_labels(p)?, p.display().to_string()),
+        (None, Some(l)) => (
+            parse_labels(&l.replace(',', "\n"), "--labels")?,
+            "--labels".to_string(),
+        ),
+        (None, None) => {
+            return Err(CliError(
+                "give labels with --classes FILE or --labels LIST".into(),
+            ))
+        }
+    };
+    let mut stdin = std::io::stdin().lock();
+    let inputs = collect(&a.inputs, &mut stdin);
+    if inputs.is_empty() {
+        return Err(CliError(format!(
+            "no images found in {}",
+            a.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let model_dir = resolve_model(&a.model)?;
+    let c = Classifier::with_labels(
+        &model_dir,
+        a.prompts.as_deref(),
+        labels,
+        &source,
+        &a.template,
+        a.threads,
+    )?;
+
+    let mut sink = match &a.output {
+        Some(p) => Sink::File(p.clone(), Vec::new()),
+        None => Sink::Stdout(std::io::stdout()),
+    };
+    sink.write(&header(format))?;
+    let bar = if !a.quiet && inputs.len() > 1 && std::io::stderr().is_terminal() {
+        let b =
+            ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let batch = a.batch_size.clamp(1, inputs.len());
+    let mut ws = c.vision_workspace(batch);
+    let mut failed = 0;
+    let mut report: Vec<Entry> = Vec::new();
+    for chunk in inputs.chunks(batch) {
+        for o in c.classify_batch(&mut ws, chunk, a.report.is_some()) {
+            if let Err(e) = &o.result {
+                failed += 1;
+                if !a.quiet {
+                    bar.suspend(|| eprintln!("maple-classify: {e}"));
+                }
+            }
+            sink.write(&record(format, &c.labels, &o.image, &o.result, a.top_k))?;
+            if a.report.is_some() {
+                let thumb = o.decoded.as_ref().and_then(|d| thumbnail(d, 240));
+                report.push(Entry {
+                    image: o.image,
+                    result: o.result,
+                    thumb,
+                });
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(r) = &a.report {
+        let title = format!(
+            "maple-classify: {}",
+            if a.prompts.is_some() {
+                "MaPLe"
+            } else {
+                "zero-shot CLIP"
+            }
+        );
+        write_atomic(r, render(&c.labels, &report, a.top_k, &title).as_bytes())?;
+    }
+    if let Sink::File(p, buf) = sink {
+        write_atomic(&p, &buf)?;
+    }
+    Ok(failed)
 }

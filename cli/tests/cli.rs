@@ -51,6 +51,20 @@ fn fails(out: &Output, must_contain: &[&str]) -> String {
     err
 }
 
+/// A bad image is not fatal: an error record in the output, one stderr line, exit 2.
+fn image_fails(out: &Output, must_contain: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("error: "), "no error record: {stdout}");
+    for m in must_contain {
+        assert!(err.contains(m), "{err:?} does not mention {m:?}");
+        assert!(stdout.contains(m), "{stdout:?} does not mention {m:?}");
+    }
+}
+
 fn labels_file(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("labels.txt");
     std::fs::write(&p, text).unwrap();
@@ -145,7 +159,7 @@ fn missing_image() {
         &"--model",
         &tiny(),
     ]);
-    fails(&out, &["nope.jpg", "no such file"]);
+    image_fails(&out, &["nope.jpg", "no such file"]);
 }
 
 #[test]
@@ -153,7 +167,7 @@ fn undecodable_image() {
     let d = scratch("undecodable");
     let txt = d.join("notes.jpg");
     std::fs::write(&txt, "this is not an image at all").unwrap();
-    fails(
+    image_fails(
         &run(&[
             &txt,
             &"--classes",
@@ -175,11 +189,11 @@ fn undecodable_image() {
         &tiny(),
     ]);
     // Pillow refuses a truncated JPEG; libjpeg alone would pad it with gray.
-    fails(&out, &["cut.jpg", "truncated"]);
+    image_fails(&out, &["cut.jpg", "truncated"]);
     let png = std::fs::read(image("rgb_100x80.png")).unwrap();
     let bad = d.join("bad.png");
     std::fs::write(&bad, &png[..png.len() / 2]).unwrap();
-    fails(
+    image_fails(
         &run(&[
             &bad,
             &"--classes",
@@ -191,7 +205,7 @@ fn undecodable_image() {
     );
     let empty = d.join("empty.png");
     std::fs::write(&empty, "").unwrap();
-    fails(
+    image_fails(
         &run(&[
             &empty,
             &"--classes",
