@@ -13,7 +13,7 @@ const TOL: f32 = 1e-3;
 /// Returns the largest |Δlogit| over every image and label.
 fn check(dir: &Path, golden: &Value, mode: &str) -> f32 {
     let prompts = dir.join("maple_prompts.safetensors");
-    let c = Classifier::new(
+    let mut c = Classifier::new(
         dir,
         (mode == "maple").then_some(prompts.as_path()),
         &fixtures().join("labels.txt"),

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Debian's chromium and
-# playwright-core for the HTML-report test), then runs every test.
+# playwright-core for the HTML-report test; Mesa's lavapipe, a software Vulkan driver, for the
+# GPU tests), then runs every test. GPU tests fail (never skip) when no adapter exists, and print
+# the adapter they ran on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-if [ ! -x /usr/bin/chromium ]; then
+need=""
+[ -x /usr/bin/chromium ] || need="$need chromium"
+ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need="$need mesa-vulkan-drivers libvulkan1"
+if [ -n "$need" ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
+fi
+# wgpu honours WGPU_BACKEND; without it, it may pick a GL software adapter (slow shader builds).
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  export XDG_RUNTIME_DIR="$(mktemp -d)"  # silences Mesa's window-system warnings
 fi
 if [ ! -d tools/report-check/node_modules/playwright-core ]; then
   (cd tools/report-check && npm ci --silent --no-audit --no-fund)
 fi
-cargo test --workspace
+cargo test --workspace --exclude maple-gpu
+cargo test -p maple-gpu -- --nocapture --test-threads=1
 cargo test -p maple-core --no-default-features

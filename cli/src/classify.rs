@@ -1,28 +1,20 @@
-//! The whole `maple-classify` job: labels → text features (once), images → logits.
+//! The whole `maple-classify` job: labels → text features (once), images → logits, on the
+//! CPU or a GPU.
 
-use crate::imageio::load_rgb8;
-use crate::imageio::Rgb8;
+use crate::imageio::{load_rgb8, Rgb8};
 use crate::inputs::Input;
 use crate::labels::{read_labels, tokenize_labels, Label};
 use crate::loader::{load_model, load_tokenizer};
 use crate::CliError;
 use maple_core::ops::softmax;
 use maple_core::preprocess::preprocess;
-use maple_core::{Model, Parallel, TextFeatures, VisionWorkspace};
+use maple_core::{Model, Parallel, TextFeatures, TokenRow, VisionWorkspace};
 use std::path::{Path, PathBuf};
 
 pub struct ImageResult {
     pub image: String,
     pub logits: Vec<f32>,
     pub probs: Vec<f32>,
-}
-
-/// A loaded model with its labels' text features, ready to classify any number of images.
-pub struct Classifier {
-    pub model: Model,
-    pub labels: Vec<Label>,
-    pub text: TextFeatures,
-    par: Parallel,
 }
 
 /// One input's result: logits, or the one-line reason it failed.
@@ -33,7 +25,45 @@ pub struct Outcome {
     pub decoded: Option<Rgb8>,
 }
 
+/// Where the towers run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Device {
+    /// A hardware GPU if there is one, else the CPU (with a notice).
+    Auto,
+    /// Any GPU adapter, software ones included; an error if there is none.
+    Gpu,
+    Cpu,
+}
+
+/// Storage type of the GPU matmul weights (the math is f32 either way).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+#[allow(clippy::large_enum_variant)] // one value per run
+enum Backend {
+    Cpu(Option<VisionWorkspace>),
+    #[cfg(feature = "gpu")]
+    Gpu(Box<maple_gpu::GpuModel>),
+}
+
+/// A loaded model with its labels' text features, ready to classify any number of images.
+pub struct Classifier {
+    pub model: Model,
+    pub labels: Vec<Label>,
+    pub text: TextFeatures,
+    par: Parallel,
+    backend: Backend,
+    device: Device,
+    text_rows: Vec<TokenRow>,
+    /// One line saying which device runs the model (and why, after a fallback).
+    pub notice: Option<String>,
+}
+
 impl Classifier {
+    /// CPU, labels from a file.
     pub fn new(
         model_dir: &Path,
         prompts: Option<&Path>,
@@ -42,17 +72,21 @@ impl Classifier {
         threads: usize,
     ) -> Result<Self, CliError> {
         let labels = read_labels(classes)?;
+        let src = classes.display().to_string();
         Self::with_labels(
             model_dir,
             prompts,
             labels,
-            &classes.display().to_string(),
+            &src,
             template,
             threads,
+            Device::Cpu,
+            Precision::F32,
         )
     }
 
     /// `source` names where the labels came from, in errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn with_labels(
         model_dir: &Path,
         prompts: Option<&Path>,
@@ -60,6 +94,8 @@ impl Classifier {
         source: &str,
         template: &str,
         threads: usize,
+        device: Device,
+        precision: Precision,
     ) -> Result<Self, CliError> {
         let model = load_model(model_dir, prompts)?;
         let tok = load_tokenizer(model_dir)?;
@@ -73,20 +109,137 @@ impl Classifier {
         }
         let max_len = model.clip.config.text.max_position_embeddings;
         let rows = tokenize_labels(&tok, template, &labels, max_len, source)?;
-        let par = Parallel::with_threads(threads);
-        let text = model
-            .encode_texts(&par, &rows)
-            .map_err(|e| CliError(format!("{source}: {e}")))?;
-        Ok(Classifier {
+        let mut c = Classifier {
+            text: TextFeatures {
+                dim: 0,
+                data: Vec::new(),
+            },
             model,
             labels,
-            text,
-            par,
-        })
+            par: Parallel::with_threads(threads),
+            backend: Backend::Cpu(None),
+            device: Device::Cpu,
+            text_rows: rows,
+            notice: None,
+        };
+        c.set_device(device, precision)?;
+        c.text = match c.encode_texts_on_device() {
+            Ok(t) => t,
+            Err(e) if c.device == Device::Auto => {
+                c.fall_back(&e);
+                c.model
+                    .encode_texts(&c.par, &c.text_rows)
+                    .map_err(|e| CliError(format!("{source}: {e}")))?
+            }
+            Err(e) => return Err(CliError(format!("{source}: {e}"))),
+        };
+        Ok(c)
     }
 
-    pub fn vision_workspace(&self, batch: usize) -> VisionWorkspace {
-        self.model.vision_workspace(batch, &self.par)
+    fn set_device(&mut self, device: Device, precision: Precision) -> Result<(), CliError> {
+        self.device = device;
+        if precision == Precision::F16 && device == Device::Cpu {
+            return Err(CliError(
+                "--precision f16 is for GPUs (f16 weight storage); the CPU computes in f32".into(),
+            ));
+        }
+        if device == Device::Cpu {
+            return Ok(());
+        }
+        #[cfg(feature = "gpu")]
+        {
+            use maple_gpu::{AdapterChoice, Gpu, GpuModel};
+            let choice = if device == Device::Auto {
+                AdapterChoice::Hardware
+            } else {
+                AdapterChoice::Any
+            };
+            let p = match precision {
+                Precision::F32 => maple_gpu::Precision::F32,
+                Precision::F16 => maple_gpu::Precision::F16,
+            };
+            let opened = Gpu::open(choice).and_then(|g| {
+                let name = g.describe();
+                GpuModel::upload(g, &self.model, p).map(|m| (m, name))
+            });
+            match opened {
+                Ok((m, name)) => {
+                    self.notice = Some(format!("running on the GPU: {name}"));
+                    self.backend = Backend::Gpu(Box::new(m));
+                    Ok(())
+                }
+                Err(e) if device == Device::Auto => {
+                    self.fall_back(&e.0);
+                    Ok(())
+                }
+                Err(e) => Err(CliError(format!("--device gpu: {e}"))),
+            }
+        }
+        #[cfg(not(feature = "gpu"))]
+        {
+            let _ = precision;
+            if device == Device::Auto {
+                self.fall_back("this build has no GPU backend");
+                return Ok(());
+            }
+            Err(CliError(
+                "--device gpu: this build has no GPU backend (cargo feature `gpu`)".into(),
+            ))
+        }
+    }
+
+    /// `auto` only: drop the GPU and say why.
+    fn fall_back(&mut self, why: &str) {
+        self.notice = Some(format!("running on the CPU ({why})"));
+        self.backend = Backend::Cpu(None);
+        self.device = Device::Cpu;
+    }
+
+    fn encode_texts_on_device(&mut self) -> Result<TextFeatures, String> {
+        match &mut self.backend {
+            Backend::Cpu(_) => self
+                .model
+                .encode_texts(&self.par, &self.text_rows)
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu(g) => g.encode_texts(&self.text_rows).map_err(|e| e.0),
+        }
+    }
+
+    /// Image features `[count, E]` on the current device. Under `auto` a GPU failure moves the
+    /// run (text features included) to the CPU, with a notice.
+    fn encode_images(
+        &mut self,
+        pixels: &[f32],
+        count: usize,
+        batch: usize,
+    ) -> Result<Vec<f32>, CliError> {
+        #[cfg(feature = "gpu")]
+        if let Backend::Gpu(g) = &mut self.backend {
+            match g.encode_images(pixels, count) {
+                Ok(f) => return Ok(f),
+                Err(e) if self.device == Device::Auto => {
+                    self.fall_back(&e.0);
+                    if let Some(n) = &self.notice {
+                        eprintln!("maple-classify: {n}");
+                    }
+                    self.text = self
+                        .model
+                        .encode_texts(&self.par, &self.text_rows)
+                        .map_err(|e| CliError(e.to_string()))?;
+                }
+                Err(e) => return Err(CliError(format!("--device gpu: {e}"))),
+            }
+        }
+        let (model, par) = (&self.model, &self.par);
+        let Backend::Cpu(ws) = &mut self.backend else {
+            return Err(CliError("no backend".into()));
+        };
+        let ws = ws.get_or_insert_with(|| model.vision_workspace(batch, par));
+        model
+            .encode_images(par, ws, pixels, count)
+            .map(|f| f.to_vec())
+            .map_err(|e| CliError(e.to_string()))
     }
 
     /// Decodes and preprocesses one image file → (`[3, S, S]` pixels, decoded RGB).
@@ -98,13 +251,14 @@ impl Classifier {
         Ok((px, img))
     }
 
-    /// Classifies up to one workspace batch of inputs; each gets an outcome, in order.
+    /// Classifies up to `batch` inputs; each gets an outcome, in order. Bad images are
+    /// outcomes; a GPU failure under `--device gpu` is fatal (`Err`).
     pub fn classify_batch(
-        &self,
-        ws: &mut VisionWorkspace,
+        &mut self,
         inputs: &[Input],
         keep_decoded: bool,
-    ) -> Vec<Outcome> {
+        batch: usize,
+    ) -> Result<Vec<Outcome>, CliError> {
         let mut out: Vec<Outcome> = Vec::with_capacity(inputs.len());
         let mut pixels = Vec::new();
         let mut ok = Vec::new();
@@ -132,45 +286,40 @@ impl Classifier {
             }
         }
         if ok.is_empty() {
-            return out;
+            return Ok(out);
         }
+        let feats = self.encode_images(&pixels, ok.len(), batch.max(ok.len()))?;
         let e = self.text.dim;
-        match self.model.encode_images(&self.par, ws, &pixels, ok.len()) {
-            Ok(feats) => {
-                for (&i, f) in ok.iter().zip(feats.chunks_exact(e)) {
-                    let mut logits = vec![0.0; self.labels.len()];
-                    out[i].result = self
-                        .model
-                        .logits(f, &self.text, &mut logits)
-                        .map(|_| {
-                            let mut probs = logits.clone();
-                            softmax(&mut probs);
-                            ImageResult {
-                                image: out[i].image.clone(),
-                                logits,
-                                probs,
-                            }
-                        })
-                        .map_err(|e| e.to_string());
-                }
-            }
-            Err(err) => {
-                for &i in &ok {
-                    out[i].result = Err(err.to_string());
-                }
-            }
+        for (&i, f) in ok.iter().zip(feats.chunks_exact(e)) {
+            let mut logits = vec![0.0; self.labels.len()];
+            out[i].result = self
+                .model
+                .logits(f, &self.text, &mut logits)
+                .map(|_| {
+                    let mut probs = logits.clone();
+                    softmax(&mut probs);
+                    ImageResult {
+                        image: out[i].image.clone(),
+                        logits,
+                        probs,
+                    }
+                })
+                .map_err(|e| e.to_string());
         }
-        out
+        Ok(out)
     }
 
     /// Classifies images in batches of `batch`; the first failure stops with its error.
-    pub fn classify(&self, images: &[PathBuf], batch: usize) -> Result<Vec<ImageResult>, CliError> {
+    pub fn classify(
+        &mut self,
+        images: &[PathBuf],
+        batch: usize,
+    ) -> Result<Vec<ImageResult>, CliError> {
         let batch = batch.clamp(1, images.len().max(1));
-        let mut ws = self.vision_workspace(batch);
         let inputs: Vec<Input> = images.iter().map(|p| Input::Image(p.clone())).collect();
         let mut out = Vec::with_capacity(images.len());
         for chunk in inputs.chunks(batch) {
-            for o in self.classify_batch(&mut ws, chunk, false) {
+            for o in self.classify_batch(chunk, false, batch)? {
                 out.push(o.result.map_err(CliError)?);
             }
         }

@@ -2,7 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use maple_cli::classify::Classifier;
+use maple_cli::classify::{Classifier, Device, Precision};
 use maple_cli::hub::{resolve_model, DEFAULT_MODEL};
 use maple_cli::inputs::collect;
 use maple_cli::labels::{parse_labels, read_labels};
@@ -25,9 +25,20 @@ enum FormatArg {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Device {
-    /// Run on the CPU (the only device until the GPU backend lands).
+enum DeviceArg {
+    /// A hardware GPU if there is one, else the CPU (a notice on stderr says which).
+    Auto,
+    /// Any GPU adapter, software ones (lavapipe, SwiftShader) included; an error if none.
+    Gpu,
+    /// The CPU.
     Cpu,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum PrecisionArg {
+    F32,
+    /// f16 weight storage on GPUs with shader-f16 (f32 math); logits within ~1e-2.
+    F16,
 }
 
 /// Classify images against your own labels with CLIP ViT-B/16 and MaPLe's learned prompts.
@@ -91,8 +102,12 @@ struct Args {
     /// Also write a self-contained HTML page with thumbnails and score bars.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
+    /// Where to run the model.
+    #[arg(long, value_enum, env = "MAPLE_DEVICE", default_value = "auto")]
+    device: DeviceArg,
+    /// GPU weight storage.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     /// CPU threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0)]
     threads: usize,
@@ -138,7 +153,6 @@ fn main() -> ExitCode {
 
 /// Returns the number of images that failed.
 fn run(a: Args) -> Result<usize, CliError> {
-    let _ = a.device;
     let format = match a.format {
         FormatArg::Text => Format::Text,
         FormatArg::Json => Format::Json,
@@ -169,14 +183,30 @@ fn run(a: Args) -> Result<usize, CliError> {
         )));
     }
     let model_dir = resolve_model(&a.model)?;
-    let c = Classifier::with_labels(
+    let device = match a.device {
+        DeviceArg::Auto => Device::Auto,
+        DeviceArg::Gpu => Device::Gpu,
+        DeviceArg::Cpu => Device::Cpu,
+    };
+    let precision = match a.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let mut c = Classifier::with_labels(
         &model_dir,
         a.prompts.as_deref(),
         labels,
         &source,
         &a.template,
         a.threads,
+        device,
+        precision,
     )?;
+    if device != Device::Cpu && !a.quiet {
+        if let Some(n) = &c.notice {
+            eprintln!("maple-classify: {n}");
+        }
+    }
 
     let mut sink = match &a.output {
         Some(p) => Sink::File(p.clone(), Vec::new()),
@@ -195,11 +225,10 @@ fn run(a: Args) -> Result<usize, CliError> {
         ProgressBar::hidden()
     };
     let batch = a.batch_size.clamp(1, inputs.len());
-    let mut ws = c.vision_workspace(batch);
     let mut failed = 0;
     let mut report: Vec<Entry> = Vec::new();
     for chunk in inputs.chunks(batch) {
-        for o in c.classify_batch(&mut ws, chunk, a.report.is_some()) {
+        for o in c.classify_batch(chunk, a.report.is_some(), batch)? {
             if let Err(e) = &o.result {
                 failed += 1;
                 if !a.quiet {

@@ -20,7 +20,9 @@ fn scratch(name: &str) -> PathBuf {
 }
 fn cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
-    c.env_remove("MAPLE_MODEL").env("HF_HUB_OFFLINE", "1");
+    c.env_remove("MAPLE_MODEL")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("MAPLE_DEVICE", "cpu");
     c
 }
 fn golden() -> serde_json::Value {

@@ -42,6 +42,18 @@ impl PackedMatrix {
         Self::pack(k, n, |kk, j| b[kk * n + j])
     }
 
+    /// The weight back in PyTorch Linear layout `[n, k]` (for uploading to another backend).
+    pub fn to_out_in(&self) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.n * self.k];
+        for j in 0..self.n {
+            let (p, jj) = (j / NR, j % NR);
+            for kk in 0..self.k {
+                w[j * self.k + kk] = self.data[p * self.k * NR + kk * NR + jj];
+            }
+        }
+        w
+    }
+
     fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
         let panels = n.div_ceil(NR);
         let mut data = vec![0.0f32; panels * k * NR];

@@ -1,0 +1,109 @@
+//! The whole model on the GPU against the CPU path (the CPU path is itself checked against
+//! PyTorch): tiny and full-size synthetic models, MaPLe and zero-shot, f32 and f16 weights.
+
+use maple_cli::classify::Classifier;
+use maple_cli::loader::load_model;
+use maple_core::{Model, Parallel};
+use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn open() -> Gpu {
+    let g = Gpu::open(AdapterChoice::Any)
+        .expect("a GPU adapter (CI uses lavapipe: WGPU_BACKEND=vulkan)");
+    eprintln!("adapter: {}", g.describe());
+    g
+}
+
+/// Max |Δ| between GPU and CPU logits over `images` × the fixture labels.
+fn compare(dir: &Path, prompts: bool, images: &[&str], precision: Precision) -> (f32, bool) {
+    let p = dir.join("maple_prompts.safetensors");
+    let pr = prompts.then_some(p.as_path());
+    let mut c =
+        Classifier::new(dir, pr, &fixtures().join("labels.txt"), "a photo of a", 0).unwrap();
+    let paths: Vec<PathBuf> = images
+        .iter()
+        .map(|n| fixtures().join("images").join(n))
+        .collect();
+    let cpu = c.classify(&paths, 8).unwrap();
+    let model: Model = load_model(dir, pr).unwrap();
+    let gpu = open();
+    if precision == Precision::F16 && !gpu.shader_f16 {
+        eprintln!("adapter has no SHADER_F16");
+        return (0.0, true);
+    }
+    let mut g = GpuModel::upload(gpu, &model, precision).unwrap();
+    let tok = maple_cli::loader::load_tokenizer(dir).unwrap();
+    let rows =
+        maple_cli::labels::tokenize_labels(&tok, "a photo of a", &c.labels, 77, "labels").unwrap();
+    let text = g.encode_texts(&rows).unwrap();
+    let s = model.clip.config.vision.image_size;
+    let mut px = Vec::new();
+    for p in &paths {
+        px.extend(c.load_image(p).unwrap().0);
+    }
+    let t = std::time::Instant::now();
+    let feats = g.encode_images(&px, paths.len()).unwrap();
+    eprintln!(
+        "GPU image tower: {:.2} s for {} images of {s}px",
+        t.elapsed().as_secs_f64(),
+        paths.len()
+    );
+    let e = text.dim;
+    let mut max = 0.0f32;
+    let mut same_top5 = true;
+    for (i, r) in cpu.iter().enumerate() {
+        let mut lg = vec![0.0; c.labels.len()];
+        model
+            .logits(&feats[i * e..(i + 1) * e], &text, &mut lg)
+            .unwrap();
+        for (a, b) in lg.iter().zip(&r.logits) {
+            max = max.max((a - b).abs());
+        }
+        same_top5 &= maple_cli::classify::top_k(&lg, 5) == maple_cli::classify::top_k(&r.logits, 5);
+    }
+    let _ = Parallel::sequential();
+    (max, same_top5)
+}
+
+#[test]
+fn tiny_model_f32_matches_cpu() {
+    let imgs = [
+        "rgb_451x300.png",
+        "photo_320x240.jpg",
+        "gray_300x451.png",
+        "odd_641x97.png",
+        "rgba_256x256.png",
+    ];
+    for prompts in [true, false] {
+        let (d, top) = compare(&fixtures().join("tiny"), prompts, &imgs, Precision::F32);
+        eprintln!("tiny f32 prompts={prompts}: max |Δlogit| GPU vs CPU = {d:.2e}");
+        assert!(d <= 1e-3 && top, "{d}");
+    }
+}
+
+#[test]
+fn full_size_model_f32_and_f16_match_cpu() {
+    // Lavapipe runs ~20× slower than the CPU GEMM: two images.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/synth-full");
+    if !dir.join("model.safetensors").is_file() {
+        let spec = maple_cli::synth::SynthSpec {
+            size: maple_cli::synth::Size::Full,
+            seed: 0,
+            dtype: maple_core::Dtype::F32,
+            n_ctx: 2,
+            depth: 9,
+        };
+        maple_cli::synth::write_model(&dir, &spec).unwrap();
+    }
+    let imgs = ["photo_320x240.jpg", "rgb_451x300.png"];
+    let (d, top) = compare(&dir, true, &imgs, Precision::F32);
+    eprintln!("full-size f32 MaPLe: max |Δlogit| GPU vs CPU = {d:.2e}");
+    assert!(d <= 1e-3 && top, "{d}");
+    let (d, top) = compare(&dir, true, &imgs[..1], Precision::F16);
+    eprintln!("full-size f16 weights MaPLe: max |Δlogit| GPU vs CPU = {d:.2e}");
+    assert!(d <= 5e-2 && top, "{d}");
+}
