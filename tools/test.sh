@@ -25,3 +25,5 @@ fi
 cargo test --workspace --exclude maple-gpu
 cargo test -p maple-gpu -- --nocapture --test-threads=1
 cargo test -p maple-core --no-default-features
+# The browser build in headless Chromium on WebGPU (SKIPPED only if wasm32 cannot be installed).
+bash web/test.sh

@@ -5,6 +5,7 @@
 //! forward pass is one command buffer and one readback. Every wgpu error is captured (never a
 //! panic) and returned as [`GpuError`], so callers can fall back to the CPU.
 
+mod oneshot;
 mod plan;
 pub mod testing;
 mod weights;
@@ -69,24 +70,32 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens the first suitable adapter (`WGPU_BACKEND` and friends are honoured).
+    /// Opens the first suitable adapter, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(choice: AdapterChoice) -> Result<Self> {
+        pollster::block_on(Self::open_async(choice))
+    }
+
+    /// Opens the first suitable adapter (`WGPU_BACKEND` and friends are honoured natively).
+    pub async fn open_async(choice: AdapterChoice) -> Result<Self> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         // GL is a secondary backend: probing it prints EGL noise on headless machines and its
         // software adapter compiles shaders slowly. Use it only when WGPU_BACKEND asks for it.
-        if std::env::var_os("WGPU_BACKEND").is_none() {
+        if cfg!(not(target_arch = "wasm32")) && std::env::var_os("WGPU_BACKEND").is_none() {
             desc.backends = wgpu::Backends::PRIMARY;
         }
         let instance = wgpu::Instance::new(desc);
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            ..Default::default()
-        }))
-        .map_err(|_| {
-            GpuError("no GPU adapter found (no Vulkan, Metal or DX12 driver answered)".into())
-        })?;
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| {
+                GpuError("no GPU adapter found (no Vulkan, Metal or DX12 driver answered)".into())
+            })?;
         let info = adapter.get_info();
         if choice == AdapterChoice::Hardware && info.device_type == wgpu::DeviceType::Cpu {
             return Err(GpuError(format!(
@@ -102,15 +111,17 @@ impl Gpu {
         };
         // Only what the kernels need: WebGPU's defaults (≤ 128 MiB per binding, 256 invocations).
         let required_limits = wgpu::Limits::default();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("maple"),
-            required_features,
-            required_limits,
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError(format!("cannot open {} ({e})", info.name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("maple"),
+                required_features,
+                required_limits,
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError(format!("cannot open {} ({e})", info.name)))?;
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {

@@ -394,11 +394,21 @@ impl Plan {
         })
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn run(
         &self,
         gpu: &Gpu,
         pixels: Option<&[u8]>,
         text: Option<TextInput>,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.run_async(gpu, pixels, text))
+    }
+
+    pub(crate) async fn run_async(
+        &self,
+        gpu: &Gpu,
+        pixels: Option<&[u8]>,
+        text: Option<TextInput<'_>>,
     ) -> Result<Vec<f32>> {
         if let Some(px) = pixels {
             gpu.queue.write_buffer(&self.input, 0, px);
@@ -452,17 +462,17 @@ impl Plan {
         }
         gpu.queue.submit([enc.finish()]);
         let slice = self.readback.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        let done = crate::oneshot::Oneshot::default();
+        let tx = done.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        // Natively the map completes inside poll; in a browser the event loop completes it.
+        #[cfg(not(target_arch = "wasm32"))]
         gpu.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError(format!("GPU wait failed: {e}")))?;
+        let mapped = done.await;
         gpu.check()?;
-        rx.recv()
-            .map_err(|_| GpuError("readback never completed".into()))?
-            .map_err(|e| GpuError(format!("readback failed: {e}")))?;
+        mapped.map_err(|e| GpuError(format!("readback failed: {e}")))?;
         let out: Vec<f32> = {
             let view = slice
                 .get_mapped_range()

@@ -1,4 +1,5 @@
 //! Single kernels on plain slices, for tests that check each GPU op against its CPU twin.
+#![cfg(not(target_arch = "wasm32"))]
 
 use crate::plan::{Builder, Plan};
 use crate::weights::{f32_buffer, GLinear, GLn, Precision};

@@ -191,8 +191,20 @@ impl GpuModel {
         Ok(m)
     }
 
-    /// L2-normalised image features `[count, E]` for `count` preprocessed images.
+    /// L2-normalised image features `[count, E]` for `count` preprocessed images (blocking).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_images(&mut self, pixels: &[f32], count: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.encode_images_async(pixels, count))
+    }
+
+    /// Text features for token rows (blocking).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn encode_texts(&mut self, rows: &[TokenRow]) -> Result<TextFeatures> {
+        pollster::block_on(self.encode_texts_async(rows))
+    }
+
+    /// L2-normalised image features `[count, E]` for `count` preprocessed images.
+    pub async fn encode_images_async(&mut self, pixels: &[f32], count: usize) -> Result<Vec<f32>> {
         let s = self.cfg.vision.image_size;
         if count == 0 || pixels.len() != count * 3 * s * s {
             return Err(GpuError(format!(
@@ -204,11 +216,12 @@ impl GpuModel {
             self.plans.insert(count, p);
         }
         let plan = &self.plans[&count];
-        plan.run(&self.gpu, Some(bytemuck::cast_slice(pixels)), None)
+        plan.run_async(&self.gpu, Some(bytemuck::cast_slice(pixels)), None)
+            .await
     }
 
     /// L2-normalised text features for token rows (computed once per label list).
-    pub fn encode_texts(&mut self, rows: &[TokenRow]) -> Result<TextFeatures> {
+    pub async fn encode_texts_async(&mut self, rows: &[TokenRow]) -> Result<TextFeatures> {
         let e = self.cfg.projection_dim;
         let l = self.cfg.text.max_position_embeddings;
         let n = self.prompts.as_ref().map_or(0, |p| p.n as usize);
@@ -244,14 +257,11 @@ impl GpuModel {
                 .map(|(b, &e)| (b * t + e) as u32)
                 .collect();
             let plan = Plan::text(self, chunk.len(), t)?;
-            let f = plan.run(
-                &self.gpu,
-                None,
-                Some(TextInput {
-                    ids: &ids,
-                    eot_rows: &eot_rows,
-                }),
-            )?;
+            let input = TextInput {
+                ids: &ids,
+                eot_rows: &eot_rows,
+            };
+            let f = plan.run_async(&self.gpu, None, Some(input)).await?;
             data.extend_from_slice(&f[..chunk.len() * e]);
         }
         Ok(TextFeatures { dim: e, data })

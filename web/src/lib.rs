@@ -1,0 +1,182 @@
+//! maple-web: load a CLIP model + MaPLe prompts from bytes, set labels, classify RGBA pixels —
+//! in a browser, on WebGPU, with the same core, kernels and tokenizer as the desktop build.
+//!
+//! JS: `const m = await Maple.load(configJson, weights, prompts?); await m.set_labels(text);
+//! const logits = await m.classify(rgba, width, height);`
+
+#[path = "../../cli/src/clean.rs"]
+mod clean;
+#[path = "../../cli/src/clean_tables.rs"]
+mod clean_tables;
+
+use maple_core::preprocess::preprocess;
+use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TextFeatures, TokenRow};
+use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+
+static TOKENIZER_JSON: &[u8] = include_bytes!("../../cli/assets/tokenizer.json");
+const TEMPLATE: &str = "a photo of a";
+
+struct Inner {
+    model: Model,
+    gpu: GpuModel,
+    tok: tokenizers::Tokenizer,
+    labels: Vec<String>,
+    text: Option<TextFeatures>,
+    adapter: String,
+}
+
+/// A model on the page's GPU.
+#[wasm_bindgen]
+pub struct Maple {
+    inner: Rc<RefCell<Inner>>,
+}
+
+fn js(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// Label list rules of the CLI: one per line, blank and `#` lines skipped, `_` read as a space.
+pub fn parse_labels(text: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let name = t
+            .replace('_', " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if out.iter().any(|l| {
+            l.replace('_', " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                == name
+        }) {
+            return Err(format!("duplicate label \"{t}\""));
+        }
+        out.push(t.to_string());
+    }
+    if out.is_empty() {
+        return Err("no labels".into());
+    }
+    Ok(out)
+}
+
+#[wasm_bindgen]
+impl Maple {
+    /// Builds the model from a HF `config.json` text, `model.safetensors` bytes and optional
+    /// MaPLe prompt bytes (safetensors), then uploads it to the GPU.
+    pub async fn load(
+        config_json: String,
+        weights: Vec<u8>,
+        prompts: Option<Vec<u8>>,
+    ) -> Result<Maple, JsValue> {
+        let cfg =
+            ClipConfig::from_hf_json(&config_json).map_err(|e| js(format!("config.json: {e}")))?;
+        let st = SafeTensors::parse(&weights).map_err(|e| js(format!("model: {e}")))?;
+        let clip = Clip::load(&cfg, &st).map_err(|e| js(format!("model: {e}")))?;
+        drop(weights);
+        let prompts = match prompts {
+            Some(p) => {
+                let st = SafeTensors::parse(&p).map_err(|e| js(format!("prompts: {e}")))?;
+                Some(MaplePrompts::load(&cfg, &st).map_err(|e| js(format!("prompts: {e}")))?)
+            }
+            None => None,
+        };
+        let model = Model::new(clip, prompts);
+        let gpu = Gpu::open_async(AdapterChoice::Any).await.map_err(js)?;
+        let adapter = gpu.describe();
+        let gpu = GpuModel::upload(gpu, &model, Precision::F32).map_err(js)?;
+        let tok = tokenizers::Tokenizer::from_bytes(TOKENIZER_JSON).map_err(js)?;
+        Ok(Maple {
+            inner: Rc::new(RefCell::new(Inner {
+                model,
+                gpu,
+                tok,
+                labels: Vec::new(),
+                text: None,
+                adapter,
+            })),
+        })
+    }
+
+    /// The GPU adapter in use.
+    pub fn adapter(&self) -> String {
+        self.inner.borrow().adapter.clone()
+    }
+
+    /// The current labels, in order.
+    pub fn labels(&self) -> Vec<String> {
+        self.inner.borrow().labels.clone()
+    }
+
+    /// Sets the labels (one per line) and computes their text features once.
+    // The borrow is held across the GPU await on purpose: an overlapping call from JS gets a
+    // "busy" error from `try_borrow_mut` instead of interleaving with this one.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn set_labels(&self, text: String) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
+            let labels = parse_labels(&text).map_err(js)?;
+            let mut rows: Vec<TokenRow> = Vec::with_capacity(labels.len());
+            for l in &labels {
+                let prompt = format!(
+                    "{TEMPLATE} {}.",
+                    l.replace('_', " ")
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                let ids = i
+                    .tok
+                    .encode(clean::clean(&prompt).as_str(), true)
+                    .map_err(js)?
+                    .get_ids()
+                    .to_vec();
+                if ids.len() > i.model.clip.config.text.max_position_embeddings {
+                    return Err(js(format!("label \"{l}\" is too long")));
+                }
+                rows.push(ids);
+            }
+            let text = i.gpu.encode_texts_async(&rows).await.map_err(js)?;
+            i.text = Some(text);
+            i.labels = labels;
+            Ok(JsValue::from(i.labels.len() as u32))
+        })
+    }
+
+    /// Logits (label order) for an RGBA image; alpha is dropped, as Pillow's convert("RGB") does.
+    #[allow(clippy::await_holding_refcell_ref)] // see `set_labels`
+    pub fn classify(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
+            let (w, h) = (width as usize, height as usize);
+            if rgba.len() != w * h * 4 {
+                return Err(js(format!(
+                    "{width}×{height} RGBA needs {} bytes, got {}",
+                    w * h * 4,
+                    rgba.len()
+                )));
+            }
+            let rgb: Vec<u8> = rgba
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect();
+            let s = i.model.clip.config.vision.image_size;
+            let px = preprocess(&rgb, w, h, s).map_err(js)?;
+            let f = i.gpu.encode_images_async(&px, 1).await.map_err(js)?;
+            let text = i.text.as_ref().ok_or_else(|| js("set labels first"))?;
+            let mut logits = vec![0.0f32; text.len()];
+            i.model.logits(&f, text, &mut logits).map_err(js)?;
+            Ok(js_sys::Float32Array::from(logits.as_slice()).into())
+        })
+    }
+}
