@@ -150,9 +150,15 @@ impl Gpu {
 
     /// One line for people: adapter name and backend.
     pub fn describe(&self) -> String {
+        // Browsers do not expose adapter names.
+        let name = if self.info.name.is_empty() {
+            "WebGPU adapter"
+        } else {
+            &self.info.name
+        };
         format!(
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
+            "{name} ({:?}, {:?})",
+            self.info.backend, self.info.device_type
         )
     }
 

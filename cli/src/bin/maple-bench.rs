@@ -1,0 +1,92 @@
+//! maple-bench: CPU throughput of the towers on a model directory, as one JSON line.
+//! Image tower images/s at the given batch sizes; text tower seconds for N labels.
+//! Run side by side with tools/bench/torch_bench.py (tools/bench/run.sh does both).
+
+use clap::Parser;
+use maple_cli::loader::{load_model, load_tokenizer};
+use maple_core::{Parallel, TokenRow};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "maple-bench", version)]
+struct Args {
+    /// Model directory (e.g. the full-size synthetic model from maple-synth).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// CPU threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Image batch sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
+    batches: Vec<usize>,
+    /// Label counts for the text tower.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000])]
+    labels: Vec<usize>,
+    /// Timed repetitions per measurement (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+/// The same 1000 synthetic class names as tools/bench/torch_bench.py.
+pub fn label_names(n: usize) -> Vec<String> {
+    const A: [&str; 20] = [
+        "red", "small", "wooden", "striped", "old", "shiny", "wild", "frozen", "tiny", "golden",
+        "spotted", "electric", "ancient", "folding", "giant", "paper", "silver", "woolly", "rusty",
+        "glass",
+    ];
+    const B: [&str; 50] = [
+        "cat", "dog", "car", "chair", "lamp", "boat", "tiger", "piano", "kettle", "bridge",
+        "camera", "rabbit", "guitar", "castle", "bicycle", "owl", "teapot", "tractor", "violin",
+        "lizard", "helmet", "mushroom", "anchor", "lantern", "parrot", "scooter", "cactus",
+        "whale", "kite", "ladder", "robot", "saddle", "tent", "umbrella", "volcano", "wagon",
+        "zebra", "acorn", "bucket", "compass", "drum", "easel", "ferry", "goblet", "harp", "igloo",
+        "jaguar", "kayak", "lobster", "mitten",
+    ];
+    (0..n)
+        .map(|i| format!("{} {}", A[i % 20], B[(i / 20) % 50]))
+        .collect()
+}
+
+fn main() {
+    let a = Args::parse();
+    let model = load_model(&a.model, a.prompts.as_deref()).unwrap_or_else(|e| {
+        eprintln!("maple-bench: {e}");
+        std::process::exit(1)
+    });
+    let par = Parallel::with_threads(a.threads);
+    let s = model.clip.config.vision.image_size;
+    let mut out = serde_json::Map::new();
+    out.insert("engine".into(), "maple".into());
+    out.insert("threads".into(), par.threads().into());
+    for &b in &a.batches {
+        let px: Vec<f32> = (0..b * 3 * s * s)
+            .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+            .collect();
+        let mut ws = model.vision_workspace(b, &par);
+        model.encode_images(&par, &mut ws, &px, b).unwrap(); // warm-up
+        let mut best = f64::MAX;
+        for _ in 0..a.reps {
+            let t = Instant::now();
+            model.encode_images(&par, &mut ws, &px, b).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        out.insert(format!("image_b{b}_images_per_s"), (b as f64 / best).into());
+    }
+    let tok = load_tokenizer(&a.model).unwrap();
+    for &n in &a.labels {
+        let rows: Vec<TokenRow> = label_names(n)
+            .iter()
+            .map(|l| tok.encode(&format!("a photo of a {l}.")).unwrap())
+            .collect();
+        let t = Instant::now();
+        model.encode_texts(&par, &rows).unwrap();
+        out.insert(
+            format!("text_{n}_labels_s"),
+            t.elapsed().as_secs_f64().into(),
+        );
+    }
+    println!("{}", serde_json::Value::Object(out));
+}

@@ -1,0 +1,64 @@
+"""The PyTorch peer of maple-bench: HF CLIPModel (fp32, eager) + the MaPLe hooks of
+tools/reference/golden.py, torch.set_num_threads equal to maple's, same synthetic labels,
+text at MaPLe's 77 tokens. Prints one JSON line.
+
+    python tools/bench/torch_bench.py MODEL_DIR --threads 2"""
+import argparse
+
+import json
+import pathlib
+import sys
+import time
+
+import torch
+from transformers import CLIPModel
+
+root = pathlib.Path(__file__).resolve().parents[2]
+src = (root / "tools/reference/golden.py").read_text().replace("\nmain()\n", "\n")
+golden = type(sys)("golden")
+exec(compile(src, "golden.py", "exec"), golden.__dict__)
+
+A = ["red", "small", "wooden", "striped", "old", "shiny", "wild", "frozen", "tiny", "golden", "spotted", "electric", "ancient", "folding", "giant", "paper", "silver", "woolly", "rusty", "glass"]
+B = ["cat", "dog", "car", "chair", "lamp", "boat", "tiger", "piano", "kettle", "bridge", "camera", "rabbit", "guitar", "castle", "bicycle", "owl", "teapot", "tractor", "violin", "lizard", "helmet", "mushroom", "anchor", "lantern", "parrot", "scooter", "cactus", "whale", "kite", "ladder", "robot", "saddle", "tent", "umbrella", "volcano", "wagon", "zebra", "acorn", "bucket", "compass", "drum", "easel", "ferry", "goblet", "harp", "igloo", "jaguar", "kayak", "lobster", "mitten"]
+
+
+def labels(n):
+    return [f"{A[i % 20]} {B[(i // 20) % 50]}" for i in range(n)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--labels", default="10,100,1000")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--openai-clip", default="/tmp/oc/openai-clip-1.0.1.tar.gz")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    d = pathlib.Path(a.model_dir)
+    model = CLIPModel.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    P = golden.load_prompts(d / "maple_prompts.safetensors") if (d / "maple_prompts.safetensors").exists() else None
+    s = model.config.vision_config.image_size
+    out = {"engine": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        for b in [int(x) for x in a.batches.split(",")]:
+            px = torch.randn(b, 3, s, s)
+            golden.encode_image(model, px, P)
+            best = min(_timed(lambda: golden.encode_image(model, px, P)) for _ in range(a.reps))
+            out[f"image_b{b}_images_per_s"] = b / best
+        tok = golden.openai_tokenizer(a.openai_clip)
+        for n in [int(x) for x in a.labels.split(",")]:
+            ids = golden.tokenize(tok, [f"a photo of a {l}." for l in labels(n)])
+            # MaPLe encodes all labels at 77 tokens; batch them 100 at a time like its evaluation.
+            out[f"text_{n}_labels_s"] = _timed(lambda: [golden.encode_text(model, ids[i:i + 100], P) for i in range(0, n, 100)])
+    print(json.dumps(out))
+
+
+def _timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+main()
