@@ -15,8 +15,8 @@ CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 import json, sys, datetime
 m, t, cpu, threads = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 rows = []
-for k in m:
-    if k in ("engine", "threads"):
+for k in t:
+    if k in ("engine", "threads", "torch"):
         continue
     faster = m[k] / t[k] if k.endswith("per_s") else t[k] / m[k]
     rows.append(f"| {k} | {m[k]:.3f} | {t[k]:.3f} | **{faster:.2f}×** |")

@@ -16,6 +16,7 @@ from transformers import CLIPModel
 root = pathlib.Path(__file__).resolve().parents[2]
 src = (root / "tools/reference/golden.py").read_text().replace("\nmain()\n", "\n")
 golden = type(sys)("golden")
+golden.__file__ = str(root / "tools/reference/golden.py")
 exec(compile(src, "golden.py", "exec"), golden.__dict__)
 
 A = ["red", "small", "wooden", "striped", "old", "shiny", "wild", "frozen", "tiny", "golden", "spotted", "electric", "ancient", "folding", "giant", "paper", "silver", "woolly", "rusty", "glass"]
