@@ -53,6 +53,22 @@ pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The full-size test model (seed 0, f32, n_ctx 2, depth 9, as `maple-synth --size full`),
+/// written into `dir` unless it is already there. The golden files were computed from it.
+pub fn ensure_full_model(dir: &Path) -> Result<(), CliError> {
+    if dir.join("model.safetensors").is_file() && dir.join("maple_prompts.safetensors").is_file() {
+        return Ok(());
+    }
+    let spec = SynthSpec {
+        size: Size::Full,
+        seed: 0,
+        dtype: Dtype::F32,
+        n_ctx: 2,
+        depth: 9,
+    };
+    write_model(dir, &spec)
+}
+
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place; on any error
 /// the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {

@@ -87,16 +87,7 @@ fn logits(out: &Output) -> Vec<(Vec<f64>, Vec<String>)> {
 #[test]
 fn gpu_matches_cpu_on_the_full_size_model() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/synth-full");
-    if !dir.join("model.safetensors").is_file() {
-        let spec = maple_cli::synth::SynthSpec {
-            size: maple_cli::synth::Size::Full,
-            seed: 0,
-            dtype: maple_core::Dtype::F32,
-            n_ctx: 2,
-            depth: 9,
-        };
-        maple_cli::synth::write_model(&dir, &spec).unwrap();
-    }
+    maple_cli::synth::ensure_full_model(&dir).unwrap();
     let imgs = ["photo_320x240.jpg"];
     let vk = [("WGPU_BACKEND", "vulkan")];
     let t = std::time::Instant::now();

@@ -19,6 +19,23 @@ enum K {
     L2norm,
 }
 
+impl K {
+    fn pipeline(self, kn: &crate::Kernels) -> &wgpu::ComputePipeline {
+        match self {
+            K::Matmul => &kn.matmul,
+            K::MatmulF16 => kn.matmul_f16.as_ref().unwrap_or(&kn.matmul),
+            K::Attention => &kn.attention,
+            K::LayerNorm => &kn.layernorm,
+            K::Im2col => &kn.im2col,
+            K::Assemble => &kn.assemble,
+            K::Gather => &kn.gather,
+            K::AddPos => &kn.add_pos,
+            K::Splice => &kn.splice,
+            K::L2norm => &kn.l2norm,
+        }
+    }
+}
+
 enum Op {
     Dispatch(K, wgpu::BindGroup, [u32; 3]),
     Copy(wgpu::Buffer, wgpu::Buffer, u64),
@@ -91,19 +108,7 @@ impl<'a> Builder<'a> {
     }
 
     fn dispatch(&mut self, k: K, entries: &[(u32, &wgpu::Buffer)], g: [u32; 3]) {
-        let kn = &self.gpu.kernels;
-        let pipe = match k {
-            K::Matmul => &kn.matmul,
-            K::MatmulF16 => kn.matmul_f16.as_ref().unwrap_or(&kn.matmul),
-            K::Attention => &kn.attention,
-            K::LayerNorm => &kn.layernorm,
-            K::Im2col => &kn.im2col,
-            K::Assemble => &kn.assemble,
-            K::Gather => &kn.gather,
-            K::AddPos => &kn.add_pos,
-            K::Splice => &kn.splice,
-            K::L2norm => &kn.l2norm,
-        };
+        let pipe = k.pipeline(&self.gpu.kernels);
         let e: Vec<wgpu::BindGroupEntry> = entries
             .iter()
             .map(|(b, buf)| wgpu::BindGroupEntry {
@@ -440,18 +445,7 @@ impl Plan {
                         timestamp_writes: None,
                     });
                     while let Some(Op::Dispatch(k, bg, g)) = self.ops.get(i) {
-                        let pipe = match k {
-                            K::Matmul => &kn.matmul,
-                            K::MatmulF16 => kn.matmul_f16.as_ref().unwrap_or(&kn.matmul),
-                            K::Attention => &kn.attention,
-                            K::LayerNorm => &kn.layernorm,
-                            K::Im2col => &kn.im2col,
-                            K::Assemble => &kn.assemble,
-                            K::Gather => &kn.gather,
-                            K::AddPos => &kn.add_pos,
-                            K::Splice => &kn.splice,
-                            K::L2norm => &kn.l2norm,
-                        };
+                        let pipe = k.pipeline(kn);
                         pass.set_pipeline(pipe);
                         pass.set_bind_group(0, bg, &[]);
                         pass.dispatch_workgroups(g[0], g[1], g[2]);

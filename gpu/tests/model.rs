@@ -89,16 +89,7 @@ fn tiny_model_f32_matches_cpu() {
 fn full_size_model_f32_and_f16_match_cpu() {
     // Lavapipe runs ~20× slower than the CPU GEMM: two images.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/synth-full");
-    if !dir.join("model.safetensors").is_file() {
-        let spec = maple_cli::synth::SynthSpec {
-            size: maple_cli::synth::Size::Full,
-            seed: 0,
-            dtype: maple_core::Dtype::F32,
-            n_ctx: 2,
-            depth: 9,
-        };
-        maple_cli::synth::write_model(&dir, &spec).unwrap();
-    }
+    maple_cli::synth::ensure_full_model(&dir).unwrap();
     let imgs = ["photo_320x240.jpg", "rgb_451x300.png"];
     let (d, top) = compare(&dir, true, &imgs, Precision::F32);
     eprintln!("full-size f32 MaPLe: max |Δlogit| GPU vs CPU = {d:.2e}");

@@ -2,8 +2,7 @@
 //! and checked against the hash the golden file was computed from), golden files.
 #![allow(dead_code)]
 
-use maple::cli::synth::{write_model, Size, SynthSpec};
-use maple::Dtype;
+use maple::cli::synth::ensure_full_model;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -45,14 +44,8 @@ pub fn full_dir() -> PathBuf {
     let fresh =
         mp.is_file() && dir.join("maple_prompts.safetensors").is_file() && sha256(&mp) == want;
     if !fresh {
-        let spec = SynthSpec {
-            size: Size::Full,
-            seed: 0,
-            dtype: Dtype::F32,
-            n_ctx: 2,
-            depth: 9,
-        };
-        write_model(&dir, &spec).unwrap();
+        let _ = std::fs::remove_file(&mp); // stale: regenerate
+        ensure_full_model(&dir).unwrap();
         assert_eq!(
             sha256(&mp),
             want,
