@@ -148,7 +148,7 @@ impl ClipConfig {
             }
         }
         let v = &self.vision;
-        if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(Error::Config(format!(
                 "vision_config.image_size = {} is not a multiple of patch_size = {}",
                 v.image_size, v.patch_size

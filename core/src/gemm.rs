@@ -1,28 +1,68 @@
 //! Cache-blocked f32 GEMM: `C[m, n] (+)= A[m, k] · B[k, n] + bias`, with an optional QuickGELU.
 //!
 //! B is a weight, packed once at load time into panels of `NR` columns (`[k][NR]` each, zero
-//! padded), so the micro-kernel streams it contiguously. The loops are
-//! `k-block (KC) → m-block (MC) → panel → MR-row tile`: an A block (MC × KC) stays in L2 while a
-//! B panel slice (KC × NR, 16 KiB) stays in L1. Threads split the panels (disjoint columns of C).
-//! Micro-kernels: AVX2+FMA (x86_64, detected at run time with `std`, at compile time without) and
-//! a portable one; both accumulate in f32 in the same k order.
+//! padded, 64-byte aligned), so the micro-kernel streams it contiguously. Panels are stored as
+//! f32, or as f16 when the checkpoint was f16 (half the memory; each `KC × NR` slice is widened
+//! into an L1 buffer just before the micro-kernel uses it, so the arithmetic is f32 either way).
+//! The loops are `k-block (KC) → m-block (MC) → panel → MR-row tile`: an A block (MC × KC) stays
+//! in L2 while a B panel slice (KC × NR, 32 KiB) stays in L1. Threads split the panels (disjoint
+//! columns of C). Micro-kernels: AVX-512 (12 × 16), AVX2+FMA (6 × 16) and a portable one,
+//! chosen at run time ([`crate::simd::isa`]); all accumulate in f32 in the same k order, write
+//! full tiles straight into C, and the epilogue (bias, QuickGELU, residual) runs on each tile
+//! while it is still in L1.
 
-use crate::ops::quick_gelu;
 use crate::par::{split, Parallel, SyncPtr};
+use crate::simd::{self, Isa};
 use alloc::vec;
 use alloc::vec::Vec;
 
 pub const NR: usize = 16;
-pub const MR: usize = 6;
-const KC: usize = 256;
-const MC: usize = 96;
+const MR_MAX: usize = 12;
+const KC: usize = 512;
+const MC: usize = 48;
+/// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
+const ALIGN_F32: usize = 16;
+
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Vec<f32>),
+    /// IEEE half bits.
+    F16(Vec<u16>),
+}
 
 /// A weight matrix B [k, n] packed into column panels.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
     pub k: usize,
     pub n: usize,
-    data: Vec<f32>,
+    /// Index of panel 0 in `data` (for alignment).
+    off: usize,
+    data: Store,
+}
+
+/// Borrowed panels: a [`PackedMatrix`] or a scratch buffer packed per call (attention).
+#[derive(Clone, Copy)]
+pub(crate) struct Panels<'a> {
+    k: usize,
+    n: usize,
+    data: PanelData<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum PanelData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+fn aligned_offset<T>(v: &[T]) -> usize {
+    let sz = core::mem::size_of::<T>();
+    let addr = v.as_ptr() as usize;
+    let mis = addr % 64;
+    if mis == 0 {
+        0
+    } else {
+        (64 - mis) / sz
+    }
 }
 
 impl PackedMatrix {
@@ -33,42 +73,159 @@ impl PackedMatrix {
     /// From a PyTorch/HF Linear weight `W [n, k]` (y = x·Wᵀ): B = Wᵀ.
     pub fn from_out_in(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight length");
-        Self::pack(k, n, |kk, j| w[j * k + kk])
+        Self::pack_f32(k, n, |kk, j| w[j * k + kk])
+    }
+
+    /// As [`from_out_in`](Self::from_out_in) for a weight stored as f16 bits: the panels stay f16.
+    pub fn from_out_in_f16(w: &[u16], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight length");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u16; panels * k * NR + 2 * ALIGN_F32];
+        let off = aligned_offset(&data);
+        fill_panels(&mut data[off..], k, n, |kk, j| w[j * k + kk]);
+        PackedMatrix {
+            k,
+            n,
+            off,
+            data: Store::F16(data),
+        }
     }
 
     /// From a matrix already laid out `[k, n]` (OpenAI's `visual.proj`).
     pub fn from_in_out(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), n * k, "weight length");
-        Self::pack(k, n, |kk, j| b[kk * n + j])
+        Self::pack_f32(k, n, |kk, j| b[kk * n + j])
     }
 
-    /// The weight back in PyTorch Linear layout `[n, k]` (for uploading to another backend).
+    /// Whether the panels are stored as f16.
+    pub fn is_f16(&self) -> bool {
+        matches!(self.data, Store::F16(_))
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Store::F32(v) => v.len() * 4,
+            Store::F16(v) => v.len() * 2,
+        }
+    }
+
+    /// The weight back in PyTorch Linear layout `[n, k]`, widened to f32 (for uploading to
+    /// another backend).
     pub fn to_out_in(&self) -> Vec<f32> {
         let mut w = vec![0.0f32; self.n * self.k];
+        let p = self.view();
         for j in 0..self.n {
-            let (p, jj) = (j / NR, j % NR);
+            let (pi, jj) = (j / NR, j % NR);
             for kk in 0..self.k {
-                w[j * self.k + kk] = self.data[p * self.k * NR + kk * NR + jj];
+                let i = pi * self.k * NR + kk * NR + jj;
+                w[j * self.k + kk] = match p.data {
+                    PanelData::F32(d) => d[i],
+                    PanelData::F16(d) => half::f16::from_bits(d[i]).to_f32(),
+                };
             }
         }
         w
     }
 
-    fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
+    pub(crate) fn view(&self) -> Panels<'_> {
+        let len = self.panels() * self.k * NR;
+        Panels {
+            k: self.k,
+            n: self.n,
+            data: match &self.data {
+                Store::F32(v) => PanelData::F32(&v[self.off..self.off + len]),
+                Store::F16(v) => PanelData::F16(&v[self.off..self.off + len]),
+            },
+        }
+    }
+
+    fn pack_f32(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
         let panels = n.div_ceil(NR);
-        let mut data = vec![0.0f32; panels * k * NR];
-        for p in 0..panels {
-            let base = p * k * NR;
-            for kk in 0..k {
-                for jj in 0..NR {
-                    let j = p * NR + jj;
-                    if j < n {
-                        data[base + kk * NR + jj] = at(kk, j);
-                    }
-                }
+        let mut data = vec![0.0f32; panels * k * NR + ALIGN_F32];
+        let off = aligned_offset(&data);
+        fill_panels(&mut data[off..], k, n, at);
+        PackedMatrix {
+            k,
+            n,
+            off,
+            data: Store::F32(data),
+        }
+    }
+}
+
+/// Writes B [k, n] (given element-wise) as zero-padded `[k][NR]` panels into `dst`.
+fn fill_panels<T: Copy + Default>(
+    dst: &mut [T],
+    k: usize,
+    n: usize,
+    at: impl Fn(usize, usize) -> T,
+) {
+    for p in 0..n.div_ceil(NR) {
+        let base = p * k * NR;
+        for kk in 0..k {
+            for jj in 0..NR {
+                let j = p * NR + jj;
+                dst[base + kk * NR + jj] = if j < n { at(kk, j) } else { T::default() };
             }
         }
-        PackedMatrix { k, n, data }
+    }
+}
+
+/// Floats a per-call panel buffer for B [k, n] needs.
+pub(crate) fn panel_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * k * NR
+}
+
+/// Packs `Bᵀ` where the rows of B's transpose are `rows(j)` (`n` rows of `k` floats each):
+/// B[kk][j] = rows(j)[kk]. Used for `Kᵀ` in attention (scores = Q·Kᵀ).
+pub(crate) fn pack_rows_as_columns<'a>(
+    dst: &'a mut [f32],
+    k: usize,
+    n: usize,
+    rows: impl Fn(usize) -> &'a [f32],
+) -> Panels<'a> {
+    let len = panel_len(k, n);
+    let dst = &mut dst[..len];
+    if !n.is_multiple_of(NR) {
+        dst[(n / NR) * k * NR..].fill(0.0);
+    }
+    for j in 0..n {
+        let (p, jj) = (j / NR, j % NR);
+        let col = &mut dst[p * k * NR + jj..];
+        for (kk, &v) in rows(j)[..k].iter().enumerate() {
+            col[kk * NR] = v;
+        }
+    }
+    Panels {
+        k,
+        n,
+        data: PanelData::F32(dst),
+    }
+}
+
+/// Packs B [k, n] whose row `kk` is `rows(kk)[..n]`. Used for `V` in attention (out = P·V).
+pub(crate) fn pack_rows<'a>(
+    dst: &'a mut [f32],
+    k: usize,
+    n: usize,
+    rows: impl Fn(usize) -> &'a [f32],
+) -> Panels<'a> {
+    let len = panel_len(k, n);
+    let dst = &mut dst[..len];
+    for kk in 0..k {
+        let r = &rows(kk)[..n];
+        for p in 0..n.div_ceil(NR) {
+            let d = &mut dst[p * k * NR + kk * NR..][..NR];
+            let src = &r[p * NR..(p * NR + NR).min(n)];
+            d[..src.len()].copy_from_slice(src);
+            d[src.len()..].fill(0.0);
+        }
+    }
+    Panels {
+        k,
+        n,
+        data: PanelData::F32(dst),
     }
 }
 
@@ -111,7 +268,24 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-type Tile = [[f32; NR]; MR];
+fn check(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    b: &Panels<'_>,
+    c_len: usize,
+    ldc: usize,
+    ep: &Epilogue<'_>,
+) {
+    let (k, n) = (b.k, b.n);
+    assert!(lda >= k && ldc >= n, "gemm strides");
+    assert!(a.len() >= (m - 1) * lda + k, "gemm: A too short");
+    assert!(c_len >= (m - 1) * ldc + n, "gemm: C too short");
+    if let Some(bias) = ep.bias {
+        assert!(bias.len() >= n, "gemm: bias too short");
+        assert!(ep.act == Act::None || !ep.accumulate);
+    }
+}
 
 /// `C = A·B (+ epilogue)`; A is `m` rows with stride `lda`, C `m` rows with stride `ldc`.
 #[allow(clippy::too_many_arguments)]
@@ -125,80 +299,152 @@ pub fn gemm(
     ldc: usize,
     ep: Epilogue<'_>,
 ) {
-    let (k, n) = (b.k, b.n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(lda >= k && ldc >= n, "gemm strides");
-    assert!(a.len() >= (m - 1) * lda + k, "gemm: A too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm: C too short");
-    if let Some(bias) = ep.bias {
-        assert!(bias.len() >= n, "gemm: bias too short");
-        assert!(ep.act == Act::None || !ep.accumulate);
-    }
-    let cp = SyncPtr(c.as_mut_ptr());
-    let kern = kernel();
-    let panels = b.panels();
-    par.run(&|t, nt| {
-        let (p_lo, p_hi) = split(panels, t, nt);
-        // SAFETY: each thread writes only the columns of its own panels; bounds checked above.
-        unsafe { gemm_panels(kern, a, lda, m, b, cp, ldc, ep, p_lo, p_hi) }
-    });
+    gemm_isa(simd::isa(), par, a, lda, m, b, c, ldc, ep)
 }
 
+/// [`gemm`] on a chosen code path (tests compare the paths).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_panels(
-    kern: Kernel,
+pub fn gemm_isa(
+    isa: Isa,
+    par: &Parallel,
     a: &[f32],
     lda: usize,
     m: usize,
     b: &PackedMatrix,
-    c: SyncPtr,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+) {
+    let bv = b.view();
+    if m == 0 || bv.n == 0 {
+        return;
+    }
+    check(a, lda, m, &bv, c.len(), ldc, &ep);
+    let cp = SyncPtr(c.as_mut_ptr());
+    let panels = bv.n.div_ceil(NR);
+    par.run(&|t, nt| {
+        let (p_lo, p_hi) = split(panels, t, nt);
+        // SAFETY: each thread writes only the columns of its own panels; bounds checked above.
+        unsafe { gemm_panels(isa, a, lda, m, bv, cp.get(), ldc, ep, p_lo, p_hi) }
+    });
+}
+
+/// One-thread GEMM on borrowed panels into a block of C that may interleave with blocks other
+/// threads write (attention heads share rows).
+///
+/// # Safety
+/// `c` must be valid for writes at `i·ldc + j` for `i < m`, `j < b.n`, and no other thread may
+/// touch those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_seq(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    b: Panels<'_>,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue<'_>,
+) {
+    if m == 0 || b.n == 0 {
+        return;
+    }
+    check(a, lda, m, &b, usize::MAX, ldc, &ep);
+    gemm_panels(isa, a, lda, m, b, c, ldc, ep, 0, b.n.div_ceil(NR))
+}
+
+/// `tile[i][j] (= or +=) Σ_p a[i·lda + p] · b[p·NR + j]` for i < mr, p < kc, j < NR, where the
+/// tile is `c` with row stride `ldc`; `load` says whether to start from C's values or zero.
+type Kernel = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32, usize, bool);
+
+fn kernel(isa: Isa) -> (Kernel, usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (x86::kernel_avx512, 12),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (x86::kernel_avx2, 6),
+        _ => (kernel_portable, 6),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_panels(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    b: Panels<'_>,
+    c: *mut f32,
     ldc: usize,
     ep: Epilogue<'_>,
     p_lo: usize,
     p_hi: usize,
 ) {
     let (k, n) = (b.k, b.n);
-    let c = c.get();
-    let mut tile: Tile = [[0.0; NR]; MR];
+    let (kern, mr_max) = kernel(isa);
+    let mut tile = [0.0f32; MR_MAX * NR];
+    let mut wide = Aligned([0.0f32; KC * NR]);
     let mut k0 = 0;
     while k0 < k || (k == 0 && k0 == 0) {
         let kc = KC.min(k - k0);
         let (first, last) = (k0 == 0, k0 + kc == k);
+        let load = !first || ep.accumulate;
         for m0 in (0..m).step_by(MC) {
             let m1 = (m0 + MC).min(m);
             for p in p_lo..p_hi {
                 let n0 = p * NR;
                 let nv = NR.min(n - n0);
-                let bp = b.data.as_ptr().add(p * k * NR + k0 * NR);
+                let at = p * k * NR + k0 * NR;
+                let bp = match b.data {
+                    PanelData::F32(d) => d.as_ptr().add(at),
+                    PanelData::F16(d) => {
+                        widen(isa, &d[at..at + kc * NR], &mut wide.0[..kc * NR]);
+                        wide.0.as_ptr()
+                    }
+                };
                 let mut i0 = m0;
                 while i0 < m1 {
-                    let mr = MR.min(m1 - i0);
-                    for (i, row) in tile.iter_mut().enumerate().take(mr) {
-                        let crow = c.add((i0 + i) * ldc + n0);
-                        if first && !ep.accumulate {
-                            *row = [0.0; NR];
-                        } else {
-                            for (j, v) in row.iter_mut().enumerate().take(nv) {
-                                *v = *crow.add(j);
+                    let mr = mr_max.min(m1 - i0);
+                    let cp = c.add(i0 * ldc + n0);
+                    if nv == NR {
+                        kern(
+                            mr,
+                            kc,
+                            a.as_ptr().add(i0 * lda + k0),
+                            lda,
+                            bp,
+                            cp,
+                            ldc,
+                            load,
+                        );
+                    } else {
+                        // A ragged right edge: run the kernel on a full-width copy.
+                        for i in 0..mr {
+                            let t = &mut tile[i * NR..i * NR + NR];
+                            if load {
+                                t[..nv].copy_from_slice(core::slice::from_raw_parts(
+                                    cp.add(i * ldc),
+                                    nv,
+                                ));
                             }
                         }
+                        let tp = tile.as_mut_ptr();
+                        kern(mr, kc, a.as_ptr().add(i0 * lda + k0), lda, bp, tp, NR, load);
+                        for i in 0..mr {
+                            core::ptr::copy_nonoverlapping(tp.add(i * NR), cp.add(i * ldc), nv);
+                        }
                     }
-                    kern(mr, kc, a.as_ptr().add(i0 * lda + k0), lda, bp, &mut tile);
-                    for (i, row) in tile.iter().enumerate().take(mr) {
-                        let crow = c.add((i0 + i) * ldc + n0);
-                        for (j, &v) in row.iter().enumerate().take(nv) {
-                            let mut v = v;
-                            if last {
-                                if let Some(bias) = ep.bias {
-                                    v += bias[n0 + j];
-                                }
-                                if ep.act == Act::QuickGelu {
-                                    v = quick_gelu(v);
+                    if last && (ep.bias.is_some() || ep.act == Act::QuickGelu) {
+                        for i in 0..mr {
+                            let row = core::slice::from_raw_parts_mut(cp.add(i * ldc), nv);
+                            if let Some(bias) = ep.bias {
+                                for (v, &bb) in row.iter_mut().zip(&bias[n0..n0 + nv]) {
+                                    *v += bb;
                                 }
                             }
-                            *crow.add(j) = v;
+                            if ep.act == Act::QuickGelu {
+                                simd::quick_gelu_slice(isa, row);
+                            }
                         }
                     }
                     i0 += mr;
@@ -212,44 +458,48 @@ unsafe fn gemm_panels(
     }
 }
 
-/// `tile[i][j] += Σ_p a[i·lda + p] · b[p·NR + j]` for i < mr, p < kc.
-type Kernel = unsafe fn(usize, usize, *const f32, usize, *const f32, &mut Tile);
+#[repr(C, align(64))]
+struct Aligned([f32; KC * NR]);
 
-fn kernel() -> Kernel {
+/// f16 bits → f32 (exact).
+fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        return x86::kernel_avx2;
+    if isa != Isa::Portable {
+        // SAFETY: Avx2/Avx512 imply F16C (checked in simd::detect).
+        unsafe { x86::widen_f16c(src, dst) };
+        return;
     }
-    kernel_portable
+    let _ = isa;
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(s).to_f32();
+    }
 }
 
-/// Whether the AVX2+FMA micro-kernel is used on this machine.
+/// Whether the AVX2+FMA (or better) micro-kernel is used on this machine.
 pub fn has_avx2_fma() -> bool {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
-    {
-        cfg!(all(target_feature = "avx2", target_feature = "fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    simd::isa() != Isa::Portable
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_portable(
     mr: usize,
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
-    tile: &mut Tile,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
 ) {
-    for (i, row) in tile.iter_mut().enumerate().take(mr) {
+    for i in 0..mr {
         let arow = a.add(i * lda);
-        let mut acc = *row;
+        let crow = c.add(i * ldc);
+        let mut acc = [0.0f32; NR];
+        if load {
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v = *crow.add(j);
+            }
+        }
         for p in 0..kc {
             let av = *arow.add(p);
             let bp = b.add(p * NR);
@@ -257,11 +507,13 @@ unsafe fn kernel_portable(
                 *v += av * *bp.add(j);
             }
         }
-        *row = acc;
+        for (j, v) in acc.iter().enumerate() {
+            *crow.add(j) = *v;
+        }
     }
 }
 
-/// The portable kernel on its own, for tests that compare the two.
+/// Plain triple loop in f64, for tests that check the kernels.
 pub fn gemm_reference(a: &[f32], m: usize, k: usize, w_out_in: &[f32], n: usize) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     for i in 0..m {
@@ -277,42 +529,67 @@ pub fn gemm_reference(a: &[f32], m: usize, k: usize, w_out_in: &[f32], n: usize)
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
 mod x86 {
-    use super::{Tile, MR, NR};
+    use super::NR;
     use core::arch::x86_64::*;
 
+    macro_rules! dispatch {
+        ($mr:expr, $f:ident, $args:tt; $($r:literal)*) => {
+            match $mr {
+                $($r => $f::<$r> $args,)*
+                _ => unreachable!(),
+            }
+        };
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel_avx2(
         mr: usize,
         kc: usize,
         a: *const f32,
         lda: usize,
         b: *const f32,
-        tile: &mut Tile,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
     ) {
-        match mr {
-            6 => k::<6>(kc, a, lda, b, tile),
-            5 => k::<5>(kc, a, lda, b, tile),
-            4 => k::<4>(kc, a, lda, b, tile),
-            3 => k::<3>(kc, a, lda, b, tile),
-            2 => k::<2>(kc, a, lda, b, tile),
-            _ => k::<1>(kc, a, lda, b, tile),
-        }
+        dispatch!(mr, k256, (kc, a, lda, b, c, ldc, load); 1 2 3 4 5 6)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn k<const R: usize>(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_avx512(
+        mr: usize,
         kc: usize,
         a: *const f32,
         lda: usize,
         b: *const f32,
-        tile: &mut Tile,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
     ) {
-        const { assert!(R <= MR && NR == 16) };
+        dispatch!(mr, k512, (kc, a, lda, b, c, ldc, load); 1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+
+    /// R × 16 tile in 2R ymm accumulators; per k: two B loads, R broadcasts, 2R FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn k256<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        const { assert!(NR == 16) };
         let mut lo = [_mm256_setzero_ps(); R];
         let mut hi = [_mm256_setzero_ps(); R];
-        for i in 0..R {
-            lo[i] = _mm256_loadu_ps(tile[i].as_ptr());
-            hi[i] = _mm256_loadu_ps(tile[i].as_ptr().add(8));
+        if load {
+            for i in 0..R {
+                lo[i] = _mm256_loadu_ps(c.add(i * ldc));
+                hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
+            }
         }
         for p in 0..kc {
             let b0 = _mm256_loadu_ps(b.add(p * NR));
@@ -324,8 +601,53 @@ mod x86 {
             }
         }
         for i in 0..R {
-            _mm256_storeu_ps(tile[i].as_mut_ptr(), lo[i]);
-            _mm256_storeu_ps(tile[i].as_mut_ptr().add(8), hi[i]);
+            _mm256_storeu_ps(c.add(i * ldc), lo[i]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
+        }
+    }
+
+    /// R × 16 tile in R zmm accumulators; per k: one B load, R broadcast-FMAs.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn k512<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        const { assert!(NR == 16) };
+        let mut acc = [_mm512_setzero_ps(); R];
+        if load {
+            for i in 0..R {
+                acc[i] = _mm512_loadu_ps(c.add(i * ldc));
+            }
+        }
+        for p in 0..kc {
+            let bv = _mm512_loadu_ps(b.add(p * NR));
+            for i in 0..R {
+                let av = _mm512_set1_ps(*a.add(i * lda + p));
+                acc[i] = _mm512_fmadd_ps(av, bv, acc[i]);
+            }
+        }
+        for i in 0..R {
+            _mm512_storeu_ps(c.add(i * ldc), acc[i]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn widen_f16c(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            dst[i] = half::f16::from_bits(src[i]).to_f32();
+            i += 1;
         }
     }
 }
@@ -335,10 +657,25 @@ mod tests {
     use super::*;
     use crate::synth::Rng;
 
-    fn check(m: usize, k: usize, n: usize, ep_kind: u8, par: &Parallel) {
+    fn gelu64(x: f64) -> f64 {
+        x / (1.0 + (-1.702 * x).exp())
+    }
+
+    fn check(isa: Isa, m: usize, k: usize, n: usize, ep_kind: u8, f16: bool, par: &Parallel) {
         let mut r = Rng::new(m as u64 * 1000 + k as u64 * 7 + n as u64);
         let a: Vec<f32> = (0..m * k).map(|_| r.uniform(1.0)).collect();
-        let w: Vec<f32> = (0..n * k).map(|_| r.uniform(1.0)).collect();
+        let mut w: Vec<f32> = (0..n * k).map(|_| r.uniform(1.0)).collect();
+        let bits: Vec<u16> = w
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect();
+        if f16 {
+            // The reference uses exactly the values the f16 panels hold.
+            w = bits
+                .iter()
+                .map(|&b| half::f16::from_bits(b).to_f32())
+                .collect();
+        }
         let bias: Vec<f32> = (0..n).map(|_| r.uniform(1.0)).collect();
         let c0: Vec<f32> = (0..m * n).map(|_| r.uniform(1.0)).collect();
         let mut want = gemm_reference(&a, m, k, &w, n);
@@ -347,65 +684,85 @@ mod tests {
                 let v = &mut want[i * n + j];
                 match ep_kind {
                     0 => {}
-                    1 => *v = quick_gelu(*v + bias[j]),
+                    1 => *v = gelu64(*v as f64 + bias[j] as f64) as f32,
                     _ => *v += bias[j] + c0[i * n + j],
                 }
             }
         }
-        let b = PackedMatrix::from_out_in(&w, n, k);
+        let b = if f16 {
+            PackedMatrix::from_out_in_f16(&bits, n, k)
+        } else {
+            PackedMatrix::from_out_in(&w, n, k)
+        };
+        assert_eq!(b.to_out_in(), w, "to_out_in round trip");
         let mut c = c0.clone();
         let ep = match ep_kind {
             0 => Epilogue::store(None),
             1 => Epilogue::gelu(&bias),
             _ => Epilogue::residual(&bias),
         };
-        gemm(par, &a, k, m, &b, &mut c, n, ep);
+        gemm_isa(isa, par, &a, k, m, &b, &mut c, n, ep);
         let tol = 1e-5 * (k as f32).sqrt() * 4.0;
         for (x, y) in c.iter().zip(&want) {
             assert!(
                 (x - y).abs() <= tol,
-                "m={m} k={k} n={n} ep={ep_kind}: {x} vs {y}"
+                "{isa:?} m={m} k={k} n={n} ep={ep_kind} f16={f16}: {x} vs {y}"
             );
         }
     }
 
     #[test]
-    fn odd_shapes_match_f64_reference() {
+    fn every_path_matches_f64_reference() {
         let seq = Parallel::sequential();
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (1, 77, 5),
-            (7, 300, 17),
-            (13, 513, 33),
-            (97, 64, 48),
-        ] {
-            for ep in 0..3 {
-                check(m, k, n, ep, &seq);
+        for isa in simd::available() {
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (1, 77, 5),
+                (7, 300, 17),
+                (13, 513, 33),
+                (97, 64, 48),
+                (25, 260, 32),
+            ] {
+                for ep in 0..3 {
+                    check(isa, m, k, n, ep, false, &seq);
+                }
+                check(isa, m, k, n, 2, true, &seq);
             }
-        }
-        #[cfg(feature = "std")]
-        {
-            let p = Parallel::with_threads(3);
-            check(199, 300, 50, 2, &p);
-            check(5, 257, 129, 1, &p);
+            #[cfg(feature = "std")]
+            {
+                let p = Parallel::with_threads(3);
+                check(isa, 199, 300, 50, 2, false, &p);
+                check(isa, 5, 257, 129, 1, true, &p);
+            }
         }
     }
 
     #[test]
-    fn portable_kernel_agrees_with_dispatch() {
-        let mut r = Rng::new(5);
-        let (kc, lda) = (37, 40);
-        let a: Vec<f32> = (0..MR * lda).map(|_| r.uniform(1.0)).collect();
-        let b: Vec<f32> = (0..kc * NR).map(|_| r.uniform(1.0)).collect();
-        let mut t1: Tile = [[0.5; NR]; MR];
-        let mut t2 = t1;
-        unsafe {
-            kernel_portable(MR, kc, a.as_ptr(), lda, b.as_ptr(), &mut t1);
-            kernel()(MR, kc, a.as_ptr(), lda, b.as_ptr(), &mut t2);
-        }
-        for i in 0..MR {
-            for j in 0..NR {
-                assert!((t1[i][j] - t2[i][j]).abs() < 1e-4);
+    fn per_call_packing_matches_reference() {
+        // scores = Q·Kᵀ and out = P·V, as attention packs them.
+        let mut r = Rng::new(11);
+        let (t, hd) = (37, 24);
+        let q: Vec<f32> = (0..t * hd).map(|_| r.uniform(1.0)).collect();
+        let kmat: Vec<f32> = (0..t * hd).map(|_| r.uniform(1.0)).collect();
+        let mut buf = vec![0.0f32; panel_len(hd, t)];
+        for isa in simd::available() {
+            let kt = pack_rows_as_columns(&mut buf, hd, t, |j| &kmat[j * hd..(j + 1) * hd]);
+            let mut s = vec![0.0f32; t * t];
+            unsafe { gemm_seq(isa, &q, hd, t, kt, s.as_mut_ptr(), t, Epilogue::store(None)) };
+            let want = gemm_reference(&q, t, hd, &kmat, t);
+            for (x, y) in s.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-4, "{isa:?} QKᵀ {x} vs {y}");
+            }
+            let mut vb = vec![0.0f32; panel_len(t, hd)];
+            let vp = pack_rows(&mut vb, t, hd, |kk| &kmat[kk * hd..(kk + 1) * hd]);
+            let mut o = vec![0.0f32; t * hd];
+            let p: Vec<f32> = (0..t * t).map(|_| r.uniform(1.0)).collect();
+            unsafe { gemm_seq(isa, &p, t, t, vp, o.as_mut_ptr(), hd, Epilogue::store(None)) };
+            // Reference: P·V with V [t, hd] → W = Vᵀ [hd, t].
+            let vt: Vec<f32> = (0..hd * t).map(|i| kmat[(i % t) * hd + i / t]).collect();
+            let want = gemm_reference(&p, t, t, &vt, hd);
+            for (x, y) in o.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-4, "{isa:?} PV {x} vs {y}");
             }
         }
     }

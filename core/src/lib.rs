@@ -21,6 +21,7 @@ pub mod ops;
 pub mod par;
 pub mod preprocess;
 pub mod safetensors;
+pub mod simd;
 pub mod synth;
 
 pub use clip::Clip;

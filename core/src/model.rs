@@ -4,10 +4,13 @@
 //! text rows ≤ 77, width Dt = 512; joint E = 512. `B` is the batch held by a workspace.
 
 use crate::clip::{Clip, EncoderLayer, LayerNorm};
+use crate::config::TowerConfig;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, Epilogue};
 use crate::maple::MaplePrompts;
-use crate::ops::{attention, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row};
+use crate::ops::{
+    attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
+};
 use crate::par::Parallel;
 use alloc::format;
 use alloc::vec;
@@ -26,18 +29,19 @@ struct TowerBuffers {
     qkv: Vec<f32>,     // [B·T, 3D]
     attn: Vec<f32>,    // [B·T, D]
     mlp: Vec<f32>,     // [B·T, F]
-    scratch: Vec<f32>, // [threads · T] softmax rows
+    scratch: Vec<f32>, // [threads · (T² + packed Kᵀ + packed V)] attention
 }
 
 impl TowerBuffers {
-    fn new(rows: usize, t: usize, d: usize, f: usize, threads: usize) -> Self {
+    fn new(rows: usize, t: usize, tower: &TowerConfig, threads: usize) -> Self {
+        let (d, f) = (tower.hidden_size, tower.intermediate_size);
         TowerBuffers {
             x: vec![0.0; rows * d],
             h: vec![0.0; rows * d],
             qkv: vec![0.0; rows * 3 * d],
             attn: vec![0.0; rows * d],
             mlp: vec![0.0; rows * f],
-            scratch: vec![0.0; threads * t],
+            scratch: vec![0.0; threads * attention_scratch_len(t, tower.head_dim())],
         }
     }
 }
@@ -172,7 +176,7 @@ impl Model {
     pub fn vision_workspace(&self, batch: usize, par: &Parallel) -> VisionWorkspace {
         // CPU feature detection allocates once on first use (std reads an environment
         // variable): do it here, not inside the first forward pass.
-        crate::gemm::has_avx2_fma();
+        crate::simd::isa();
         let v = &self.clip.config.vision;
         let t = self.vision_tokens();
         let batch = batch.max(1);
@@ -181,13 +185,7 @@ impl Model {
             t,
             threads: par.threads(),
             patches: vec![0.0; v.grid() * v.grid() * v.patch_dim()],
-            buf: TowerBuffers::new(
-                batch * t,
-                t,
-                v.tower.hidden_size,
-                v.tower.intermediate_size,
-                par.threads(),
-            ),
+            buf: TowerBuffers::new(batch * t, t, &v.tower, par.threads()),
             pooled: vec![0.0; batch * v.tower.hidden_size],
             feats: vec![0.0; batch * self.clip.config.projection_dim],
         }
@@ -196,20 +194,14 @@ impl Model {
     pub fn text_workspace(&self, batch: usize, par: &Parallel) -> TextWorkspace {
         // CPU feature detection allocates once on first use (std reads an environment
         // variable): do it here, not inside the first forward pass.
-        crate::gemm::has_avx2_fma();
+        crate::simd::isa();
         let tc = &self.clip.config.text;
         let l = tc.max_position_embeddings;
         let batch = batch.max(1);
         TextWorkspace {
             batch,
             threads: par.threads(),
-            buf: TowerBuffers::new(
-                batch * l,
-                l,
-                tc.tower.hidden_size,
-                tc.tower.intermediate_size,
-                par.threads(),
-            ),
+            buf: TowerBuffers::new(batch * l, l, &tc.tower, par.threads()),
             pooled: vec![0.0; batch * tc.tower.hidden_size],
             feats: vec![0.0; batch * self.clip.config.projection_dim],
             eot: Vec::with_capacity(batch),

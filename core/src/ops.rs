@@ -1,6 +1,8 @@
 //! Row-wise kernels: LayerNorm, QuickGELU, fused multi-head attention, L2 normalisation.
 
+use crate::gemm::{gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue};
 use crate::par::{split, Parallel, SyncPtr};
+use crate::simd;
 
 /// `x · sigmoid(1.702 · x)` (CLIP's activation, spec §4).
 #[inline]
@@ -48,26 +50,17 @@ fn sum8(it: impl Iterator<Item = f32>) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s
+/// Per-thread scratch floats [`attention`] needs for sequences of `t` rows and head width `hd`:
+/// the score matrix `[t, t]`, `Kᵀ` packed as GEMM panels, and `V` packed as panels.
+pub fn attention_scratch_len(t: usize, hd: usize) -> usize {
+    t * t + panel_len(hd, t) + panel_len(t, hd)
 }
 
 /// Multi-head attention on a fused `qkv [batch·t, 3d]` buffer (q | k | v per row), writing
-/// `out [batch·t, d]`. One (sequence, head) pair per work item; each query row does its own
-/// softmax in `scratch` (`threads · t` floats). `causal`: query i sees keys 0..=i.
+/// `out [batch·t, d]`. One (sequence, head) pair per work item, as three steps on the GEMM
+/// kernels: `S = Q·Kᵀ` (`[t, t]`), a softmax per row of `S·scale` (`causal`: query i sees keys
+/// 0..=i, the rest of the row is zero), then `out = P·V`. `scratch` holds
+/// `threads · attention_scratch_len(t, d / heads)` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     par: &Parallel,
@@ -81,8 +74,10 @@ pub fn attention(
     scratch: &mut [f32],
 ) {
     let hd = d / heads;
+    let per = attention_scratch_len(t, hd);
     assert!(qkv.len() >= batch * t * 3 * d && out.len() >= batch * t * d);
-    assert!(scratch.len() >= par.threads() * t, "attention scratch");
+    assert!(scratch.len() >= par.threads() * per, "attention scratch");
+    let isa = simd::isa();
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let op = SyncPtr(out.as_mut_ptr());
     let sp = SyncPtr(scratch.as_mut_ptr());
@@ -90,39 +85,41 @@ pub fn attention(
         let (lo, hi) = split(batch * heads, tid, nt);
         // SAFETY: each thread owns its scratch slice and the (sequence, head) blocks of `out`
         // it was given; the blocks are disjoint.
-        let sc = unsafe { core::slice::from_raw_parts_mut(sp.get().add(tid * t), t) };
+        let sc = unsafe { core::slice::from_raw_parts_mut(sp.get().add(tid * per), per) };
+        let (s, rest) = sc.split_at_mut(t * t);
+        let (kbuf, vbuf) = rest.split_at_mut(panel_len(hd, t));
         for unit in lo..hi {
             let (bi, h) = (unit / heads, unit % heads);
             let rows = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+            let kt = pack_rows_as_columns(kbuf, hd, t, |j| &rows[j * 3 * d + d + h * hd..]);
+            // SAFETY: `s` is this thread's [t, t] block.
+            unsafe {
+                gemm_seq(
+                    isa,
+                    &rows[h * hd..],
+                    3 * d,
+                    t,
+                    kt,
+                    s.as_mut_ptr(),
+                    t,
+                    Epilogue::store(None),
+                )
+            };
             for i in 0..t {
-                let q = &rows[i * 3 * d + h * hd..][..hd];
                 let lim = if causal { i + 1 } else { t };
-                let mut mx = f32::NEG_INFINITY;
-                for (j, s) in sc.iter_mut().enumerate().take(lim) {
-                    let k = &rows[j * 3 * d + d + h * hd..][..hd];
-                    *s = dot(q, k) * scale;
-                    mx = mx.max(*s);
-                }
-                let mut sum = 0.0f32;
-                for s in sc.iter_mut().take(lim) {
-                    *s = libm::expf(*s - mx);
-                    sum += *s;
-                }
+                let row = &mut s[i * t..(i + 1) * t];
+                let mx = simd::max(&row[..lim]);
+                let sum = simd::exp_scaled_sum(isa, &mut row[..lim], scale, mx * scale);
                 let inv = 1.0 / sum;
-                let o = unsafe {
-                    core::slice::from_raw_parts_mut(op.get().add((bi * t + i) * d + h * hd), hd)
-                };
-                o.fill(0.0);
-                for (j, &p) in sc.iter().enumerate().take(lim) {
-                    let v = &rows[j * 3 * d + 2 * d + h * hd..][..hd];
-                    for (ov, &vv) in o.iter_mut().zip(v) {
-                        *ov += p * vv;
-                    }
-                }
-                for ov in o.iter_mut() {
-                    *ov *= inv;
-                }
+                row[..lim].iter_mut().for_each(|p| *p *= inv);
+                row[lim..].fill(0.0);
             }
+            let vp = pack_rows(vbuf, t, hd, |kk| &rows[kk * 3 * d + 2 * d + h * hd..]);
+            // SAFETY: rows bi·t.. of `out`, columns h·hd..(h+1)·hd belong to this unit alone.
+            unsafe {
+                let o = op.get().add(bi * t * d + h * hd);
+                gemm_seq(isa, s, t, t, vp, o, d, Epilogue::store(None))
+            };
         }
     });
 }
@@ -229,7 +226,7 @@ mod tests {
             let qkv: Vec<f32> = (0..b * t * 3 * d).map(|_| r.uniform(2.0)).collect();
             let par = Parallel::sequential();
             let mut out = vec![0.0; b * t * d];
-            let mut sc = vec![0.0; t];
+            let mut sc = vec![0.0; attention_scratch_len(t, d / h)];
             attention(&par, &qkv, &mut out, b, t, d, h, causal, &mut sc);
             let want = naive(&qkv, b, t, d, h, causal);
             for (x, y) in out.iter().zip(&want) {

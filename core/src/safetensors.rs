@@ -325,7 +325,7 @@ pub fn serialize(tensors: &[OwnedTensor], metadata: &[(&str, &str)]) -> Vec<u8> 
         off += t.data.len();
     }
     let mut h = serde_json::to_string(&Value::Object(header)).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + off);

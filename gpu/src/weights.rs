@@ -110,7 +110,7 @@ impl GpuModel {
                 Precision::F16 => {
                     let h: Vec<half::f16> = raw.iter().map(|&v| half::f16::from_f32(v)).collect();
                     let mut bytes: Vec<u8> = bytemuck::cast_slice(&h).to_vec();
-                    while bytes.len() % 4 != 0 {
+                    while !bytes.len().is_multiple_of(4) {
                         bytes.push(0);
                     }
                     gpu.device

@@ -375,7 +375,7 @@ pub fn unpickle(bytes: &[u8]) -> Result<Value> {
                         v.extend(items);
                     }
                     Value::Dict(v, d) if op == b's' || op == b'u' => {
-                        if items.len() % 2 != 0 {
+                        if !items.len().is_multiple_of(2) {
                             return Err(malformed("odd number of dict items"));
                         }
                         bump(d)?;

@@ -1,0 +1,426 @@
+//! Which SIMD code path runs (chosen once), and the vectorised element-wise math shared by the
+//! GEMM epilogue and attention: `exp` (for QuickGELU and softmax), row max.
+//!
+//! `exp` is Cephes' single-precision scheme: `x = n·ln2 + r` (ln2 split in two constants),
+//! a degree-6 polynomial for `e^r` on |r| ≤ ln2/2, and `2^n` built in the exponent bits. Its error
+//! against libm's correctly rounded `expf` is ≤ 2 ulp over the range used here (tested below).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Isa {
+    /// AVX-512F (+ FMA): 16-lane kernels.
+    Avx512,
+    /// AVX2 + FMA + F16C: 8-lane kernels.
+    Avx2,
+    /// Plain Rust (any target, `no_std` without target features).
+    Portable,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2+fma",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// The best path this CPU supports (detected at run time with `std`, from the compile-time
+/// target features without). With `std`, `MAPLE_SIMD=avx512|avx2|portable` picks another
+/// supported one (for benchmarks and for checking the fallbacks). The first call may allocate (std reads the
+/// environment), so workspaces call it before any forward pass.
+pub fn isa() -> Isa {
+    match CHOSEN.load(Ordering::Relaxed) {
+        1 => Isa::Avx512,
+        2 => Isa::Avx2,
+        3 => Isa::Portable,
+        _ => {
+            let i = detect();
+            CHOSEN.store(
+                match i {
+                    Isa::Avx512 => 1,
+                    Isa::Avx2 => 2,
+                    Isa::Portable => 3,
+                },
+                Ordering::Relaxed,
+            );
+            i
+        }
+    }
+}
+
+/// The paths this machine can run, best first (tests run each).
+pub fn available() -> alloc::vec::Vec<Isa> {
+    let best = detect_hw();
+    [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        .into_iter()
+        .filter(|i| rank(*i) >= rank(best))
+        .collect()
+}
+
+fn rank(i: Isa) -> u8 {
+    match i {
+        Isa::Avx512 => 0,
+        Isa::Avx2 => 1,
+        Isa::Portable => 2,
+    }
+}
+
+fn detect() -> Isa {
+    let hw = detect_hw();
+    #[cfg(feature = "std")]
+    {
+        let want = match std::env::var("MAPLE_SIMD").as_deref() {
+            Ok("avx512") => Some(Isa::Avx512),
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("portable") => Some(Isa::Portable),
+            _ => None,
+        };
+        if let Some(w) = want.filter(|w| rank(*w) >= rank(hw)) {
+            return w;
+        }
+    }
+    if hw == Isa::Avx512 && double_pumped_avx512() {
+        return Isa::Avx2;
+    }
+    hw
+}
+
+/// AMD family 19h (Zen 4) runs each 512-bit instruction as two 256-bit halves: its AVX-512
+/// kernels measured no faster (slightly slower) than the AVX2 ones here (BENCHMARKS.md), so the
+/// AVX2 path is the default there; `MAPLE_SIMD=avx512` still selects it.
+fn double_pumped_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (v, f) = (
+            core::arch::x86_64::__cpuid(0),
+            core::arch::x86_64::__cpuid(1),
+        );
+        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let family = ((f.eax >> 8) & 0xf) + ((f.eax >> 20) & 0xff);
+        amd && family == 0x19
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn detect_hw() -> Isa {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        if avx2 && std::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if avx2 {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    }
+    #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+    {
+        if cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c",
+            target_feature = "avx512f"
+        )) {
+            Isa::Avx512
+        } else if cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )) {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Isa::Portable
+    }
+}
+
+// Cephes expf constants.
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5e-1,
+];
+
+/// Scalar twin of the vector `exp` (same steps, same rounding), used for tails and `Portable`.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(EXP_LO, EXP_HI);
+    let n = libm::floorf(libm::fmaf(x, LOG2E, 0.5));
+    let r = libm::fmaf(-n, LN2_LO, libm::fmaf(-n, LN2_HI, x));
+    let mut y = P[0];
+    for &c in &P[1..] {
+        y = libm::fmaf(y, r, c);
+    }
+    let y = libm::fmaf(y, r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `x · sigmoid(1.702 x)` over a slice.
+pub fn quick_gelu_slice(isa: Isa, v: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::gelu512(v) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::gelu256(v) },
+        _ => v.iter_mut().for_each(|x| *x = gelu1(*x)),
+    }
+}
+
+#[inline]
+fn gelu1(x: f32) -> f32 {
+    x / (1.0 + exp(-1.702 * x))
+}
+
+/// `v[i] = exp(v[i]·scale − shift)`; returns the sum (softmax's numerator and denominator).
+pub fn exp_scaled_sum(isa: Isa, v: &mut [f32], scale: f32, shift: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::exp_sum512(v, scale, shift) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::exp_sum256(v, scale, shift) },
+        _ => {
+            let mut s = 0.0;
+            for x in v.iter_mut() {
+                *x = exp(*x * scale - shift);
+                s += *x;
+            }
+            s
+        }
+    }
+}
+
+/// Largest element (−∞ for an empty slice).
+pub fn max(v: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut c = v.chunks_exact(8);
+    for x in &mut c {
+        for l in 0..8 {
+            m[l] = m[l].max(x[l]);
+        }
+    }
+    let mut r = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in c.remainder() {
+        r = r.max(x);
+    }
+    r
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use core::arch::x86_64::*;
+
+    macro_rules! exp_body {
+        ($x:expr, $set1:ident, $min:ident, $max:ident, $fmadd:ident, $fnmadd:ident, $mul:ident,
+         $round:expr, $cvt:ident, $add_epi:ident, $slli:ident, $cast:ident, $seti:ident) => {{
+            let x = $min($max($x, $set1(EXP_LO)), $set1(EXP_HI));
+            let n = $round($fmadd(x, $set1(LOG2E), $set1(0.5)));
+            let r = $fnmadd(n, $set1(LN2_HI), x);
+            let r = $fnmadd(n, $set1(LN2_LO), r);
+            let mut y = $set1(P[0]);
+            y = $fmadd(y, r, $set1(P[1]));
+            y = $fmadd(y, r, $set1(P[2]));
+            y = $fmadd(y, r, $set1(P[3]));
+            y = $fmadd(y, r, $set1(P[4]));
+            y = $fmadd(y, r, $set1(P[5]));
+            let r2 = $mul(r, r);
+            y = $fmadd(y, r2, r);
+            y = $fmadd(y, $set1(1.0), $set1(1.0)); // y + 1, rounded once as the scalar does
+            let e = $slli::<23>($add_epi($cvt(n), $seti(127)));
+            $mul(y, $cast(e))
+        }};
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        exp_body!(
+            x,
+            _mm256_set1_ps,
+            _mm256_min_ps,
+            _mm256_max_ps,
+            _mm256_fmadd_ps,
+            _mm256_fnmadd_ps,
+            _mm256_mul_ps,
+            |v| _mm256_floor_ps(v),
+            _mm256_cvtps_epi32,
+            _mm256_add_epi32,
+            _mm256_slli_epi32,
+            _mm256_castsi256_ps,
+            _mm256_set1_epi32
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        exp_body!(
+            x,
+            _mm512_set1_ps,
+            _mm512_min_ps,
+            _mm512_max_ps,
+            _mm512_fmadd_ps,
+            _mm512_fnmadd_ps,
+            _mm512_mul_ps,
+            |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(v),
+            _mm512_cvtps_epi32,
+            _mm512_add_epi32,
+            _mm512_slli_epi32,
+            _mm512_castsi512_ps,
+            _mm512_set1_epi32
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu256(v: &mut [f32]) {
+        let mut c = v.chunks_exact_mut(8);
+        for x in &mut c {
+            let p = x.as_mut_ptr();
+            let a = _mm256_loadu_ps(p);
+            let e = exp8(_mm256_mul_ps(a, _mm256_set1_ps(-1.702)));
+            _mm256_storeu_ps(p, _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0), e)));
+        }
+        for x in c.into_remainder() {
+            *x = gelu1(*x);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gelu512(v: &mut [f32]) {
+        let mut c = v.chunks_exact_mut(16);
+        for x in &mut c {
+            let p = x.as_mut_ptr();
+            let a = _mm512_loadu_ps(p);
+            let e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-1.702)));
+            _mm512_storeu_ps(p, _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0), e)));
+        }
+        for x in c.into_remainder() {
+            *x = gelu1(*x);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_sum256(v: &mut [f32], scale: f32, shift: f32) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut c = v.chunks_exact_mut(8);
+        for x in &mut c {
+            let p = x.as_mut_ptr();
+            let a = _mm256_fmsub_ps(
+                _mm256_loadu_ps(p),
+                _mm256_set1_ps(scale),
+                _mm256_set1_ps(shift),
+            );
+            let e = exp8(a);
+            _mm256_storeu_ps(p, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        for x in c.into_remainder() {
+            *x = exp(libm::fmaf(*x, scale, -shift));
+            s += *x;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_sum512(v: &mut [f32], scale: f32, shift: f32) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut c = v.chunks_exact_mut(16);
+        for x in &mut c {
+            let p = x.as_mut_ptr();
+            let a = _mm512_fmsub_ps(
+                _mm512_loadu_ps(p),
+                _mm512_set1_ps(scale),
+                _mm512_set1_ps(shift),
+            );
+            let e = exp16(a);
+            _mm512_storeu_ps(p, e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        let mut s = _mm512_reduce_add_ps(acc);
+        for x in c.into_remainder() {
+            *x = exp(libm::fmaf(*x, scale, -shift));
+            s += *x;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn exp_within_two_ulp_of_libm() {
+        let xs: Vec<f32> = (-87_000..=88_000).map(|i| i as f32 * 1e-3).collect();
+        for isa in available() {
+            let mut v = xs.clone();
+            exp_scaled_sum(isa, &mut v, 1.0, 0.0);
+            for (&x, &y) in xs.iter().zip(&v) {
+                let want = libm::expf(x);
+                assert!(ulps(y, want) <= 2, "{isa:?} exp({x}) = {y}, libm {want}");
+            }
+        }
+        // Far outside the range: clamped, finite, no NaN.
+        assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
+        assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn gelu_and_softmax_sum_agree_across_paths() {
+        let xs: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        for isa in available() {
+            let mut g = xs.clone();
+            quick_gelu_slice(isa, &mut g);
+            for (&x, &y) in xs.iter().zip(&g) {
+                let want = x as f64 / (1.0 + (-1.702 * x as f64).exp());
+                assert!(
+                    (y as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "{isa:?} {x}"
+                );
+            }
+            let mut e = xs.clone();
+            let mx = max(&e);
+            let s = exp_scaled_sum(isa, &mut e, 0.5, 0.5 * mx);
+            let want: f64 = xs
+                .iter()
+                .map(|&x| (0.5 * (x as f64 - mx as f64)).exp())
+                .sum();
+            assert!(
+                (s as f64 - want).abs() <= 1e-5 * want,
+                "{isa:?} {s} vs {want}"
+            );
+        }
+    }
+}
