@@ -1,10 +1,11 @@
 //! The whole `maple-classify` job: labels → text features (once), images → logits, on the
 //! CPU or a GPU.
 
+use crate::cache;
 use crate::imageio::{load_rgb8, Rgb8};
 use crate::inputs::Input;
 use crate::labels::{read_labels, tokenize_labels, Label};
-use crate::loader::{load_model, load_tokenizer};
+use crate::loader::{load_model_fingerprinted, load_tokenizer};
 use crate::CliError;
 use maple_core::ops::softmax;
 use maple_core::preprocess::preprocess;
@@ -60,6 +61,10 @@ pub struct Classifier {
     text_rows: Vec<TokenRow>,
     /// One line saying which device runs the model (and why, after a fallback).
     pub notice: Option<String>,
+    /// Problems that did not stop the run (an unwritable or damaged text-feature cache).
+    pub warnings: Vec<String>,
+    /// Whether the text features came from the cache file.
+    pub text_from_cache: bool,
 }
 
 impl Classifier {
@@ -82,10 +87,12 @@ impl Classifier {
             threads,
             Device::Cpu,
             Precision::F32,
+            None,
         )
     }
 
-    /// `source` names where the labels came from, in errors.
+    /// `source` names where the labels came from, in errors. With `cache_dir`, text features
+    /// are read from / saved to the text-feature cache there ([`crate::cache`]).
     #[allow(clippy::too_many_arguments)]
     pub fn with_labels(
         model_dir: &Path,
@@ -96,8 +103,9 @@ impl Classifier {
         threads: usize,
         device: Device,
         precision: Precision,
+        cache_dir: Option<&Path>,
     ) -> Result<Self, CliError> {
-        let model = load_model(model_dir, prompts)?;
+        let (model, fingerprint) = load_model_fingerprinted(model_dir, prompts)?;
         let tok = load_tokenizer(model_dir)?;
         let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
         let template_tokens = tok.encode(template)?.len() - 2;
@@ -121,8 +129,31 @@ impl Classifier {
             device: Device::Cpu,
             text_rows: rows,
             notice: None,
+            warnings: Vec::new(),
+            text_from_cache: false,
         };
         c.set_device(device, precision)?;
+        let backend = c.backend_tag(precision);
+        let cached = cache_dir.map(|dir| {
+            let names: Vec<String> = c.labels.iter().map(|l| l.name.clone()).collect();
+            let key = cache::key(fingerprint, backend, template, &names, &c.text_rows);
+            (cache::path(dir, key), key)
+        });
+        if let Some((path, key)) = &cached {
+            let dim = c.model.clip.config.projection_dim;
+            match cache::load(path, *key, c.labels.len(), dim) {
+                Ok(t) => {
+                    c.text = t;
+                    c.text_from_cache = true;
+                    return Ok(c);
+                }
+                Err(cache::Miss::Absent) => {}
+                Err(cache::Miss::Invalid(why)) => c.warnings.push(format!(
+                    "ignoring text-feature cache {} ({why}); rebuilding it",
+                    path.display()
+                )),
+            }
+        }
         c.text = match c.encode_texts_on_device() {
             Ok(t) => t,
             Err(e) if c.device == Device::Auto => {
@@ -133,6 +164,17 @@ impl Classifier {
             }
             Err(e) => return Err(CliError(format!("{source}: {e}"))),
         };
+        // (Not saved if `auto` fell back to the CPU meanwhile: the key names the GPU.)
+        if let Some((path, key)) = cached
+            .as_ref()
+            .filter(|_| c.backend_tag(precision) == backend)
+        {
+            if let Err(e) = cache::store(path, *key, &c.text) {
+                c.warnings.push(format!(
+                    "cannot write the text-feature cache ({e}); continuing without it"
+                ));
+            }
+        }
         Ok(c)
     }
 
@@ -185,6 +227,15 @@ impl Classifier {
             Err(CliError(
                 "--device gpu: this build has no GPU backend (cargo feature `gpu`)".into(),
             ))
+        }
+    }
+
+    /// What computes the features, as the cache key names it.
+    fn backend_tag(&self, precision: Precision) -> &'static str {
+        match (&self.backend, precision) {
+            (Backend::Cpu(_), _) => "cpu",
+            (_, Precision::F32) => "gpu-f32",
+            (_, Precision::F16) => "gpu-f16",
         }
     }
 

@@ -1,6 +1,7 @@
 //! maple-cli: everything around the core that touches files: model directories, prompt files,
 //! images, label lists, the tokenizer, synthetic model files.
 
+pub mod cache;
 pub mod classify;
 pub mod clean;
 mod clean_tables;

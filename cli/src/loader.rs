@@ -5,10 +5,16 @@ use crate::tokenizer::ClipTokenizer;
 use crate::CliError;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::checkpoint::{is_zip, TorchCheckpoint};
-use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TensorSource};
+use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TensorSource, TensorView};
 use memmap2::Mmap;
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
+#[cfg(unix)]
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::Xxh3;
 
 /// A file's bytes: memory-mapped (weights are never copied whole), or read if tiny.
 pub enum Bytes {
@@ -69,11 +75,34 @@ pub fn with_tensors<T>(
     hf_names: bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
 ) -> Result<T, CliError> {
+    with_tensors_hashed(path, hf_names, |_| false, f).map(|(t, _)| t)
+}
+
+/// As [`with_tensors`], also returning a 128-bit fingerprint (XXH3) of the name, dtype, shape
+/// and bytes of every tensor the loader read whose name `hashed` selects, in reading order.
+pub fn with_tensors_hashed<T>(
+    path: &Path,
+    hf_names: bool,
+    hashed: fn(&str) -> bool,
+    f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
+) -> Result<(T, u128), CliError> {
     let bytes = map_file(path)?;
     let err = |e| CliError::core(path, e);
-    let run = |src: &dyn TensorSource| match OpenAiNames::detect(src).filter(|_| hf_names) {
-        Some(o) => f(&o),
-        None => f(src),
+    let run = |src: &dyn TensorSource| {
+        let tap = Tap {
+            inner: src,
+            map: match &bytes {
+                Bytes::Mapped(m) => Some(m),
+                Bytes::Owned(_) => None,
+            },
+            hashed,
+            hash: RefCell::new(Xxh3::new()),
+        };
+        let out = match OpenAiNames::detect(&tap).filter(|_| hf_names) {
+            Some(o) => f(&o),
+            None => f(&tap),
+        };
+        out.map(|t| (t, tap.hash.borrow().digest128()))
     };
     if is_zip(&bytes) {
         let ck = TorchCheckpoint::parse(&bytes).map_err(err)?;
@@ -81,6 +110,55 @@ pub fn with_tensors<T>(
     } else {
         let st = SafeTensors::parse(&bytes).map_err(err)?;
         run(&st).map_err(err)
+    }
+}
+
+/// Sits between a file's tensors and the core's loader. Fingerprints the tensors it is told to,
+/// and drops each tensor's pages of a mapped file from this process once the core has copied it
+/// into its own layout, so loading never holds the file and the packed model at once (peak RSS
+/// ≈ the model, not the model plus the file).
+struct Tap<'a> {
+    inner: &'a dyn TensorSource,
+    map: Option<&'a Mmap>,
+    hashed: fn(&str) -> bool,
+    hash: RefCell<Xxh3>,
+}
+
+impl TensorSource for Tap<'_> {
+    fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+        self.inner.tensor(name)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.inner.names()
+    }
+
+    fn release(&self, name: &str, view: &TensorView<'_>) {
+        if (self.hashed)(name) {
+            let mut h = self.hash.borrow_mut();
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(view.dtype.name().as_bytes());
+            h.update(&(view.shape.len() as u64).to_le_bytes());
+            for &d in &view.shape {
+                h.update(&(d as u64).to_le_bytes());
+            }
+            h.update(&(view.data.len() as u64).to_le_bytes());
+            h.update(&view.data);
+        }
+        #[cfg(unix)]
+        if let (Some(map), Cow::Borrowed(data)) = (self.map, &view.data) {
+            let base = map.as_ptr() as usize;
+            let start = data.as_ptr() as usize;
+            if start >= base && start + data.len() <= base + map.len() {
+                // SAFETY: the map is private and read-only: MADV_DONTNEED only drops pages, which
+                // the kernel reads back from the file if anything touches them again (same
+                // bytes). Failure only means the pages stay resident.
+                let _ = unsafe {
+                    map.unchecked_advise_range(UncheckedAdvice::DontNeed, start - base, data.len())
+                };
+            }
+        }
     }
 }
 
@@ -101,15 +179,38 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf, CliError> {
 /// Loads CLIP from a model directory and, if given, MaPLe prompts (safetensors or a MaPLe
 /// `.pth.tar` checkpoint).
 pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, CliError> {
+    load_model_fingerprinted(dir, prompts).map(|(m, _)| m)
+}
+
+/// [`load_model`], plus a fingerprint of everything the text features depend on in the files:
+/// config.json, the text tower and text projection, and the whole prompts file.
+pub fn load_model_fingerprinted(
+    dir: &Path,
+    prompts: Option<&Path>,
+) -> Result<(Model, u128), CliError> {
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
-    let clip = with_tensors(&wp, true, |src| Clip::load(&config, src))?;
+    let text_side = |n: &str| n.starts_with("text_model.") || n.starts_with("text_projection.");
+    let (clip, weights_fp) =
+        with_tensors_hashed(&wp, true, text_side, |src| Clip::load(&config, src))?;
+    let mut h = Xxh3::new();
+    let cj = dir.join("config.json");
+    h.update(&std::fs::read(&cj).map_err(|e| CliError::io(&cj, e))?);
+    h.update(&weights_fp.to_le_bytes());
     let prompts = match prompts {
-        Some(p) => Some(load_prompts(&config, p)?),
-        None => None,
+        Some(p) => {
+            let (pr, fp) =
+                with_tensors_hashed(p, false, |_| true, |src| MaplePrompts::load(&config, src))?;
+            h.update(&fp.to_le_bytes());
+            Some(pr)
+        }
+        None => {
+            h.update(b"zero-shot");
+            None
+        }
     };
-    Ok(Model::new(clip, prompts))
+    Ok((Model::new(clip, prompts), h.digest128()))
 }
 
 pub fn load_prompts(config: &ClipConfig, path: &Path) -> Result<MaplePrompts, CliError> {

@@ -114,6 +114,9 @@ struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Do not read or write the text-feature cache (MAPLE_CACHE_DIR, else ~/.cache/maple).
+    #[arg(long)]
+    no_cache: bool,
     /// No progress bar and no per-image error lines on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -192,6 +195,11 @@ fn run(a: Args) -> Result<usize, CliError> {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::F16 => Precision::F16,
     };
+    let cache_dir = if a.no_cache {
+        None
+    } else {
+        maple_cli::cache::default_dir()
+    };
     let mut c = Classifier::with_labels(
         &model_dir,
         a.prompts.as_deref(),
@@ -201,11 +209,15 @@ fn run(a: Args) -> Result<usize, CliError> {
         a.threads,
         device,
         precision,
+        cache_dir.as_deref(),
     )?;
     if device != Device::Cpu && !a.quiet {
         if let Some(n) = &c.notice {
             eprintln!("maple-classify: {n}");
         }
+    }
+    for w in &c.warnings {
+        eprintln!("maple-classify: warning: {w}");
     }
 
     let mut sink = match &a.output {

@@ -25,7 +25,10 @@ const IMAGES: [&str; 3] = ["rgb_451x300.png", "photo_320x240.jpg", "rgba_256x256
 
 fn classify(model: &Path, prompts: &Path) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
-    c.env("MAPLE_DEVICE", "cpu");
+    c.env("MAPLE_DEVICE", "cpu").env(
+        "MAPLE_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-checkpoints"),
+    );
     for i in IMAGES {
         c.arg(fixtures().join("images").join(i));
     }

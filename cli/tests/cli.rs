@@ -26,7 +26,10 @@ fn scratch(name: &str) -> PathBuf {
 
 fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
-    c.env_remove("MAPLE_MODEL").env("MAPLE_DEVICE", "cpu");
+    c.env_remove("MAPLE_MODEL").env("MAPLE_DEVICE", "cpu").env(
+        "MAPLE_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-cli"),
+    );
     for a in args {
         c.arg(a);
     }
@@ -134,6 +137,10 @@ fn json_output_has_every_label_in_file_order() {
 fn text_output_and_model_from_env() {
     let out = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
         .env("MAPLE_DEVICE", "cpu")
+        .env(
+            "MAPLE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-cli"),
+        )
         .arg(image("gray_300x451.png"))
         .args(["--classes"])
         .arg(fixtures().join("labels.txt"))

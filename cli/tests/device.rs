@@ -13,7 +13,11 @@ fn classify(model: &Path, device: &str, images: &[&str], env: &[(&str, &str)]) -
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
     c.env_remove("MAPLE_MODEL")
         .env_remove("MAPLE_DEVICE")
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env(
+            "MAPLE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-device"),
+        );
     for (k, v) in env {
         c.env(k, v);
     }

@@ -22,8 +22,12 @@ fn cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
     c.env_remove("MAPLE_MODEL")
         .env("HF_HUB_OFFLINE", "1")
-        .env("MAPLE_DEVICE", "cpu");
+        .env("MAPLE_DEVICE", "cpu")
+        .env("MAPLE_CACHE_DIR", scratch_cache());
     c
+}
+fn scratch_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-real-use")
 }
 fn golden() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden_tiny.json")).unwrap())

@@ -4,7 +4,7 @@
 use crate::config::{ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
 use crate::gemm::PackedMatrix;
-use crate::safetensors::TensorSource;
+use crate::safetensors::{Dtype, TensorSource, TensorView};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -46,10 +46,45 @@ pub struct VisionModel {
     pub post_layernorm: LayerNorm,
 }
 
+/// A lookup table `[rows, d]` kept in the checkpoint's precision (an f16 file stays f16 in
+/// memory); rows are widened to f32 when read.
+#[derive(Debug, Clone)]
+pub enum Table {
+    F32(Vec<f32>),
+    /// IEEE half bits.
+    F16(Vec<u16>),
+}
+
+impl Table {
+    /// Row `i` (of width `out.len()`) into `out`.
+    pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        let d = out.len();
+        match self {
+            Table::F32(v) => out.copy_from_slice(&v[i * d..(i + 1) * d]),
+            Table::F16(v) => {
+                for (o, &h) in out.iter_mut().zip(&v[i * d..(i + 1) * d]) {
+                    *o = half::f16::from_bits(h).to_f32();
+                }
+            }
+        }
+    }
+
+    /// The whole table widened to f32 (for uploading to another backend).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Table::F32(v) => v.clone(),
+            Table::F16(v) => v
+                .iter()
+                .map(|&h| half::f16::from_bits(h).to_f32())
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TextModel {
     /// [V, D]
-    pub token_embedding: Vec<f32>,
+    pub token_embedding: Table,
     /// [L, D]
     pub position_embedding: Vec<f32>,
     pub layers: Vec<EncoderLayer>,
@@ -75,7 +110,8 @@ pub(crate) struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// The tensor `name`, its shape checked.
+    fn view(&self, name: &str, shape: &[usize]) -> Result<(String, TensorView<'_>)> {
         let full = format!("{}{}", self.prefix, name);
         let t = self
             .src
@@ -88,7 +124,53 @@ impl Reader<'_> {
                 found: t.shape,
             });
         }
-        t.to_f32(&full)
+        Ok((full, t))
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (full, t) = self.view(name, shape)?;
+        let v = t.to_f32(&full)?;
+        self.src.release(&full, &t);
+        Ok(v)
+    }
+
+    /// Linear weights `names` (each `[n_each, k]`, stacked along the output) packed for the
+    /// GEMM: as f16 panels when every part is f16 in the file, else as f32.
+    fn weight(&self, names: &[String], n_each: usize, k: usize) -> Result<PackedMatrix> {
+        let mut views = Vec::with_capacity(names.len());
+        for name in names {
+            views.push(self.view(name, &[n_each, k])?);
+        }
+        self.pack(&views, n_each * names.len(), k)
+    }
+
+    /// Packs row-major `[n, k]` data given as consecutive parts.
+    fn pack(&self, views: &[(String, TensorView<'_>)], n: usize, k: usize) -> Result<PackedMatrix> {
+        if views.iter().all(|(_, t)| t.dtype == Dtype::F16) {
+            let mut bits = Vec::with_capacity(n * k);
+            for (full, t) in views {
+                bits.extend(f16_bits(t));
+                self.src.release(full, t);
+            }
+            return Ok(PackedMatrix::from_out_in_f16(&bits, n, k));
+        }
+        let mut w = Vec::with_capacity(n * k);
+        for (full, t) in views {
+            t.extend_f32(full, &mut w)?;
+            self.src.release(full, t);
+        }
+        Ok(PackedMatrix::from_out_in(&w, n, k))
+    }
+
+    fn table(&self, name: &str, shape: &[usize]) -> Result<Table> {
+        let (full, t) = self.view(name, shape)?;
+        let table = if t.dtype == Dtype::F16 {
+            Table::F16(f16_bits(&t).collect())
+        } else {
+            Table::F32(t.to_f32(&full)?)
+        };
+        self.src.release(&full, &t);
+        Ok(table)
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -112,25 +194,24 @@ impl Reader<'_> {
     }
 
     fn linear(&self, name: &str, n_out: usize, k_in: usize) -> Result<Linear> {
-        let w = self.get(&format!("{name}.weight"), &[n_out, k_in])?;
         Ok(Linear {
-            weight: PackedMatrix::from_out_in(&w, n_out, k_in),
+            weight: self.weight(&[format!("{name}.weight")], n_out, k_in)?,
             bias: self.get(&format!("{name}.bias"), &[n_out])?,
         })
     }
 
     fn layer(&self, name: &str, t: &TowerConfig) -> Result<EncoderLayer> {
         let (d, f) = (t.hidden_size, t.intermediate_size);
-        let mut w = Vec::with_capacity(3 * d * d);
+        let qkv = ["q_proj", "k_proj", "v_proj"];
+        let w = qkv.map(|p| format!("{name}.self_attn.{p}.weight"));
         let mut b = Vec::with_capacity(3 * d);
-        for p in ["q_proj", "k_proj", "v_proj"] {
-            w.extend(self.get(&format!("{name}.self_attn.{p}.weight"), &[d, d])?);
+        for p in qkv {
             b.extend(self.get(&format!("{name}.self_attn.{p}.bias"), &[d])?);
         }
         Ok(EncoderLayer {
             layer_norm1: self.layer_norm(&format!("{name}.layer_norm1"), d, t.layer_norm_eps)?,
             qkv_proj: Linear {
-                weight: PackedMatrix::from_out_in(&w, 3 * d, d),
+                weight: self.weight(&w, d, d)?,
                 bias: b,
             },
             out_proj: self.linear(&format!("{name}.self_attn.out_proj"), d, d)?,
@@ -152,12 +233,14 @@ impl Clip {
         let v = &config.vision;
         let dv = v.tower.hidden_size;
         let pd = v.patch_dim();
-        let patch = r.get(
-            "vision_model.embeddings.patch_embedding.weight",
-            &[dv, v.num_channels, v.patch_size, v.patch_size],
-        )?;
+        let patch_embedding = {
+            let name = "vision_model.embeddings.patch_embedding.weight";
+            // [D, C, P, P] is [D, C·P·P] row-major: check the 4-d shape, read it as a Linear.
+            let view = r.view(name, &[dv, v.num_channels, v.patch_size, v.patch_size])?;
+            r.pack(&[view], dv, pd)?
+        };
         let vision_model = VisionModel {
-            patch_embedding: PackedMatrix::from_out_in(&patch, dv, pd),
+            patch_embedding,
             class_embedding: r.get("vision_model.embeddings.class_embedding", &[dv])?,
             position_embedding: r.get(
                 "vision_model.embeddings.position_embedding.weight",
@@ -176,7 +259,7 @@ impl Clip {
         let t = &config.text;
         let dt = t.tower.hidden_size;
         let text_model = TextModel {
-            token_embedding: r.get(
+            token_embedding: r.table(
                 "text_model.embeddings.token_embedding.weight",
                 &[t.vocab_size, dt],
             )?,
@@ -194,8 +277,8 @@ impl Clip {
             )?,
         };
         let e = config.projection_dim;
-        let vp = r.get("visual_projection.weight", &[e, dv])?;
-        let tp = r.get("text_projection.weight", &[e, dt])?;
+        let visual_projection = r.weight(&["visual_projection.weight".to_string()], e, dv)?;
+        let text_projection = r.weight(&["text_projection.weight".to_string()], e, dt)?;
         let logit_scale = match r.shape("logit_scale") {
             Some(s) if s.is_empty() => r.get("logit_scale", &[])?[0],
             Some(s) if s == [1] => r.get("logit_scale", &[1])?[0],
@@ -217,9 +300,16 @@ impl Clip {
             config: *config,
             vision_model,
             text_model,
-            visual_projection: PackedMatrix::from_out_in(&vp, e, dv),
-            text_projection: PackedMatrix::from_out_in(&tp, e, dt),
+            visual_projection,
+            text_projection,
             logit_scale,
         })
     }
+}
+
+/// The raw f16 bits of an f16 tensor (little-endian in every file format read here).
+fn f16_bits<'a>(t: &'a TensorView<'_>) -> impl Iterator<Item = u16> + 'a {
+    t.data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
 }

@@ -411,7 +411,7 @@ impl Model {
             let x = &mut ws.buf.x[b * t * dt..(b + 1) * t * dt];
             for (pos, xr) in x.chunks_exact_mut(dt).enumerate() {
                 match row.get(pos) {
-                    Some(&id) => xr.copy_from_slice(&tm.token_embedding[id as usize * dt..][..dt]),
+                    Some(&id) => tm.token_embedding.row_into(id as usize, xr),
                     None => xr.fill(0.0), // after EOT: never read by the EOT row (causal)
                 }
             }

@@ -108,6 +108,10 @@ pub trait TensorSource {
     fn tensor(&self, name: &str) -> Option<TensorView<'_>>;
     /// All names, in file order.
     fn names(&self) -> Vec<&str>;
+    /// Called once a loader has copied tensor `name` (`view`, as [`tensor`](Self::tensor) gave
+    /// it) into its own layout: a source backed by a memory map may drop those pages (so loading
+    /// never holds the file and the model at once), and may fingerprint what was read.
+    fn release(&self, _name: &str, _view: &TensorView<'_>) {}
 }
 
 struct Entry {

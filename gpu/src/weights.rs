@@ -177,7 +177,7 @@ impl GpuModel {
             vision: tower(&vm.layers, &cfg.vision.tower),
             post_ln: ln("post_layernorm", &vm.post_layernorm),
             vproj: lin_raw("visual_projection", &c.visual_projection, None),
-            tok_emb: f32_buffer(&gpu, "token_embedding", &tm.token_embedding),
+            tok_emb: f32_buffer(&gpu, "token_embedding", &tm.token_embedding.to_f32()),
             tpos: f32_buffer(&gpu, "text_position_embedding", &tm.position_embedding),
             text: tower(&tm.layers, &cfg.text.tower),
             final_ln: ln("final_layer_norm", &tm.final_layer_norm),

@@ -215,6 +215,10 @@ impl TensorSource for OpenAiNames<'_> {
         Some(t)
     }
 
+    fn release(&self, name: &str, view: &TensorView<'_>) {
+        self.src.release(name, view)
+    }
+
     fn names(&self) -> Vec<&str> {
         self.names.iter().map(String::as_str).collect()
     }

@@ -1,0 +1,217 @@
+//! The text-feature cache: a label list's L2-normalised text features, saved once and reused by
+//! later runs with the same model, prompts, template and labels.
+//!
+//! One file per key, `text-<key>.bin` in the cache directory (`MAPLE_CACHE_DIR`, else the
+//! platform's cache directory + `maple`). The key is an XXH3-128 over everything the features
+//! depend on: config.json, the text tower's and text projection's tensors, the prompts file,
+//! the template, the labels, their token ids, the backend that computed them and this format's
+//! version. Layout, little-endian:
+//!
+//! ```text
+//! 0   b"MAPLETXT"            magic
+//! 8   u32 version (1), u32 0
+//! 16  u128 key
+//! 32  u64 labels, u64 dim
+//! 48  f32 × labels × dim     features
+//! end u64 XXH3-64 of every byte before it
+//! ```
+//!
+//! A file is used only if its length, magic, version, key, shape and checksum all match and
+//! every value is finite; anything else is rebuilt. A directory that cannot be written costs a
+//! warning, never the run.
+
+use crate::synth::write_atomic;
+use maple_core::TextFeatures;
+use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+const MAGIC: &[u8; 8] = b"MAPLETXT";
+const VERSION: u32 = 1;
+const HEADER: usize = 48;
+
+/// `MAPLE_CACHE_DIR`, else `$XDG_CACHE_HOME/maple` or `~/.cache/maple` (Linux and other Unix),
+/// `~/Library/Caches/maple` (macOS), `%LOCALAPPDATA%\maple\cache` (Windows).
+pub fn default_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = env("MAPLE_CACHE_DIR") {
+        return Some(d);
+    }
+    if cfg!(windows) {
+        return env("LOCALAPPDATA").map(|d| d.join("maple").join("cache"));
+    }
+    if cfg!(target_os = "macos") {
+        return env("HOME").map(|h| h.join("Library/Caches/maple"));
+    }
+    env("XDG_CACHE_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".cache")))
+        .map(|d| d.join("maple"))
+}
+
+/// What the key is made of. `model` is [`crate::loader::load_model_fingerprinted`]'s fingerprint;
+/// `backend` names what computed the features (`cpu`, `gpu-f32`, `gpu-f16`): they differ in the
+/// last bits, so each keeps its own file.
+pub fn key(
+    model: u128,
+    backend: &str,
+    template: &str,
+    labels: &[String],
+    ids: &[Vec<u32>],
+) -> u128 {
+    let mut h = Xxh3::new();
+    h.update(MAGIC);
+    h.update(&VERSION.to_le_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(&model.to_le_bytes());
+    let mut field = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(backend.as_bytes());
+    field(template.as_bytes());
+    for l in labels {
+        field(l.as_bytes());
+    }
+    for row in ids {
+        let bytes: Vec<u8> = row.iter().flat_map(|t| t.to_le_bytes()).collect();
+        field(&bytes);
+    }
+    h.digest128()
+}
+
+pub fn path(dir: &Path, key: u128) -> PathBuf {
+    dir.join(format!("text-{key:032x}.bin"))
+}
+
+/// Why a file was not used.
+#[derive(Debug, PartialEq)]
+pub enum Miss {
+    /// No file (the normal first run).
+    Absent,
+    /// A file that failed a check: it is rebuilt.
+    Invalid(&'static str),
+}
+
+/// The features in `path` if it is a complete, matching, undamaged cache file.
+pub fn load(path: &Path, key: u128, labels: usize, dim: usize) -> Result<TextFeatures, Miss> {
+    let bytes = std::fs::read(path).map_err(|_| Miss::Absent)?;
+    let n = labels * dim;
+    if bytes.len() != HEADER + 4 * n + 8 {
+        return Err(Miss::Invalid("wrong length"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 8);
+    if u64::from_le_bytes(sum.try_into().unwrap()) != xxh3_64(body) {
+        return Err(Miss::Invalid("checksum mismatch"));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
+    if &body[..8] != MAGIC || u32_at(8) != VERSION {
+        return Err(Miss::Invalid(
+            "not a maple text-feature cache of this version",
+        ));
+    }
+    if u128::from_le_bytes(body[16..32].try_into().unwrap()) != key {
+        return Err(Miss::Invalid("key mismatch"));
+    }
+    if u64_at(32) != labels as u64 || u64_at(40) != dim as u64 {
+        return Err(Miss::Invalid("shape mismatch"));
+    }
+    let data: Vec<f32> = body[HEADER..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(Miss::Invalid("non-finite values"));
+    }
+    Ok(TextFeatures { dim, data })
+}
+
+/// Writes the features (temp file + rename, so a reader never sees half a file).
+pub fn store(path: &Path, key: u128, feats: &TextFeatures) -> Result<(), String> {
+    let dim = feats.dim;
+    let mut b = Vec::with_capacity(HEADER + 4 * feats.data.len() + 8);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&key.to_le_bytes());
+    b.extend_from_slice(&(feats.len() as u64).to_le_bytes());
+    b.extend_from_slice(&(dim as u64).to_le_bytes());
+    for v in &feats.data {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    let sum = xxh3_64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    write_atomic(path, &b).map_err(|e| e.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feats() -> TextFeatures {
+        TextFeatures {
+            dim: 3,
+            data: vec![0.6, 0.8, 0.0, 1.0, 0.0, -0.0],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_damage_is_refused() {
+        let dir = std::env::temp_dir().join(format!("maple-cache-unit-{}", std::process::id()));
+        let p = path(&dir, 7);
+        store(&p, 7, &feats()).unwrap();
+        let back = load(&p, 7, 2, 3).unwrap();
+        assert_eq!(back.data, feats().data);
+        assert_eq!(
+            load(&p, 8, 2, 3).unwrap_err(),
+            Miss::Invalid("key mismatch")
+        );
+        assert_eq!(
+            load(&p, 7, 3, 3).unwrap_err(),
+            Miss::Invalid("wrong length")
+        );
+        let good = std::fs::read(&p).unwrap();
+        // Any flipped byte is caught (checksum), as is a cut-off file.
+        for i in [0, 9, 20, 33, HEADER + 5, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            std::fs::write(&p, &bad).unwrap();
+            assert!(
+                matches!(load(&p, 7, 2, 3), Err(Miss::Invalid(_))),
+                "byte {i}"
+            );
+        }
+        std::fs::write(&p, &good[..good.len() - 3]).unwrap();
+        assert_eq!(
+            load(&p, 7, 2, 3).unwrap_err(),
+            Miss::Invalid("wrong length")
+        );
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(load(&p, 7, 2, 3).unwrap_err(), Miss::Absent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn key_changes_with_each_part() {
+        let l = vec!["cat".to_string(), "dog".to_string()];
+        let ids = vec![vec![1, 2], vec![1, 3]];
+        let k = key(1, "cpu", "a photo of a", &l, &ids);
+        assert_ne!(k, key(2, "cpu", "a photo of a", &l, &ids));
+        assert_ne!(k, key(1, "gpu-f32", "a photo of a", &l, &ids));
+        assert_ne!(k, key(1, "cpu", "a photo of", &l, &ids));
+        assert_ne!(k, key(1, "cpu", "a photo of a", &l[..1], &ids));
+        assert_ne!(
+            k,
+            key(1, "cpu", "a photo of a", &l, &[vec![1, 2], vec![1, 4]])
+        );
+        // Field boundaries are part of the key: "ab"+"c" is not "a"+"bc".
+        let a = key(1, "cpu", "t", &["ab".into(), "c".into()], &[]);
+        assert_ne!(a, key(1, "cpu", "t", &["a".into(), "bc".into()], &[]));
+    }
+}

@@ -1,0 +1,182 @@
+//! The text-feature cache through maple-classify: a warm run reads the file (shown by editing
+//! the cached features), damaged files are rebuilt with a warning, other labels get their own
+//! file, --no-cache touches nothing, and an unwritable cache directory is only a warning.
+
+use maple_cli::cache;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+fn classify(cache_dir: &Path, extra: &[&str]) -> Output {
+    let tiny = fixtures().join("tiny");
+    let o = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
+        .env("MAPLE_DEVICE", "cpu")
+        .env("MAPLE_CACHE_DIR", cache_dir)
+        .arg(fixtures().join("images/rgb_451x300.png"))
+        .arg(fixtures().join("images/gray_300x451.png"))
+        .arg("--model")
+        .arg(&tiny)
+        .arg("--prompts")
+        .arg(tiny.join("maple_prompts.safetensors"))
+        .args(["--format", "json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+fn with_classes(cache_dir: &Path) -> Output {
+    let labels = fixtures().join("labels.txt");
+    classify(cache_dir, &["--classes", labels.to_str().unwrap()])
+}
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+fn key_of(p: &Path) -> u128 {
+    let s = p.file_name().unwrap().to_str().unwrap();
+    u128::from_str_radix(&s["text-".len()..s.len() - ".bin".len()], 16).unwrap()
+}
+/// Logits per image, label order.
+fn logits(o: &Output) -> Vec<Vec<f64>> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["logit"].as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+fn golden(image: &str) -> Vec<f64> {
+    let g: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden_tiny.json")).unwrap(),
+    )
+    .unwrap();
+    let i = g["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|n| n == image)
+        .unwrap();
+    g["maple"]["logits"][i]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn warm_runs_read_the_cache_and_damage_is_rebuilt() {
+    let d = scratch("text-cache");
+    let cdir = d.join("cache");
+    // Cold: computes, matches PyTorch, writes one file.
+    let cold = with_classes(&cdir);
+    let got = logits(&cold);
+    for (row, img) in got.iter().zip(["rgb_451x300.png", "gray_300x451.png"]) {
+        for (a, b) in row.iter().zip(golden(img)) {
+            assert!((a - b).abs() < 1e-4, "{img}: {a} vs {b}");
+        }
+    }
+    let f = files(&cdir);
+    assert_eq!(f.len(), 1, "{f:?}");
+    let file = f[0].clone();
+    let (key, labels) = (key_of(&file), got[0].len());
+    let feats = cache::load(&file, key, labels, 32).expect("a valid cache file");
+
+    // Warm: the same bytes out, nothing on stderr.
+    let warm = with_classes(&cdir);
+    assert_eq!(warm.stdout, cold.stdout);
+    assert!(
+        warm.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&warm.stderr)
+    );
+
+    // The warm run really reads the file: swap labels 0 and 1 in it (valid checksum) and
+    // their logits swap.
+    let mut swapped = feats.clone();
+    let dim = feats.dim;
+    swapped.data[..dim].copy_from_slice(&feats.data[dim..2 * dim]);
+    swapped.data[dim..2 * dim].copy_from_slice(&feats.data[..dim]);
+    cache::store(&file, key, &swapped).unwrap();
+    let edited = logits(&with_classes(&cdir));
+    for (e, g) in edited.iter().zip(&got) {
+        assert_eq!((e[0], e[1]), (g[1], g[0]));
+        assert_eq!(e[2..], g[2..]);
+    }
+
+    // Damaged files (a flipped byte, a cut-off file): a warning, the right answer, a good file.
+    let good = {
+        cache::store(&file, key, &feats).unwrap();
+        std::fs::read(&file).unwrap()
+    };
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 1;
+    for (bad, why) in [
+        (flipped, "checksum mismatch"),
+        (good[..good.len() - 5].to_vec(), "wrong length"),
+    ] {
+        std::fs::write(&file, &bad).unwrap();
+        let o = with_classes(&cdir);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("warning: ignoring text-feature cache") && err.contains(why),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(o.stdout, cold.stdout);
+        assert_eq!(std::fs::read(&file).unwrap(), good, "rebuilt file");
+    }
+
+    // Other labels: their own file; zero-shot (no prompts) is a different model: another file.
+    let o = classify(&cdir, &["--labels", "cat,dog"]);
+    assert_eq!(logits(&o)[0].len(), 2);
+    assert_eq!(files(&cdir).len(), 2);
+
+    // --no-cache reads and writes nothing.
+    let fresh = d.join("unused");
+    let o = classify(
+        &fresh,
+        &[
+            "--no-cache",
+            "--classes",
+            fixtures().join("labels.txt").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.stdout, cold.stdout);
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn unwritable_cache_dir_is_a_warning() {
+    let d = scratch("text-cache-ro");
+    std::fs::write(d.join("plain-file"), b"x").unwrap();
+    let o = with_classes(&d.join("plain-file/cache"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("maple-classify: warning: cannot write the text-feature cache"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let got = logits(&o);
+    for (a, b) in got[0].iter().zip(golden("rgb_451x300.png")) {
+        assert!((a - b).abs() < 1e-4);
+    }
+}
