@@ -5,7 +5,7 @@
 //! f32, or as f16 when the checkpoint was f16 (half the memory; each `KC × NR` slice is widened
 //! into an L1 buffer just before the micro-kernel uses it, so the arithmetic is f32 either way).
 //! The loops are `k-block (KC) → m-block (MC) → panel → MR-row tile`: an A block (MC × KC) stays
-//! in L2 while a B panel slice (KC × NR, 32 KiB) stays in L1. Threads split the panels (disjoint
+//! in L2 while a B panel slice (KC × NR, 24 KiB) stays in L1. Threads split the panels (disjoint
 //! columns of C). Micro-kernels: AVX-512 (12 × 16), AVX2+FMA (6 × 16) and a portable one,
 //! chosen at run time ([`crate::simd::isa`]); all accumulate in f32 in the same k order, write
 //! full tiles straight into C, and the epilogue (bias, QuickGELU, residual) runs on each tile
@@ -18,8 +18,8 @@ use alloc::vec::Vec;
 
 pub const NR: usize = 16;
 const MR_MAX: usize = 12;
-const KC: usize = 512;
-const MC: usize = 48;
+const KC: usize = 384;
+const MC: usize = 72;
 /// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
 const ALIGN_F32: usize = 16;
 

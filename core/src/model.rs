@@ -11,7 +11,7 @@ use crate::maple::MaplePrompts;
 use crate::ops::{
     attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
 };
-use crate::par::Parallel;
+use crate::par::{split, Parallel, SyncPtr};
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -100,7 +100,7 @@ fn block(
     let f = l.fc1.bias.len();
     let rows = seqs * t;
     let (x, h) = (&mut b.x[..rows * d], &mut b.h[..rows * d]);
-    ln(&l.layer_norm1, x, h, d);
+    ln(par, &l.layer_norm1, x, h, d);
     gemm(
         par,
         h,
@@ -132,7 +132,7 @@ fn block(
         d,
         Epilogue::residual(&l.out_proj.bias),
     );
-    ln(&l.layer_norm2, x, h, d);
+    ln(par, &l.layer_norm2, x, h, d);
     gemm(
         par,
         h,
@@ -155,8 +155,16 @@ fn block(
     );
 }
 
-fn ln(p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
-    layer_norm(x, out, d, &p.weight, &p.bias, p.eps)
+/// LayerNorm of every row, rows split across the threads.
+fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
+    let rows = x.len() / d;
+    let op = SyncPtr(out.as_mut_ptr());
+    par.run(&|t, nt| {
+        let (lo, hi) = split(rows, t, nt);
+        // SAFETY: thread t writes only rows lo..hi of `out` (same length as `x`).
+        let o = unsafe { core::slice::from_raw_parts_mut(op.get().add(lo * d), (hi - lo) * d) };
+        layer_norm(&x[lo * d..hi * d], o, d, &p.weight, &p.bias, p.eps);
+    });
 }
 
 impl Model {

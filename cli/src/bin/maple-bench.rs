@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use maple_cli::loader::{load_model, load_tokenizer};
+use maple_core::gemm::{gemm, Epilogue, PackedMatrix};
 use maple_core::{Parallel, TokenRow};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,6 +29,9 @@ struct Args {
     /// Timed repetitions per measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Also time one GEMM of the vision MLP's shape at batch 8 (1592×768 · 768×3072).
+    #[arg(long)]
+    gemm: bool,
 }
 
 /// The same 1000 synthetic class names as tools/bench/torch_bench.py.
@@ -61,6 +65,26 @@ fn main() {
     let mut out = serde_json::Map::new();
     out.insert("engine".into(), "maple".into());
     out.insert("threads".into(), par.threads().into());
+    out.insert("simd".into(), maple_core::simd::isa().name().into());
+    if a.gemm {
+        // C = A·Wᵀ, A [1592, 768], W [3072, 768]: 2·m·k·n flops.
+        let (m, k, n) = (1592, 768, 3072);
+        let av: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 17 % 89) as f32 - 44.0) / 890.0).collect();
+        let b = PackedMatrix::from_out_in(&w, n, k);
+        let mut c = vec![0.0f32; m * n];
+        gemm(&par, &av, k, m, &b, &mut c, n, Epilogue::store(None));
+        let mut best = f64::MAX;
+        for _ in 0..a.reps.max(5) {
+            let t = Instant::now();
+            gemm(&par, &av, k, m, &b, &mut c, n, Epilogue::store(None));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        out.insert(
+            "gemm_1592x768x3072_gflops".into(),
+            (2.0 * (m * k * n) as f64 / best / 1e9).into(),
+        );
+    }
     for &b in &a.batches {
         let px: Vec<f32> = (0..b * 3 * s * s)
             .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)

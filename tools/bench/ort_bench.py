@@ -1,0 +1,79 @@
+"""The ONNX Runtime peer of maple-bench's image rows: the same MaPLe image tower as
+torch_bench.py (HF CLIPModel + the golden MaPLe hooks), exported once to ONNX (dynamic batch)
+and run by ONNX Runtime's CPU provider, fp32, intra-op threads equal to maple's. Checks the
+ONNX features against PyTorch's before timing. Prints one JSON line.
+
+    python tools/bench/ort_bench.py MODEL_DIR --threads 2 --onnx target/bench/maple_vision.onnx"""
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import CLIPModel
+
+root = pathlib.Path(__file__).resolve().parents[2]
+src = (root / "tools/reference/golden.py").read_text().replace("\nmain()\n", "\n")
+golden = type(sys)("golden")
+golden.__file__ = str(root / "tools/reference/golden.py")
+exec(compile(src, "golden.py", "exec"), golden.__dict__)
+
+
+class ImageTower(torch.nn.Module):
+    def __init__(self, model, prompts):
+        super().__init__()
+        self.model, self.prompts = model, prompts
+
+    def forward(self, px):
+        return golden.encode_image(self.model, px, self.prompts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--onnx", default="target/bench/maple_vision.onnx")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    d = pathlib.Path(a.model_dir)
+    model = CLIPModel.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    P = golden.load_prompts(d / "maple_prompts.safetensors") if (d / "maple_prompts.safetensors").exists() else None
+    s = model.config.vision_config.image_size
+    tower = ImageTower(model, P).eval()
+    path = pathlib.Path(a.onnx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        torch.onnx.export(tower, (torch.randn(2, 3, s, s),), str(path), input_names=["pixels"],
+                          output_names=["features"], dynamic_axes={"pixels": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    out = {"engine": "onnxruntime", "onnxruntime": ort.__version__, "threads": a.threads}
+    px = torch.randn(3, 3, s, s)
+    with torch.inference_mode():
+        want = tower(px).numpy()
+    got = sess.run(None, {"pixels": px.numpy()})[0]
+    out["max_abs_diff_vs_torch"] = float(np.abs(got - want).max())
+    for b in [int(x) for x in a.batches.split(",")]:
+        x = np.random.default_rng(0).standard_normal((b, 3, s, s), dtype=np.float32)
+        sess.run(None, {"pixels": x})
+        best = min(_timed(lambda: sess.run(None, {"pixels": x})) for _ in range(a.reps))
+        out[f"image_b{b}_images_per_s"] = b / best
+    print(json.dumps(out))
+
+
+def _timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+main()
