@@ -5,7 +5,7 @@ use crate::cache;
 use crate::imageio::{load_rgb8, Rgb8};
 use crate::inputs::Input;
 use crate::labels::{read_labels, tokenize_labels, Label};
-use crate::loader::{load_model_fingerprinted, load_tokenizer};
+use crate::loader::{load_model_fingerprinted, load_text_tower, load_tokenizer};
 use crate::CliError;
 use maple_core::ops::softmax;
 use maple_core::preprocess::preprocess;
@@ -105,7 +105,9 @@ impl Classifier {
         precision: Precision,
         cache_dir: Option<&Path>,
     ) -> Result<Self, CliError> {
-        let (model, fingerprint) = load_model_fingerprinted(model_dir, prompts)?;
+        // On the CPU with a cache, the text tower is loaded only if the cache misses.
+        let lazy_text = cache_dir.is_some() && device == Device::Cpu;
+        let (model, fingerprint) = load_model_fingerprinted(model_dir, prompts, !lazy_text)?;
         let tok = load_tokenizer(model_dir)?;
         let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
         let template_tokens = tok.encode(template)?.len() - 2;
@@ -154,6 +156,7 @@ impl Classifier {
                 )),
             }
         }
+        load_text_tower(model_dir, &mut c.model)?;
         c.text = match c.encode_texts_on_device() {
             Ok(t) => t,
             Err(e) if c.device == Device::Auto => {

@@ -11,7 +11,6 @@ use memmap2::Mmap;
 use memmap2::UncheckedAdvice;
 #[cfg(unix)]
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
@@ -75,17 +74,17 @@ pub fn with_tensors<T>(
     hf_names: bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
 ) -> Result<T, CliError> {
-    with_tensors_hashed(path, hf_names, |_| false, f).map(|(t, _)| t)
+    with_tensors_tapped(path, hf_names, f)
 }
 
-/// As [`with_tensors`], also returning a 128-bit fingerprint (XXH3) of the name, dtype, shape
-/// and bytes of every tensor the loader read whose name `hashed` selects, in reading order.
-pub fn with_tensors_hashed<T>(
+/// As [`with_tensors`], without the OpenAI-name adapter's choice (`hf_names`) repeated: every
+/// tensor the core reads goes through a [`Tap`], which drops a mapped file's pages once the
+/// core has copied them.
+fn with_tensors_tapped<T>(
     path: &Path,
     hf_names: bool,
-    hashed: fn(&str) -> bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
-) -> Result<(T, u128), CliError> {
+) -> Result<T, CliError> {
     let bytes = map_file(path)?;
     let err = |e| CliError::core(path, e);
     let run = |src: &dyn TensorSource| {
@@ -95,14 +94,11 @@ pub fn with_tensors_hashed<T>(
                 Bytes::Mapped(m) => Some(m),
                 Bytes::Owned(_) => None,
             },
-            hashed,
-            hash: RefCell::new(Xxh3::new()),
         };
-        let out = match OpenAiNames::detect(&tap).filter(|_| hf_names) {
+        match OpenAiNames::detect(&tap).filter(|_| hf_names) {
             Some(o) => f(&o),
             None => f(&tap),
-        };
-        out.map(|t| (t, tap.hash.borrow().digest128()))
+        }
     };
     if is_zip(&bytes) {
         let ck = TorchCheckpoint::parse(&bytes).map_err(err)?;
@@ -113,15 +109,37 @@ pub fn with_tensors_hashed<T>(
     }
 }
 
-/// Sits between a file's tensors and the core's loader. Fingerprints the tensors it is told to,
-/// and drops each tensor's pages of a mapped file from this process once the core has copied it
-/// into its own layout, so loading never holds the file and the packed model at once (peak RSS
-/// ≈ the model, not the model plus the file).
+/// A 128-bit fingerprint (XXH3) of the name, dtype, shape and bytes of every tensor of `src`
+/// whose name `select` picks, in file order; each is released after hashing.
+pub fn fingerprint(src: &dyn TensorSource, select: impl Fn(&str) -> bool) -> u128 {
+    let mut h = Xxh3::new();
+    for name in src.names() {
+        if !select(name) {
+            continue;
+        }
+        let Some(view) = src.tensor(name) else {
+            continue;
+        };
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(view.dtype.name().as_bytes());
+        h.update(&(view.shape.len() as u64).to_le_bytes());
+        for &d in &view.shape {
+            h.update(&(d as u64).to_le_bytes());
+        }
+        h.update(&(view.data.len() as u64).to_le_bytes());
+        h.update(&view.data);
+        src.release(name, &view);
+    }
+    h.digest128()
+}
+
+/// Sits between a file's tensors and the core's loader: drops each tensor's pages of a mapped
+/// file from this process once the core has copied it into its own layout, so loading never
+/// holds the file and the packed model at once (peak RSS ≈ the model, not model + file).
 struct Tap<'a> {
     inner: &'a dyn TensorSource,
     map: Option<&'a Mmap>,
-    hashed: fn(&str) -> bool,
-    hash: RefCell<Xxh3>,
 }
 
 impl TensorSource for Tap<'_> {
@@ -133,19 +151,8 @@ impl TensorSource for Tap<'_> {
         self.inner.names()
     }
 
-    fn release(&self, name: &str, view: &TensorView<'_>) {
-        if (self.hashed)(name) {
-            let mut h = self.hash.borrow_mut();
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update(view.dtype.name().as_bytes());
-            h.update(&(view.shape.len() as u64).to_le_bytes());
-            for &d in &view.shape {
-                h.update(&(d as u64).to_le_bytes());
-            }
-            h.update(&(view.data.len() as u64).to_le_bytes());
-            h.update(&view.data);
-        }
+    #[cfg_attr(not(unix), allow(unused_variables))]
+    fn release(&self, _name: &str, view: &TensorView<'_>) {
         #[cfg(unix)]
         if let (Some(map), Cow::Borrowed(data)) = (self.map, &view.data) {
             let base = map.as_ptr() as usize;
@@ -179,29 +186,38 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf, CliError> {
 /// Loads CLIP from a model directory and, if given, MaPLe prompts (safetensors or a MaPLe
 /// `.pth.tar` checkpoint).
 pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, CliError> {
-    load_model_fingerprinted(dir, prompts).map(|(m, _)| m)
+    load_model_fingerprinted(dir, prompts, true).map(|(m, _)| m)
 }
 
-/// [`load_model`], plus a fingerprint of everything the text features depend on in the files:
-/// config.json, the text tower and text projection, and the whole prompts file.
+fn text_side(name: &str) -> bool {
+    name.starts_with("text_model.") || name.starts_with("text_projection.")
+}
+
+/// [`load_model`] (with or without the text tower), plus a fingerprint of everything the text
+/// features depend on in the files: config.json, the text tower and text projection tensors
+/// (hashed whether loaded or not), and the whole prompts file.
 pub fn load_model_fingerprinted(
     dir: &Path,
     prompts: Option<&Path>,
+    text: bool,
 ) -> Result<(Model, u128), CliError> {
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
-    let text_side = |n: &str| n.starts_with("text_model.") || n.starts_with("text_projection.");
-    let (clip, weights_fp) =
-        with_tensors_hashed(&wp, true, text_side, |src| Clip::load(&config, src))?;
+    let (clip, weights_fp) = with_tensors(&wp, true, |src| {
+        let fp = fingerprint(src, text_side);
+        Clip::load_parts(&config, src, text).map(|c| (c, fp))
+    })?;
     let mut h = Xxh3::new();
     let cj = dir.join("config.json");
     h.update(&std::fs::read(&cj).map_err(|e| CliError::io(&cj, e))?);
     h.update(&weights_fp.to_le_bytes());
     let prompts = match prompts {
         Some(p) => {
-            let (pr, fp) =
-                with_tensors_hashed(p, false, |_| true, |src| MaplePrompts::load(&config, src))?;
+            let (pr, fp) = with_tensors(p, false, |src| {
+                let fp = fingerprint(src, |_| true);
+                MaplePrompts::load(&config, src).map(|pr| (pr, fp))
+            })?;
             h.update(&fp.to_le_bytes());
             Some(pr)
         }
@@ -211,6 +227,15 @@ pub fn load_model_fingerprinted(
         }
     };
     Ok((Model::new(clip, prompts), h.digest128()))
+}
+
+/// Adds the text tower to a model loaded without it.
+pub fn load_text_tower(dir: &Path, model: &mut Model) -> Result<(), CliError> {
+    if model.clip.has_text() {
+        return Ok(());
+    }
+    let wp = weights_file(dir)?;
+    with_tensors(&wp, true, |src| model.clip.load_text(src))
 }
 
 pub fn load_prompts(config: &ClipConfig, path: &Path) -> Result<MaplePrompts, CliError> {

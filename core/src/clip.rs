@@ -8,6 +8,7 @@ use crate::safetensors::{Dtype, TensorSource, TensorView};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -91,6 +92,25 @@ pub struct TextModel {
     pub final_layer_norm: LayerNorm,
 }
 
+impl TextModel {
+    fn not_loaded() -> Self {
+        TextModel {
+            token_embedding: Table::F32(Vec::new()),
+            position_embedding: Vec::new(),
+            layers: Vec::new(),
+            final_layer_norm: LayerNorm {
+                weight: Vec::new(),
+                bias: Vec::new(),
+                eps: 0.0,
+            },
+        }
+    }
+
+    fn is_loaded(&self) -> bool {
+        !self.position_embedding.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Clip {
     pub config: ClipConfig,
@@ -107,6 +127,7 @@ pub struct Clip {
 pub(crate) struct Reader<'a> {
     pub src: &'a dyn TensorSource,
     pub prefix: String,
+    pub staging: RefCell<Vec<f32>>,
 }
 
 impl Reader<'_> {
@@ -154,7 +175,9 @@ impl Reader<'_> {
             }
             return Ok(PackedMatrix::from_out_in_f16(&bits, n, k));
         }
-        let mut w = Vec::with_capacity(n * k);
+        // One staging buffer for every weight: fresh pages for each would cost more than the copy.
+        let mut w = self.staging.borrow_mut();
+        w.clear();
         for (full, t) in views {
             t.extend_f32(full, &mut w)?;
             self.src.release(full, t);
@@ -225,10 +248,18 @@ impl Reader<'_> {
 impl Clip {
     /// Loads every tensor of a HF `CLIPModel` checkpoint (f32, f16 or bf16), checking shapes.
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
+        Self::load_parts(config, src, true)
+    }
+
+    /// As [`load`](Self::load); with `text = false` the text tower and text projection are left
+    /// out (a run whose text features come from a cache never needs them) and can be added later
+    /// with [`load_text`](Self::load_text).
+    pub fn load_parts(config: &ClipConfig, src: &dyn TensorSource, text: bool) -> Result<Self> {
         config.validate()?;
         let r = Reader {
             src,
             prefix: String::new(),
+            staging: RefCell::new(Vec::new()),
         };
         let v = &config.vision;
         let dv = v.tower.hidden_size;
@@ -256,29 +287,16 @@ impl Clip {
                 v.tower.layer_norm_eps,
             )?,
         };
-        let t = &config.text;
-        let dt = t.tower.hidden_size;
-        let text_model = TextModel {
-            token_embedding: r.table(
-                "text_model.embeddings.token_embedding.weight",
-                &[t.vocab_size, dt],
-            )?,
-            position_embedding: r.get(
-                "text_model.embeddings.position_embedding.weight",
-                &[t.max_position_embeddings, dt],
-            )?,
-            layers: (0..t.tower.num_hidden_layers)
-                .map(|i| r.layer(&format!("text_model.encoder.layers.{i}"), &t.tower))
-                .collect::<Result<_>>()?,
-            final_layer_norm: r.layer_norm(
-                "text_model.final_layer_norm",
-                dt,
-                t.tower.layer_norm_eps,
-            )?,
-        };
         let e = config.projection_dim;
         let visual_projection = r.weight(&["visual_projection.weight".to_string()], e, dv)?;
-        let text_projection = r.weight(&["text_projection.weight".to_string()], e, dt)?;
+        let (text_model, text_projection) = if text {
+            Self::text_parts(config, &r)?
+        } else {
+            (
+                TextModel::not_loaded(),
+                PackedMatrix::from_out_in(&[], 0, 0),
+            )
+        };
         let logit_scale = match r.shape("logit_scale") {
             Some(s) if s.is_empty() => r.get("logit_scale", &[])?[0],
             Some(s) if s == [1] => r.get("logit_scale", &[1])?[0],
@@ -304,6 +322,51 @@ impl Clip {
             text_projection,
             logit_scale,
         })
+    }
+
+    /// Adds the text tower and text projection to a model loaded without them.
+    pub fn load_text(&mut self, src: &dyn TensorSource) -> Result<()> {
+        let r = Reader {
+            src,
+            prefix: String::new(),
+            staging: RefCell::new(Vec::new()),
+        };
+        (self.text_model, self.text_projection) = Self::text_parts(&self.config, &r)?;
+        Ok(())
+    }
+
+    /// Whether the text tower is loaded.
+    pub fn has_text(&self) -> bool {
+        self.text_model.is_loaded()
+    }
+
+    fn text_parts(config: &ClipConfig, r: &Reader<'_>) -> Result<(TextModel, PackedMatrix)> {
+        let t = &config.text;
+        let dt = t.tower.hidden_size;
+        let text_model = TextModel {
+            token_embedding: r.table(
+                "text_model.embeddings.token_embedding.weight",
+                &[t.vocab_size, dt],
+            )?,
+            position_embedding: r.get(
+                "text_model.embeddings.position_embedding.weight",
+                &[t.max_position_embeddings, dt],
+            )?,
+            layers: (0..t.tower.num_hidden_layers)
+                .map(|i| r.layer(&format!("text_model.encoder.layers.{i}"), &t.tower))
+                .collect::<Result<_>>()?,
+            final_layer_norm: r.layer_norm(
+                "text_model.final_layer_norm",
+                dt,
+                t.tower.layer_norm_eps,
+            )?,
+        };
+        let text_projection = r.weight(
+            &["text_projection.weight".to_string()],
+            config.projection_dim,
+            dt,
+        )?;
+        Ok((text_model, text_projection))
     }
 }
 

@@ -54,6 +54,7 @@ impl MaplePrompts {
         let r = Reader {
             src,
             prefix: String::from(prefix),
+            staging: Default::default(),
         };
         let dt = config.text.tower.hidden_size;
         let dv = config.vision.tower.hidden_size;

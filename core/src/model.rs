@@ -381,6 +381,11 @@ impl Model {
     ) -> Result<()> {
         let cfg = &self.clip.config;
         let e = cfg.projection_dim;
+        if !self.clip.has_text() {
+            return Err(Error::Input(
+                "the text tower was not loaded (Clip::load_parts without text)".into(),
+            ));
+        }
         if out.len() != rows.len() * e {
             return Err(Error::Input(
                 "output buffer does not match the label count".into(),

@@ -101,6 +101,11 @@ impl GpuModel {
                 gpu.info.name
             )));
         }
+        if !model.clip.has_text() {
+            return Err(GpuError(
+                "the model's text tower is not loaded (load it before uploading)".into(),
+            ));
+        }
         let c = &model.clip;
         let cfg = c.config;
         let lin_raw = |label: &str, w: &PackedMatrix, b: Option<&[f32]>| -> GLinear {

@@ -69,8 +69,12 @@ fn main() {
     if a.gemm {
         // C = A·Wᵀ, A [1592, 768], W [3072, 768]: 2·m·k·n flops.
         let (m, k, n) = (1592, 768, 3072);
-        let av: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 17 % 89) as f32 - 44.0) / 890.0).collect();
+        let av: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 890.0)
+            .collect();
         let b = PackedMatrix::from_out_in(&w, n, k);
         let mut c = vec![0.0f32; m * n];
         gemm(&par, &av, k, m, &b, &mut c, n, Epilogue::store(None));
