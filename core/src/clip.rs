@@ -4,6 +4,7 @@
 use crate::config::{ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
 use crate::gemm::PackedMatrix;
+use crate::q8::Q8Matrix;
 use crate::safetensors::{Dtype, TensorSource, TensorView};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -22,6 +23,8 @@ pub struct LayerNorm {
 pub struct Linear {
     pub weight: PackedMatrix,
     pub bias: Vec<f32>,
+    /// An int8 copy of W, used instead when present ([`crate::Model::quantize_image_tower`]).
+    pub q8: Option<Q8Matrix>,
 }
 
 /// `…encoder.layers.{i}`; q, k and v are fused into one [3D] Linear (order q, k, v).
@@ -220,6 +223,7 @@ impl Reader<'_> {
         Ok(Linear {
             weight: self.weight(&[format!("{name}.weight")], n_out, k_in)?,
             bias: self.get(&format!("{name}.bias"), &[n_out])?,
+            q8: None,
         })
     }
 
@@ -236,6 +240,7 @@ impl Reader<'_> {
             qkv_proj: Linear {
                 weight: self.weight(&w, d, d)?,
                 bias: b,
+                q8: None,
             },
             out_proj: self.linear(&format!("{name}.self_attn.out_proj"), d, d)?,
             layer_norm2: self.layer_norm(&format!("{name}.layer_norm2"), d, t.layer_norm_eps)?,

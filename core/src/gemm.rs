@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 pub const NR: usize = 16;
 const MR_MAX: usize = 12;
 const KC: usize = 384;
-const MC: usize = 72;
+const MC: usize = 120;
 /// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
 const ALIGN_F32: usize = 16;
 
@@ -384,13 +384,15 @@ unsafe fn gemm_panels(
     let (kern, mr_max) = kernel(isa);
     let mut tile = [0.0f32; MR_MAX * NR];
     let mut wide = Aligned([0.0f32; KC * NR]);
+    // Rows per m-block: at most MC, split evenly (199 rows → one block of 199, not 72+72+55).
+    let mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(mr_max);
     let mut k0 = 0;
     while k0 < k || (k == 0 && k0 == 0) {
         let kc = KC.min(k - k0);
         let (first, last) = (k0 == 0, k0 + kc == k);
         let load = !first || ep.accumulate;
-        for m0 in (0..m).step_by(MC) {
-            let m1 = (m0 + MC).min(m);
+        for m0 in (0..m).step_by(mc) {
+            let m1 = (m0 + mc).min(m);
             for p in p_lo..p_hi {
                 let n0 = p * NR;
                 let nv = NR.min(n - n0);

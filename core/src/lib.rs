@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod par;
 pub mod preprocess;
+pub mod q8;
 pub mod safetensors;
 pub mod simd;
 pub mod synth;

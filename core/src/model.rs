@@ -3,7 +3,7 @@
 //! Shapes (ViT-B/16, MaPLe n = 2): vision rows T = 1 + 196 + n = 199, width Dv = 768;
 //! text rows ≤ 77, width Dt = 512; joint E = 512. `B` is the batch held by a workspace.
 
-use crate::clip::{Clip, EncoderLayer, LayerNorm};
+use crate::clip::{Clip, EncoderLayer, LayerNorm, Linear};
 use crate::config::TowerConfig;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, Epilogue};
@@ -12,6 +12,7 @@ use crate::ops::{
     attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
 };
 use crate::par::{split, Parallel, SyncPtr};
+use crate::q8::{gemm_q8, Q8Matrix, Q8Scratch};
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -24,16 +25,17 @@ pub struct Model {
 
 /// Activations of one transformer tower for up to `batch` sequences of up to `t` rows.
 struct TowerBuffers {
-    x: Vec<f32>,       // [B·T, D] residual stream
-    h: Vec<f32>,       // [B·T, D] LayerNorm output
-    qkv: Vec<f32>,     // [B·T, 3D]
-    attn: Vec<f32>,    // [B·T, D]
-    mlp: Vec<f32>,     // [B·T, F]
-    scratch: Vec<f32>, // [threads · (T² + packed Kᵀ + packed V)] attention
+    x: Vec<f32>,           // [B·T, D] residual stream
+    h: Vec<f32>,           // [B·T, D] LayerNorm output
+    qkv: Vec<f32>,         // [B·T, 3D]
+    attn: Vec<f32>,        // [B·T, D]
+    mlp: Vec<f32>,         // [B·T, F]
+    scratch: Vec<f32>,     // [threads · (T² + packed Kᵀ + packed V)] attention
+    q8: Option<Q8Scratch>, // [B·T, F] u8 activations + scales, for int8 Linears
 }
 
 impl TowerBuffers {
-    fn new(rows: usize, t: usize, tower: &TowerConfig, threads: usize) -> Self {
+    fn new(rows: usize, t: usize, tower: &TowerConfig, threads: usize, int8: bool) -> Self {
         let (d, f) = (tower.hidden_size, tower.intermediate_size);
         TowerBuffers {
             x: vec![0.0; rows * d],
@@ -42,6 +44,7 @@ impl TowerBuffers {
             attn: vec![0.0; rows * d],
             mlp: vec![0.0; rows * f],
             scratch: vec![0.0; threads * attention_scratch_len(t, tower.head_dim())],
+            q8: int8.then(|| Q8Scratch::new(rows, f.max(d))),
         }
     }
 }
@@ -86,6 +89,25 @@ impl TextFeatures {
     }
 }
 
+/// `c = a·Wᵀ (+ epilogue)` through the int8 copy of W when it has one.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    par: &Parallel,
+    a: &[f32],
+    lda: usize,
+    rows: usize,
+    l: &Linear,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+    q8: &mut Option<Q8Scratch>,
+) {
+    match (&l.q8, q8) {
+        (Some(w), Some(s)) => gemm_q8(par, a, lda, rows, w, c, ldc, ep, s),
+        _ => gemm(par, a, lda, rows, &l.weight, c, ldc, ep),
+    }
+}
+
 /// Runs one pre-LN block (spec §4) on `rows` rows laid out as `seqs` sequences of `t`.
 fn block(
     par: &Parallel,
@@ -99,59 +121,64 @@ fn block(
     let d = l.layer_norm1.weight.len();
     let f = l.fc1.bias.len();
     let rows = seqs * t;
-    let (x, h) = (&mut b.x[..rows * d], &mut b.h[..rows * d]);
+    let TowerBuffers {
+        x,
+        h,
+        qkv,
+        attn,
+        mlp,
+        scratch,
+        q8,
+    } = b;
+    let (x, h) = (&mut x[..rows * d], &mut h[..rows * d]);
     ln(par, &l.layer_norm1, x, h, d);
-    gemm(
+    let qb = &l.qkv_proj.bias;
+    linear(
         par,
         h,
         d,
         rows,
-        &l.qkv_proj.weight,
-        &mut b.qkv,
+        &l.qkv_proj,
+        qkv,
         3 * d,
-        Epilogue::store(Some(&l.qkv_proj.bias)),
+        Epilogue::store(Some(qb)),
+        q8,
     );
-    attention(
+    attention(par, qkv, attn, seqs, t, d, heads, causal, scratch);
+    let ob = &l.out_proj.bias;
+    linear(
         par,
-        &b.qkv,
-        &mut b.attn,
-        seqs,
-        t,
-        d,
-        heads,
-        causal,
-        &mut b.scratch,
-    );
-    gemm(
-        par,
-        &b.attn,
+        attn,
         d,
         rows,
-        &l.out_proj.weight,
+        &l.out_proj,
         x,
         d,
-        Epilogue::residual(&l.out_proj.bias),
+        Epilogue::residual(ob),
+        q8,
     );
     ln(par, &l.layer_norm2, x, h, d);
-    gemm(
+    linear(
         par,
         h,
         d,
         rows,
-        &l.fc1.weight,
-        &mut b.mlp,
+        &l.fc1,
+        mlp,
         f,
         Epilogue::gelu(&l.fc1.bias),
+        q8,
     );
-    gemm(
+    linear(
         par,
-        &b.mlp,
+        mlp,
         f,
         rows,
-        &l.fc2.weight,
+        &l.fc2,
         x,
         d,
         Epilogue::residual(&l.fc2.bias),
+        q8,
     );
 }
 
@@ -170,6 +197,25 @@ fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
 impl Model {
     pub fn new(clip: Clip, prompts: Option<MaplePrompts>) -> Self {
         Model { clip, prompts }
+    }
+
+    /// Adds int8 copies of the image tower's Linear weights (per-column scales); from then on
+    /// image workspaces run them through [`gemm_q8`]. The text tower stays f32.
+    pub fn quantize_image_tower(&mut self) {
+        for l in &mut self.clip.vision_model.layers {
+            for lin in [&mut l.qkv_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2] {
+                lin.q8 = Some(Q8Matrix::from_packed(&lin.weight));
+            }
+        }
+    }
+
+    /// Whether the image tower runs int8 Linears.
+    pub fn is_int8(&self) -> bool {
+        self.clip.vision_model.layers.iter().any(|l| {
+            [&l.qkv_proj, &l.out_proj, &l.fc1, &l.fc2]
+                .iter()
+                .any(|w| w.q8.is_some())
+        })
     }
 
     fn n_ctx(&self) -> usize {
@@ -193,7 +239,7 @@ impl Model {
             t,
             threads: par.threads(),
             patches: vec![0.0; v.grid() * v.grid() * v.patch_dim()],
-            buf: TowerBuffers::new(batch * t, t, &v.tower, par.threads()),
+            buf: TowerBuffers::new(batch * t, t, &v.tower, par.threads(), self.is_int8()),
             pooled: vec![0.0; batch * v.tower.hidden_size],
             feats: vec![0.0; batch * self.clip.config.projection_dim],
         }
@@ -209,7 +255,7 @@ impl Model {
         TextWorkspace {
             batch,
             threads: par.threads(),
-            buf: TowerBuffers::new(batch * l, l, &tc.tower, par.threads()),
+            buf: TowerBuffers::new(batch * l, l, &tc.tower, par.threads(), false),
             pooled: vec![0.0; batch * tc.tower.hidden_size],
             feats: vec![0.0; batch * self.clip.config.projection_dim],
             eot: Vec::with_capacity(batch),

@@ -18,6 +18,7 @@ PROMPTS=$M_DIR/maple_prompts.safetensors
 echo "maple-bench (both SIMD paths) ..." >&2
 M=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --gemm)
 M512=$(MAPLE_SIMD=avx512 ./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --labels 10)
+M8=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --int8)
 echo "PyTorch ..." >&2
 T=$("$PY" tools/bench/torch_bench.py $M_DIR --threads "$THREADS" 2>/dev/null | tail -n 1)
 echo "ONNX Runtime ..." >&2
@@ -52,12 +53,12 @@ for n in 1 32; do
 done
 FILES=$(( $(stat -c %s $M_DIR/model.safetensors) + $(stat -c %s $PROMPTS) ))
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
-"$PY" - "$M" "$M512" "$T" "$O" "$E" "$FILES" "$CPU" "$THREADS" <<'PY'
+"$PY" - "$M" "$M512" "$M8" "$T" "$O" "$E" "$FILES" "$CPU" "$THREADS" <<'PY'
 import json, sys, datetime
-m, m512, t, o = (json.loads(x) for x in sys.argv[1:5])
-e = sys.argv[5].split()
+m, m512, m8, t, o = (json.loads(x) for x in sys.argv[1:6])
+e = sys.argv[6].split()
 e = {e[i]: (float(e[i + 1]), int(e[i + 2])) for i in range(0, len(e), 3)}
-files, cpu, threads = int(sys.argv[6]), sys.argv[7], sys.argv[8]
+files, cpu, threads = int(sys.argv[7]), sys.argv[8], sys.argv[9]
 GF = 35.5  # GFLOP per image, MaPLe's 199-token ViT-B/16 image tower
 rows = []
 for k in ["image_b1_images_per_s", "image_b8_images_per_s", "text_10_labels_s", "text_100_labels_s", "text_1000_labels_s"]:
@@ -92,6 +93,15 @@ batch's longest EOT (exact, spec §7). Measured {datetime.date.today()} with:
 Image rows are images/s (best of 3 after a warm-up; higher is better); text rows are seconds
 for that many labels (one run; lower is better). "maple vs" = how many times faster maple is.
 Same run, AVX-512 kernels forced (`MAPLE_SIMD=avx512`): image {m512['image_b1_images_per_s']:.3f} / {m512['image_b8_images_per_s']:.3f} images/s at batch 1 / 8.
+
+## Int8 image tower (stretch; not offered)
+
+`maple-bench --int8`: the image tower's Linears in int8 (weights per output column, activations
+per row, asymmetric u8; AVX-512 VNNI {"used" if m8.get("int8_vnni") else "not available, portable kernel"}), attention and everything else f32:
+{m8['int8_image_b1_images_per_s']:.3f} / {m8['int8_image_b8_images_per_s']:.3f} images/s at batch 1 / 8 =
+**{m8['int8_image_b1_images_per_s'] / t['image_b1_images_per_s']:.2f}× / {m8['int8_image_b8_images_per_s'] / t['image_b8_images_per_s']:.2f}×** PyTorch f32. Max |Δlogit| against maple f32 on the full-size synthetic
+model (8 images × 100 labels): **{m8['int8_max_abs_dlogit']:.3f}**, above the 5e-2 the issue
+sets for offering it, so `maple-classify` has no `--precision int8`.
 
 ## GEMM ceiling
 

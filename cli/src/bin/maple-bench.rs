@@ -32,6 +32,10 @@ struct Args {
     /// Also time one GEMM of the vision MLP's shape at batch 8 (1592×768 · 768×3072).
     #[arg(long)]
     gemm: bool,
+    /// Also time the image tower with int8 Linears, and report their max |Δlogit| against f32
+    /// over the batch-8 images × 100 labels.
+    #[arg(long)]
+    int8: bool,
 }
 
 /// The same 1000 synthetic class names as tools/bench/torch_bench.py.
@@ -104,6 +108,55 @@ fn main() {
         out.insert(format!("image_b{b}_images_per_s"), (b as f64 / best).into());
     }
     let tok = load_tokenizer(&a.model).unwrap();
+    if a.int8 {
+        let mut model = model;
+        let b = *a.batches.iter().max().unwrap_or(&8);
+        let px: Vec<f32> = (0..b * 3 * s * s)
+            .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+            .collect();
+        let rows: Vec<TokenRow> = label_names(100)
+            .iter()
+            .map(|l| tok.encode(&format!("a photo of a {l}.")).unwrap())
+            .collect();
+        let text = model.encode_texts(&par, &rows).unwrap();
+        let logits = |model: &maple_core::Model| {
+            let mut ws = model.vision_workspace(b, &par);
+            let f = model.encode_images(&par, &mut ws, &px, b).unwrap().to_vec();
+            let mut out = vec![0.0f32; b * rows.len()];
+            for (i, fi) in f.chunks_exact(f.len() / b).enumerate() {
+                model
+                    .logits(fi, &text, &mut out[i * rows.len()..(i + 1) * rows.len()])
+                    .unwrap();
+            }
+            out
+        };
+        let want = logits(&model);
+        model.quantize_image_tower();
+        let got = logits(&model);
+        let diff = want
+            .iter()
+            .zip(&got)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        out.insert("int8_max_abs_dlogit".into(), diff.into());
+        out.insert("int8_vnni".into(), maple_core::q8::has_vnni().into());
+        for &bb in &a.batches {
+            let px: Vec<f32> = px[..bb * 3 * s * s].to_vec();
+            let mut ws = model.vision_workspace(bb, &par);
+            model.encode_images(&par, &mut ws, &px, bb).unwrap();
+            let mut best = f64::MAX;
+            for _ in 0..a.reps {
+                let t = Instant::now();
+                model.encode_images(&par, &mut ws, &px, bb).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            out.insert(
+                format!("int8_image_b{bb}_images_per_s"),
+                (bb as f64 / best).into(),
+            );
+        }
+        println!("{}", serde_json::Value::Object(out));
+        return;
+    }
     for &n in &a.labels {
         let rows: Vec<TokenRow> = label_names(n)
             .iter()

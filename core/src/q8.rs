@@ -1,0 +1,365 @@
+//! Int8 GEMM for the image tower's Linears (`--precision int8`, CPU).
+//!
+//! Weights are quantised once per output column (symmetric, `sw[j] = max|W[j,:]| / 127`);
+//! activations per row at run time, asymmetric u8 (`a ≈ lo[i] + sa[i]·ua`, `sa = (max − min) /
+//! 255`: post-GELU rows are skewed, so this resolves them about twice as finely as a symmetric
+//! scale) for AVX-512 VNNI's u8 × s8 dot products; the offset comes back through each column's
+//! weight sum:
+//!
+//! `C[i,j] = sw[j]·(sa[i]·Σ_k ua[i,k]·qw[k,j] + lo[i]·Σ_k qw[k,j]) + bias[j]`, then the epilogue.
+//!
+//! The integer sums are exact, so the VNNI kernel and the portable one give identical results.
+//! |sum| ≤ K·255·127 < 2³¹ for K < 66 000.
+
+use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
+use crate::par::{split, Parallel, SyncPtr};
+use crate::simd;
+use alloc::vec;
+use alloc::vec::Vec;
+
+const MC: usize = 120;
+const MR: usize = 12;
+
+/// A weight `B [k, n]` as int8 panels `[panel][k/4][NR][4]` with per-column scales.
+#[derive(Debug, Clone)]
+pub struct Q8Matrix {
+    pub k: usize,
+    pub n: usize,
+    /// `k` rounded up to a multiple of 4 (zero weights in the padding).
+    k4: usize,
+    data: Vec<i8>,
+    scale: Vec<f32>,
+    colsum: Vec<i32>,
+}
+
+impl Q8Matrix {
+    /// From a PyTorch Linear weight `W [n, k]`.
+    pub fn from_out_in(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight length");
+        let k4 = k.next_multiple_of(4);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0i8; panels * k4 * NR];
+        let mut scale = vec![0.0f32; panels * NR];
+        let mut colsum = vec![0i32; panels * NR];
+        for j in 0..n {
+            let row = &w[j * k..(j + 1) * k];
+            let mx = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let s = if mx > 0.0 { mx / 127.0 } else { 1.0 };
+            scale[j] = s;
+            let (p, jj) = (j / NR, j % NR);
+            for (kk, &v) in row.iter().enumerate() {
+                let q = libm::roundf(v / s).clamp(-127.0, 127.0) as i8;
+                data[p * k4 * NR + (kk / 4) * NR * 4 + jj * 4 + kk % 4] = q;
+                colsum[j] += q as i32;
+            }
+        }
+        Q8Matrix {
+            k,
+            n,
+            k4,
+            data,
+            scale,
+            colsum,
+        }
+    }
+
+    pub fn from_packed(p: &PackedMatrix) -> Self {
+        Self::from_out_in(&p.to_out_in(), p.n, p.k)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 8 * self.scale.len()
+    }
+}
+
+/// Per-call activation buffers, sized once: `rows × k4` u8 values and `rows` scales.
+pub struct Q8Scratch {
+    a: Vec<u8>,
+    scale: Vec<f32>,
+}
+
+impl Q8Scratch {
+    pub fn new(rows: usize, max_k: usize) -> Self {
+        Q8Scratch {
+            a: vec![0; rows * max_k.next_multiple_of(4)],
+            scale: vec![0.0; 2 * rows],
+        }
+    }
+}
+
+/// Whether the VNNI kernel runs here (else the portable one: same results, slower).
+pub fn has_vnni() -> bool {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    {
+        false
+    }
+}
+
+/// `C = A·B (+ epilogue)` with B int8, A quantised per row into `s` on the way.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_q8(
+    par: &Parallel,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    b: &Q8Matrix,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+    s: &mut Q8Scratch,
+) {
+    gemm_q8_with(has_vnni(), par, a, lda, m, b, c, ldc, ep, s)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_q8_with(
+    vnni: bool,
+    par: &Parallel,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    b: &Q8Matrix,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+    s: &mut Q8Scratch,
+) {
+    let (k, k4, n) = (b.k, b.k4, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(lda >= k && ldc >= n, "gemm_q8 strides");
+    assert!(a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n);
+    assert!(
+        s.a.len() >= m * k4 && s.scale.len() >= 2 * m,
+        "gemm_q8 scratch"
+    );
+    if let Some(bias) = ep.bias {
+        assert!(bias.len() >= n);
+    }
+    // 1. Quantise the rows of A (threads split rows).
+    let qp = SyncPtr(s.scale.as_mut_ptr());
+    let ap = s.a.as_mut_ptr() as usize;
+    par.run(&|t, nt| {
+        let (lo, hi) = split(m, t, nt);
+        for i in lo..hi {
+            let row = &a[i * lda..i * lda + k];
+            let (lo_v, hi_v) = row
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            let sc = if hi_v > lo_v {
+                (hi_v - lo_v) / 255.0
+            } else {
+                1.0
+            };
+            let inv = 1.0 / sc;
+            // SAFETY: row i of the u8 buffer and (scale, min) i belong to this thread alone.
+            let q = unsafe { core::slice::from_raw_parts_mut((ap as *mut u8).add(i * k4), k4) };
+            for (d, &v) in q.iter_mut().zip(row) {
+                *d = libm::roundf((v - lo_v) * inv).clamp(0.0, 255.0) as u8;
+            }
+            q[k..].fill(0);
+            unsafe {
+                *qp.get().add(2 * i) = sc;
+                *qp.get().add(2 * i + 1) = lo_v;
+            }
+        }
+    });
+    // 2. Integer products per (row tile, column panel); threads split the panels.
+    let ua: &[u8] = &s.a;
+    let sa: &[f32] = &s.scale;
+    let cp = SyncPtr(c.as_mut_ptr());
+    let panels = n.div_ceil(NR);
+    par.run(&|t, nt| {
+        let (p_lo, p_hi) = split(panels, t, nt);
+        let mut acc = [[0i32; NR]; MR];
+        for m0 in (0..m).step_by(MC) {
+            let m1 = (m0 + MC).min(m);
+            for p in p_lo..p_hi {
+                let bp = &b.data[p * k4 * NR..(p + 1) * k4 * NR];
+                let mut i0 = m0;
+                while i0 < m1 {
+                    let mr = MR.min(m1 - i0);
+                    let arows = &ua[i0 * k4..(i0 + mr) * k4];
+                    #[cfg(target_arch = "x86_64")]
+                    if vnni {
+                        // SAFETY: VNNI detected; slices sized above.
+                        unsafe { x86::tile(mr, k4, arows, bp, &mut acc) };
+                    } else {
+                        tile_portable(mr, k4, arows, bp, &mut acc);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = vnni;
+                        tile_portable(mr, k4, arows, bp, &mut acc);
+                    }
+                    let n0 = p * NR;
+                    let nv = NR.min(n - n0);
+                    for (i, row) in acc.iter().enumerate().take(mr) {
+                        // SAFETY: row i0+i, columns n0..n0+nv belong to this thread's panels.
+                        let out = unsafe {
+                            core::slice::from_raw_parts_mut(cp.get().add((i0 + i) * ldc + n0), nv)
+                        };
+                        let (si, mi) = (sa[2 * (i0 + i)], sa[2 * (i0 + i) + 1]);
+                        for (j, o) in out.iter_mut().enumerate() {
+                            let col = n0 + j;
+                            let mut v =
+                                b.scale[col] * (si * row[j] as f32 + mi * b.colsum[col] as f32);
+                            if let Some(bias) = ep.bias {
+                                v += bias[col];
+                            }
+                            *o = if ep.accumulate { *o + v } else { v };
+                        }
+                        if ep.act == Act::QuickGelu {
+                            simd::quick_gelu_slice(simd::isa(), out);
+                        }
+                    }
+                    i0 += mr;
+                }
+            }
+        }
+    });
+}
+
+/// `acc[i][j] = Σ_k a[i·k4 + k] · b[(k/4)·NR·4 + j·4 + k%4]`.
+fn tile_portable(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+    for (i, row) in acc.iter_mut().enumerate().take(mr) {
+        row.fill(0);
+        let ar = &a[i * k4..(i + 1) * k4];
+        for q in 0..k4 / 4 {
+            let bq = &b[q * NR * 4..(q + 1) * NR * 4];
+            for (j, v) in row.iter_mut().enumerate() {
+                for u in 0..4 {
+                    *v += ar[4 * q + u] as i32 * bq[4 * j + u] as i32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR};
+    use core::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+        match mr {
+            12 => t::<12>(k4, a, b, acc),
+            11 => t::<11>(k4, a, b, acc),
+            10 => t::<10>(k4, a, b, acc),
+            9 => t::<9>(k4, a, b, acc),
+            8 => t::<8>(k4, a, b, acc),
+            7 => t::<7>(k4, a, b, acc),
+            6 => t::<6>(k4, a, b, acc),
+            5 => t::<5>(k4, a, b, acc),
+            4 => t::<4>(k4, a, b, acc),
+            3 => t::<3>(k4, a, b, acc),
+            2 => t::<2>(k4, a, b, acc),
+            _ => t::<1>(k4, a, b, acc),
+        }
+    }
+
+    /// R × 16 int32 accumulators; per 4 k-values: one 64-byte B load, R broadcasts of 4 A bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn t<const R: usize>(k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+        debug_assert!(a.len() >= R * k4 && b.len() >= k4 * NR);
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut s = [_mm512_setzero_si512(); R];
+        for q in 0..k4 / 4 {
+            let bv = _mm512_loadu_si512(bp.add(q * NR * 4) as *const _);
+            for i in 0..R {
+                let av = _mm512_set1_epi32((ap.add(i * k4 + 4 * q) as *const i32).read_unaligned());
+                s[i] = _mm512_dpbusd_epi32(s[i], av, bv);
+            }
+        }
+        for i in 0..R {
+            _mm512_storeu_si512(acc[i].as_mut_ptr() as *mut _, s[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Rng;
+
+    /// The same quantisation written out directly, in f64 (independent of the panel layout).
+    fn reference(a: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let q = |v: f32, s: f32| libm::roundf(v / s).clamp(-127.0, 127.0) as f64;
+        let sw: Vec<f32> = (0..n)
+            .map(|j| {
+                w[j * k..(j + 1) * k]
+                    .iter()
+                    .fold(0.0f32, |x, v| x.max(v.abs()))
+                    / 127.0
+            })
+            .collect();
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            let row = &a[i * k..(i + 1) * k];
+            let lo = row.iter().cloned().fold(f32::MAX, f32::min);
+            let hi = row.iter().cloned().fold(f32::MIN, f32::max);
+            let sa = (hi - lo) / 255.0;
+            for j in 0..n {
+                // Dequantised activation times dequantised weight, summed in f64.
+                let dot: f64 = (0..k)
+                    .map(|p| {
+                        let qa = libm::roundf((row[p] - lo) * (1.0 / sa)).clamp(0.0, 255.0);
+                        let av = lo as f64 + sa as f64 * qa as f64;
+                        av * q(w[j * k + p], sw[j]) * sw[j] as f64
+                    })
+                    .sum();
+                c[i * n + j] = dot as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn int8_matches_direct_quantisation_and_f32_roughly() {
+        let mut r = Rng::new(3);
+        for &(m, k, n) in &[(1, 4, 1), (13, 70, 33), (25, 256, 16), (130, 96, 40)] {
+            let a: Vec<f32> = (0..m * k).map(|_| r.uniform(1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| r.uniform(1.0)).collect();
+            let qm = Q8Matrix::from_out_in(&w, n, k);
+            let want = reference(&a, m, k, &w, n);
+            let exact = crate::gemm::gemm_reference(&a, m, k, &w, n);
+            let mut outs = Vec::new();
+            for vnni in [false, has_vnni()] {
+                let mut c = vec![0.0f32; m * n];
+                let mut s = Q8Scratch::new(m, k);
+                let par = Parallel::sequential();
+                gemm_q8_with(
+                    vnni,
+                    &par,
+                    &a,
+                    k,
+                    m,
+                    &qm,
+                    &mut c,
+                    n,
+                    Epilogue::store(None),
+                    &mut s,
+                );
+                for ((x, y), z) in c.iter().zip(&want).zip(&exact) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{m}x{k}x{n}: {x} vs {y}"
+                    );
+                    // Quantisation error stays small against the f32 product.
+                    assert!((x - z).abs() <= 0.02 * (k as f32).sqrt(), "{x} vs f32 {z}");
+                }
+                outs.push(c);
+            }
+            assert_eq!(outs[0], outs[1], "VNNI and portable kernels differ");
+        }
+    }
+}
