@@ -133,7 +133,15 @@ pub(crate) struct Reader<'a> {
     pub staging: RefCell<Vec<f32>>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    pub fn new(src: &'a dyn TensorSource, prefix: &str) -> Self {
+        Reader {
+            src,
+            prefix: String::from(prefix),
+            staging: RefCell::new(Vec::new()),
+        }
+    }
+
     /// The tensor `name`, its shape checked.
     fn view(&self, name: &str, shape: &[usize]) -> Result<(String, TensorView<'_>)> {
         let full = format!("{}{}", self.prefix, name);
@@ -261,11 +269,7 @@ impl Clip {
     /// with [`load_text`](Self::load_text).
     pub fn load_parts(config: &ClipConfig, src: &dyn TensorSource, text: bool) -> Result<Self> {
         config.validate()?;
-        let r = Reader {
-            src,
-            prefix: String::new(),
-            staging: RefCell::new(Vec::new()),
-        };
+        let r = Reader::new(src, "");
         let v = &config.vision;
         let dv = v.tower.hidden_size;
         let pd = v.patch_dim();
@@ -331,11 +335,7 @@ impl Clip {
 
     /// Adds the text tower and text projection to a model loaded without them.
     pub fn load_text(&mut self, src: &dyn TensorSource) -> Result<()> {
-        let r = Reader {
-            src,
-            prefix: String::new(),
-            staging: RefCell::new(Vec::new()),
-        };
+        let r = Reader::new(src, "");
         (self.text_model, self.text_projection) = Self::text_parts(&self.config, &r)?;
         Ok(())
     }

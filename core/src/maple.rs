@@ -7,7 +7,6 @@ use crate::config::ClipConfig;
 use crate::error::{Error, Result};
 use crate::safetensors::TensorSource;
 use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 /// Prompt matrices ready to splice. Depth D: layer 0 uses `ctx` / `shared_ctx`; layers 1..D−1
@@ -51,11 +50,7 @@ impl MaplePrompts {
                 "no `prompt_learner.ctx` tensor: this is not a MaPLe prompt file".into(),
             ));
         };
-        let r = Reader {
-            src,
-            prefix: String::from(prefix),
-            staging: Default::default(),
-        };
+        let r = Reader::new(src, prefix);
         let dt = config.text.tower.hidden_size;
         let dv = config.vision.tower.hidden_size;
         let cs = r.shape("ctx").unwrap_or_default();

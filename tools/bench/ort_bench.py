@@ -8,18 +8,14 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from transformers import CLIPModel
 
-root = pathlib.Path(__file__).resolve().parents[2]
-src = (root / "tools/reference/golden.py").read_text().replace("\nmain()\n", "\n")
-golden = type(sys)("golden")
-golden.__file__ = str(root / "tools/reference/golden.py")
-exec(compile(src, "golden.py", "exec"), golden.__dict__)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from peer import golden, timed as _timed  # noqa: E402
 
 
 class ImageTower(torch.nn.Module):
@@ -68,12 +64,6 @@ def main():
         best = min(_timed(lambda: sess.run(None, {"pixels": x})) for _ in range(a.reps))
         out[f"image_b{b}_images_per_s"] = b / best
     print(json.dumps(out))
-
-
-def _timed(f):
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
 
 
 main()

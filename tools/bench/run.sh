@@ -25,12 +25,7 @@ echo "ONNX Runtime ..." >&2
 O=$("$PY" tools/bench/ort_bench.py $M_DIR --threads "$THREADS" --onnx $B/maple_vision.onnx 2>/dev/null | tail -n 1 || echo '{}')
 
 # End to end: 1000 labels (the peers' synthetic names) and 1 or 32 images (the 16 fixtures twice).
-"$PY" - > $B/labels1000.txt <<'PY'
-import re, pathlib
-s = pathlib.Path("tools/bench/torch_bench.py").read_text()
-A, B = (eval(re.search(rf"^{v} = (.*)$", s, re.M).group(1)) for v in "AB")
-print("\n".join(f"{A[i % 20]} {B[(i // 20) % 50]}" for i in range(1000)))
-PY
+"$PY" tools/bench/peer.py labels 1000 > $B/labels1000.txt
 ONE=(tests/fixtures/images/photo_320x240.jpg)
 MANY=(tests/fixtures/images/* tests/fixtures/images/*)
 e2e() { # cache-dir labels-file images... -> "seconds peak_kb"

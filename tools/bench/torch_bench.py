@@ -4,27 +4,15 @@ text at MaPLe's 77 tokens. Prints one JSON line.
 
     python tools/bench/torch_bench.py MODEL_DIR --threads 2"""
 import argparse
-
 import json
 import pathlib
 import sys
-import time
 
 import torch
 from transformers import CLIPModel
 
-root = pathlib.Path(__file__).resolve().parents[2]
-src = (root / "tools/reference/golden.py").read_text().replace("\nmain()\n", "\n")
-golden = type(sys)("golden")
-golden.__file__ = str(root / "tools/reference/golden.py")
-exec(compile(src, "golden.py", "exec"), golden.__dict__)
-
-A = ["red", "small", "wooden", "striped", "old", "shiny", "wild", "frozen", "tiny", "golden", "spotted", "electric", "ancient", "folding", "giant", "paper", "silver", "woolly", "rusty", "glass"]
-B = ["cat", "dog", "car", "chair", "lamp", "boat", "tiger", "piano", "kettle", "bridge", "camera", "rabbit", "guitar", "castle", "bicycle", "owl", "teapot", "tractor", "violin", "lizard", "helmet", "mushroom", "anchor", "lantern", "parrot", "scooter", "cactus", "whale", "kite", "ladder", "robot", "saddle", "tent", "umbrella", "volcano", "wagon", "zebra", "acorn", "bucket", "compass", "drum", "easel", "ferry", "goblet", "harp", "igloo", "jaguar", "kayak", "lobster", "mitten"]
-
-
-def labels(n):
-    return [f"{A[i % 20]} {B[(i // 20) % 50]}" for i in range(n)]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from peer import golden, labels, timed as _timed  # noqa: E402
 
 
 def main():
@@ -59,12 +47,6 @@ def main():
             # MaPLe encodes all labels at 77 tokens; batch them 100 at a time like its evaluation.
             out[f"text_{n}_labels_s"] = _timed(lambda: [golden.encode_text(model, ids[i:i + 100], P) for i in range(0, n, 100)])
     print(json.dumps(out))
-
-
-def _timed(f):
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
 
 
 main()

@@ -1,0 +1,30 @@
+"""What the Python peers share: the MaPLe hooks of tools/reference/golden.py (loaded without
+running its main), the benchmark's synthetic label names, and a timer."""
+import pathlib
+import sys
+import time
+
+root = pathlib.Path(__file__).resolve().parents[2]
+_src = (root / "tools/reference/golden.py").read_text().replace("\nmain()\n", "\n")
+golden = type(sys)("golden")
+golden.__file__ = str(root / "tools/reference/golden.py")
+exec(compile(_src, "golden.py", "exec"), golden.__dict__)
+
+A = ["red", "small", "wooden", "striped", "old", "shiny", "wild", "frozen", "tiny", "golden", "spotted", "electric", "ancient", "folding", "giant", "paper", "silver", "woolly", "rusty", "glass"]
+B = ["cat", "dog", "car", "chair", "lamp", "boat", "tiger", "piano", "kettle", "bridge", "camera", "rabbit", "guitar", "castle", "bicycle", "owl", "teapot", "tractor", "violin", "lizard", "helmet", "mushroom", "anchor", "lantern", "parrot", "scooter", "cactus", "whale", "kite", "ladder", "robot", "saddle", "tent", "umbrella", "volcano", "wagon", "zebra", "acorn", "bucket", "compass", "drum", "easel", "ferry", "goblet", "harp", "igloo", "jaguar", "kayak", "lobster", "mitten"]
+
+
+def labels(n):
+    """The same names as maple-bench's label_names (cli/src/bin/maple-bench.rs)."""
+    return [f"{A[i % 20]} {B[(i // 20) % 50]}" for i in range(n)]
+
+
+def timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    # `python tools/bench/peer.py labels N`: the label list, one per line (used by run.sh).
+    print("\n".join(labels(int(sys.argv[2]))))
