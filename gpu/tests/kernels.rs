@@ -1,7 +1,7 @@
 //! Every GPU kernel against its CPU twin in maple-core, on random data with odd shapes.
 
 use maple_core::gemm::{gemm, Epilogue, PackedMatrix};
-use maple_core::ops::{attention, layer_norm};
+use maple_core::ops::{attention, attention_scratch_len, layer_norm};
 use maple_core::synth::Rng;
 use maple_core::Parallel;
 use maple_gpu::{testing, AdapterChoice, Gpu};
@@ -108,7 +108,7 @@ fn attention_matches_cpu() {
     ] {
         let qkv = rand(&mut r, seqs * t * 3 * d, 1.0);
         let mut want = vec![0.0; seqs * t * d];
-        let mut sc = vec![0.0; t];
+        let mut sc = vec![0.0; attention_scratch_len(t, d / heads)];
         attention(
             &Parallel::sequential(),
             &qkv,
