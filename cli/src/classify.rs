@@ -63,8 +63,6 @@ pub struct Classifier {
     pub notice: Option<String>,
     /// Problems that did not stop the run (an unwritable or damaged text-feature cache).
     pub warnings: Vec<String>,
-    /// Whether the text features came from the cache file.
-    pub text_from_cache: bool,
 }
 
 impl Classifier {
@@ -132,7 +130,6 @@ impl Classifier {
             text_rows: rows,
             notice: None,
             warnings: Vec::new(),
-            text_from_cache: false,
         };
         c.set_device(device, precision)?;
         let backend = c.backend_tag(precision);
@@ -146,7 +143,6 @@ impl Classifier {
             match cache::load(path, *key, c.labels.len(), dim) {
                 Ok(t) => {
                     c.text = t;
-                    c.text_from_cache = true;
                     return Ok(c);
                 }
                 Err(cache::Miss::Absent) => {}

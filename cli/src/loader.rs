@@ -68,19 +68,9 @@ pub fn check_model_dir(dir: &Path) -> Result<(), CliError> {
 }
 
 /// Runs `f` on the tensors of a safetensors file or a `torch.save` archive (detected by content).
-/// With `hf_names`, OpenAI-named CLIP weights are presented under HF names.
+/// With `hf_names`, OpenAI-named CLIP weights are presented under HF names. Every tensor goes
+/// through a [`Tap`], which drops a mapped file's pages once the core has copied them.
 pub fn with_tensors<T>(
-    path: &Path,
-    hf_names: bool,
-    f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
-) -> Result<T, CliError> {
-    with_tensors_tapped(path, hf_names, f)
-}
-
-/// As [`with_tensors`], without the OpenAI-name adapter's choice (`hf_names`) repeated: every
-/// tensor the core reads goes through a [`Tap`], which drops a mapped file's pages once the
-/// core has copied them.
-fn with_tensors_tapped<T>(
     path: &Path,
     hf_names: bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
@@ -236,10 +226,6 @@ pub fn load_text_tower(dir: &Path, model: &mut Model) -> Result<(), CliError> {
     }
     let wp = weights_file(dir)?;
     with_tensors(&wp, true, |src| model.clip.load_text(src))
-}
-
-pub fn load_prompts(config: &ClipConfig, path: &Path) -> Result<MaplePrompts, CliError> {
-    with_tensors(path, false, |src| MaplePrompts::load(config, src))
 }
 
 /// `DIR/tokenizer.json` when the model directory has one, else the built-in CLIP tokenizer.

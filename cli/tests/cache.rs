@@ -2,19 +2,13 @@
 //! the cached features), damaged files are rebuilt with a warning, other labels get their own
 //! file, --no-cache touches nothing, and an unwritable cache directory is only a warning.
 
+mod common;
+
+use common::{fixtures, golden, golden_logits, scratch};
 use maple_cli::cache;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 fn classify(cache_dir: &Path, extra: &[&str]) -> Output {
     let tiny = fixtures().join("tiny");
     let o = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
@@ -63,25 +57,6 @@ fn logits(o: &Output) -> Vec<Vec<f64>> {
         })
         .collect()
 }
-fn golden(image: &str) -> Vec<f64> {
-    let g: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("golden_tiny.json")).unwrap(),
-    )
-    .unwrap();
-    let i = g["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|n| n == image)
-        .unwrap();
-    g["maple"]["logits"][i]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect()
-}
-
 #[test]
 fn warm_runs_read_the_cache_and_damage_is_rebuilt() {
     let d = scratch("text-cache");
@@ -90,7 +65,7 @@ fn warm_runs_read_the_cache_and_damage_is_rebuilt() {
     let cold = with_classes(&cdir);
     let got = logits(&cold);
     for (row, img) in got.iter().zip(["rgb_451x300.png", "gray_300x451.png"]) {
-        for (a, b) in row.iter().zip(golden(img)) {
+        for (a, b) in row.iter().zip(golden_logits(&golden(), img)) {
             assert!((a - b).abs() < 1e-4, "{img}: {a} vs {b}");
         }
     }
@@ -176,7 +151,10 @@ fn unwritable_cache_dir_is_a_warning() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
     let got = logits(&o);
-    for (a, b) in got[0].iter().zip(golden("rgb_451x300.png")) {
+    for (a, b) in got[0]
+        .iter()
+        .zip(golden_logits(&golden(), "rgb_451x300.png"))
+    {
         assert!((a - b).abs() < 1e-4);
     }
 }

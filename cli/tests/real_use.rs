@@ -2,21 +2,15 @@
 //! --output, hub-cache model lookup (never the network), a 200-image run checked against the
 //! PyTorch golden logits, and the HTML report rendered in headless Chromium.
 
+mod common;
+
+use common::{fixtures, golden, golden_logits, scratch};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
 fn tiny() -> PathBuf {
     fixtures().join("tiny")
-}
-fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 fn cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
@@ -28,25 +22,6 @@ fn cmd() -> Command {
 }
 fn scratch_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-real-use")
-}
-fn golden() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden_tiny.json")).unwrap())
-        .unwrap()
-}
-/// Golden MaPLe logits of one fixture image.
-fn golden_logits(g: &serde_json::Value, image: &str) -> Vec<f64> {
-    let i = g["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|n| n == image)
-        .unwrap();
-    g["maple"]["logits"][i]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect()
 }
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)

@@ -477,11 +477,6 @@ fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// Whether the AVX2+FMA (or better) micro-kernel is used on this machine.
-pub fn has_avx2_fma() -> bool {
-    simd::isa() != Isa::Portable
-}
-
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_portable(
     mr: usize,

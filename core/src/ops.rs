@@ -4,12 +4,6 @@ use crate::gemm::{gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue
 use crate::par::{split, Parallel, SyncPtr};
 use crate::simd;
 
-/// `x · sigmoid(1.702 · x)` (CLIP's activation, spec §4).
-#[inline]
-pub fn quick_gelu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-1.702 * x))
-}
-
 /// `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b` for each row of width `d` (biased variance).
 pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -171,14 +165,6 @@ mod tests {
         for (a, b) in o.iter().zip(want) {
             assert!((*a as f64 - b).abs() < 1e-6);
         }
-    }
-
-    #[test]
-    fn quick_gelu_values() {
-        // x·σ(1.702x) at x = 1: 1 / (1 + e^-1.702) = 0.84579576...
-        assert!((quick_gelu(1.0) - 0.845_795_77).abs() < 1e-6);
-        assert_eq!(quick_gelu(0.0), 0.0);
-        assert!(quick_gelu(-20.0).abs() < 1e-12);
     }
 
     /// Naive attention in f64 as the independent check.

@@ -178,7 +178,7 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `x · sigmoid(1.702 x)` over a slice.
+/// `x · sigmoid(1.702 x)` (CLIP's activation, spec §4) over a slice.
 pub fn quick_gelu_slice(isa: Isa, v: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -395,6 +395,22 @@ mod tests {
         // Far outside the range: clamped, finite, no NaN.
         assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
         assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn quick_gelu_values() {
+        // x·σ(1.702x) at x = 1: 1 / (1 + e^-1.702) = 0.84579576..., on every path (the 16
+        // copies fill one vector and leave the scalar tail nothing).
+        for isa in available() {
+            let quick_gelu = |x: f32| {
+                let mut v = [x; 16];
+                quick_gelu_slice(isa, &mut v);
+                v[0]
+            };
+            assert!((quick_gelu(1.0) - 0.845_795_77).abs() < 1e-6);
+            assert_eq!(quick_gelu(0.0), 0.0);
+            assert!(quick_gelu(-20.0).abs() < 1e-12);
+        }
     }
 
     #[test]

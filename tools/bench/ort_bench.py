@@ -12,10 +12,9 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import CLIPModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from peer import golden, timed as _timed  # noqa: E402
+from peer import golden, load, timed as _timed  # noqa: E402
 
 
 class ImageTower(torch.nn.Module):
@@ -36,9 +35,7 @@ def main():
     ap.add_argument("--onnx", default="target/bench/maple_vision.onnx")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    d = pathlib.Path(a.model_dir)
-    model = CLIPModel.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    P = golden.load_prompts(d / "maple_prompts.safetensors") if (d / "maple_prompts.safetensors").exists() else None
+    model, P = load(a.model_dir)
     s = model.config.vision_config.image_size
     tower = ImageTower(model, P).eval()
     path = pathlib.Path(a.onnx)

@@ -1,5 +1,5 @@
 """What the Python peers share: the MaPLe hooks of tools/reference/golden.py (loaded without
-running its main), the benchmark's synthetic label names, and a timer."""
+running its main), the model loader, the benchmark's synthetic label names, and a timer."""
 import pathlib
 import sys
 import time
@@ -17,6 +17,17 @@ B = ["cat", "dog", "car", "chair", "lamp", "boat", "tiger", "piano", "kettle", "
 def labels(n):
     """The same names as maple-bench's label_names (cli/src/bin/maple-bench.rs)."""
     return [f"{A[i % 20]} {B[(i // 20) % 50]}" for i in range(n)]
+
+
+def load(model_dir):
+    """HF CLIPModel (fp32, eager attention) and the MaPLe prompts beside it, if any."""
+    import torch
+    from transformers import CLIPModel
+
+    d = pathlib.Path(model_dir)
+    model = CLIPModel.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    p = d / "maple_prompts.safetensors"
+    return model, (golden.load_prompts(p) if p.exists() else None)
 
 
 def timed(f):

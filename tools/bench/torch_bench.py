@@ -9,10 +9,9 @@ import pathlib
 import sys
 
 import torch
-from transformers import CLIPModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from peer import golden, labels, timed as _timed  # noqa: E402
+from peer import golden, load, labels, timed as _timed  # noqa: E402
 
 
 def main():
@@ -25,9 +24,7 @@ def main():
     ap.add_argument("--openai-clip", default="/tmp/oc/openai-clip-1.0.1.tar.gz")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    d = pathlib.Path(a.model_dir)
-    model = CLIPModel.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    P = golden.load_prompts(d / "maple_prompts.safetensors") if (d / "maple_prompts.safetensors").exists() else None
+    model, P = load(a.model_dir)
     s = model.config.vision_config.image_size
     out = {"engine": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads()}
     with torch.inference_mode():
