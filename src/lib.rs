@@ -1,7 +1,73 @@
-//! maple: MaPLe (multi-modal prompt learning) on CLIP ViT-B/16.
+//! # maple
 //!
-//! The engine is [`maple_core`] (`no_std` + `alloc`), re-exported here; everything that reads
-//! files (model directories, prompts, images, labels, the tokenizer) is [`cli`].
+//! MaPLe (multi-modal prompt learning, CVPR 2023) on CLIP ViT-B/16: give it images and your own
+//! class names, get the logits MaPLe's PyTorch `CustomCLIP` gives in eval mode (zero-shot CLIP
+//! without prompts). It runs on a GPU through wgpu (Vulkan, Metal, DX12) when there is one and
+//! on the CPU otherwise.
+//!
+//! ```
+//! # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+//! # let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/photo_320x240.jpg");
+//! let mut classifier = maple::Classifier::builder(&dir) // or "openai/clip-vit-base-patch16"
+//!     .prompts(dir.join("maple_prompts.safetensors"))
+//!     .labels(["cat", "dog", "a red car"])
+//!     .build()?;
+//! let result = classifier.classify_path(&photo)?;
+//! for s in result.top(3) {
+//!     println!("{:>6.2}%  {}", 100.0 * s.prob, s.label);
+//! }
+//! # Ok::<(), maple::Error>(())
+//! ```
+//!
+//! Images go in as files ([`Classifier::classify_path`]), encoded bytes
+//! ([`Classifier::classify_bytes`]), RGB or RGBA pixels ([`Classifier::classify_rgb8`],
+//! [`Classifier::classify_rgba8`]) or any mix of them in one call
+//! ([`Classifier::classify_batch`]). [`Classifier::set_labels`] changes the labels without
+//! reloading anything. [`Classifier::device`] says what is running the model, and why.
+//!
+//! The pieces are public for programs that need them: [`loader`] (model directories, MaPLe
+//! checkpoints, safetensors), [`imageio`] (Pillow-exact decoding), [`hub`] (the Hugging Face
+//! cache), [`cache`] (the text-feature cache), [`convert`] and [`synth`] (writing model files),
+//! [`text`] (tokenizer and labels), and the `no_std` engine itself, [`engine`].
+#![warn(missing_docs)]
 
-pub use maple_cli as cli;
-pub use maple_core::*;
+pub mod cache;
+mod classify;
+pub mod convert;
+mod error;
+pub mod hub;
+pub mod imageio;
+pub mod loader;
+pub mod synth;
+
+pub use classify::{
+    top_k, ActiveDevice, Classification, Classifier, ClassifierBuilder, Device, ImageSource,
+    Precision, Score,
+};
+pub use error::{Error, Result};
+/// The `no_std` engine: configs, weights, kernels, the forward passes.
+pub use maple_core as engine;
+/// CLIP's text side: cleaning, tokenizer, label lists, prompt rules.
+pub use maple_text as text;
+pub use maple_text::{Label, LabelSet};
+
+/// The text-feature cache's usual directory: `MAPLE_CACHE_DIR`, else the platform's cache
+/// directory + `maple` (`~/.cache/maple` on Linux). `None` when no home directory is known.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    cache::default_dir()
+}
+
+/// Reads a labels file: UTF-8, one label per line; blank lines and `#` lines are skipped and
+/// `_` reads as a space. Errors name the file (and the line).
+pub fn read_labels(path: impl AsRef<std::path::Path>) -> Result<LabelSet> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Text(text::TextError(format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )))
+    })?;
+    Ok(LabelSet::parse(&text, &path.display().to_string())?)
+}

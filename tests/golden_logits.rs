@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use maple::cli::classify::{top_k, Classifier};
+use maple::{top_k, Classifier, Device, ImageSource};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -13,14 +13,14 @@ const TOL: f32 = 1e-3;
 /// Returns the largest |Δlogit| over every image and label.
 fn check(dir: &Path, golden: &Value, mode: &str) -> f32 {
     let prompts = dir.join("maple_prompts.safetensors");
-    let mut c = Classifier::new(
-        dir,
-        (mode == "maple").then_some(prompts.as_path()),
-        &fixtures().join("labels.txt"),
-        golden["template"].as_str().unwrap(),
-        0,
-    )
-    .unwrap();
+    let mut b = Classifier::builder(dir)
+        .label_set(maple::read_labels(fixtures().join("labels.txt")).unwrap())
+        .template(golden["template"].as_str().unwrap())
+        .device(Device::Cpu);
+    if mode == "maple" {
+        b = b.prompts(&prompts);
+    }
+    let mut c = b.build().unwrap();
     let labels: Vec<&str> = golden["labels"]
         .as_array()
         .unwrap()
@@ -28,7 +28,10 @@ fn check(dir: &Path, golden: &Value, mode: &str) -> f32 {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(
-        c.labels.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+        c.labels()
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>(),
         labels
     );
     let images: Vec<String> = golden["images"]
@@ -41,7 +44,13 @@ fn check(dir: &Path, golden: &Value, mode: &str) -> f32 {
         .iter()
         .map(|n| fixtures().join("images").join(n))
         .collect();
-    let results = c.classify(&paths, 8).unwrap();
+    let sources: Vec<ImageSource> = paths.iter().map(|p| ImageSource::Path(p)).collect();
+    let results: Vec<_> = c
+        .classify_batch(&sources)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     let want = &golden[mode]["logits"];
     let mut max_diff = 0.0f32;
     for (i, r) in results.iter().enumerate() {
@@ -99,7 +108,7 @@ fn full_size_maple_and_zeroshot_match_pytorch() {
 fn token_ids_match_the_reference() {
     // The ids the reference fed PyTorch are the ids OpenAI's tokenizer gives for each prompt.
     let g = golden("golden_tiny.json");
-    let tok = maple::cli::tokenizer::ClipTokenizer::builtin().unwrap();
+    let tok = maple::text::ClipTokenizer::builtin().unwrap();
     for (l, want) in g["labels"]
         .as_array()
         .unwrap()

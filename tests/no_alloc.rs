@@ -3,9 +3,9 @@
 //! nothing else allocates meanwhile.
 
 mod common;
-use maple::cli::loader::load_model;
-use maple::cli::tokenizer::ClipTokenizer;
-use maple::Parallel;
+use maple::engine::Parallel;
+use maple::loader::load_model;
+use maple::text::ClipTokenizer;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,8 +1,8 @@
 //! Preprocessing against the reference crops made by Pillow + torchvision
 //! (`tools/reference/make_fixtures.py`): decode → RGB → Resize(S, BICUBIC) → CenterCrop(S).
 
-use maple::cli::imageio::load_rgb8;
-use maple::preprocess::resize_crop_rgb8;
+use maple::engine::preprocess::resize_crop_rgb8;
+use maple::imageio::load_rgb8;
 use std::path::Path;
 
 fn fixtures() -> std::path::PathBuf {

@@ -2,7 +2,7 @@
 //! on 70 strings: unicode, HTML entities, curly quotes, full-width forms, ligatures, emoji, long text.
 
 mod common;
-use maple::cli::tokenizer::ClipTokenizer;
+use maple::text::ClipTokenizer;
 
 #[test]
 fn ids_equal_openai_simple_tokenizer() {

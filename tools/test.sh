@@ -23,6 +23,12 @@ if [ ! -d tools/report-check/node_modules/playwright-core ]; then
   (cd tools/report-check && npm ci --silent --no-audit --no-fund)
 fi
 cargo test --workspace --exclude maple-gpu
+# The five-line library example (examples/classify.rs); tests/fixtures/golden_tiny.json (PyTorch)
+# puts "Eiffel Tower" first among its four labels for this photo, logit 29.145.
+example=$(cargo run -q --example classify)
+echo "$example"
+echo "$example" | sed -n 2p | grep -Eq '^ *29\.14[45] .*Eiffel Tower$' \
+  || { echo "examples/classify.rs: expected Eiffel Tower (29.145) first" >&2; exit 1; }
 cargo test -p maple-gpu -- --nocapture --test-threads=1
 cargo test -p maple-core --no-default-features
 # The browser build in headless Chromium on WebGPU (SKIPPED only if wasm32 cannot be installed).

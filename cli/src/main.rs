@@ -1,18 +1,39 @@
 //! maple-classify: classify images with CLIP ViT-B/16 + MaPLe prompts.
 
+mod inputs;
+mod output;
+mod report;
+
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use maple_cli::classify::{Classifier, Device, Precision};
-use maple_cli::hub::{resolve_model, DEFAULT_MODEL};
-use maple_cli::inputs::collect;
-use maple_cli::labels::{parse_labels, read_labels};
-use maple_cli::output::{header, record, Format};
-use maple_cli::report::{render, thumbnail, Entry};
-use maple_cli::synth::write_atomic;
-use maple_cli::CliError;
+use inputs::{collect, Input};
+use maple::hub::DEFAULT_MODEL;
+use maple::imageio::load_rgb8;
+use maple::synth::write_atomic;
+use maple::{ActiveDevice, Classifier, Device, Error, ImageSource, LabelSet, Precision};
+use output::{header, record, Format};
+use report::{render, thumbnail, Entry};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// A fatal error, as the one line printed after `maple-classify: `.
+struct Fatal(String);
+
+impl From<Error> for Fatal {
+    fn from(e: Error) -> Fatal {
+        match e {
+            Error::Device(m) => Fatal(format!("--device gpu: {m}")),
+            e => Fatal(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum FormatArg {
@@ -128,12 +149,12 @@ enum Sink {
 }
 
 impl Sink {
-    fn write(&mut self, s: &str) -> Result<(), CliError> {
+    fn write(&mut self, s: &str) -> Result<(), Fatal> {
         match self {
             Sink::Stdout(o) => o
                 .lock()
                 .write_all(s.as_bytes())
-                .map_err(|e| CliError(format!("cannot write to stdout: {e}"))),
+                .map_err(|e| Fatal(format!("cannot write to stdout: {e}"))),
             Sink::File(_, buf) => {
                 buf.extend_from_slice(s.as_bytes());
                 Ok(())
@@ -154,21 +175,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// Decodes one input and preprocesses it for the model; with `thumbs`, also a JPEG thumbnail
+/// for the report (the decoded image itself is not kept).
+fn prepare(
+    c: &Classifier,
+    input: &Input,
+    thumbs: bool,
+) -> (Result<Vec<f32>, Error>, Option<Vec<u8>>) {
+    let p = match input {
+        Input::Failed(p, why) => {
+            return (
+                Err(Error::Image {
+                    image: p.display().to_string(),
+                    message: why.clone(),
+                }),
+                None,
+            )
+        }
+        Input::Image(p) => p,
+    };
+    let img = match load_rgb8(p) {
+        Ok(img) => img,
+        Err(e) => return (Err(e), None),
+    };
+    let thumb = if thumbs { thumbnail(&img, 240) } else { None };
+    let px = c
+        .preprocess(&ImageSource::Rgb8 {
+            data: &img.data,
+            width: img.width,
+            height: img.height,
+        })
+        .map_err(|e| match e {
+            Error::Image { message, .. } => Error::Image {
+                image: p.display().to_string(),
+                message,
+            },
+            e => e,
+        });
+    (px, thumb)
+}
+
 /// Returns the number of images that failed.
-fn run(a: Args) -> Result<usize, CliError> {
+fn run(a: Args) -> Result<usize, Fatal> {
     let format = match a.format {
         FormatArg::Text => Format::Text,
         FormatArg::Json => Format::Json,
         FormatArg::Csv => Format::Csv,
     };
-    let (labels, source) = match (&a.classes, &a.labels) {
-        (Some(p), _) => (read_labels(p)?, p.display().to_string()),
-        (None, Some(l)) => (
-            parse_labels(&l.replace(',', "\n"), "--labels")?,
-            "--labels".to_string(),
-        ),
+    let labels = match (&a.classes, &a.labels) {
+        (Some(p), _) => maple::read_labels(p)?,
+        (None, Some(l)) => {
+            LabelSet::parse(&l.replace(',', "\n"), "--labels").map_err(Error::from)?
+        }
         (None, None) => {
-            return Err(CliError(
+            return Err(Fatal(
                 "give labels with --classes FILE or --labels LIST".into(),
             ))
         }
@@ -176,7 +236,7 @@ fn run(a: Args) -> Result<usize, CliError> {
     let mut stdin = std::io::stdin().lock();
     let inputs = collect(&a.inputs, &mut stdin);
     if inputs.is_empty() {
-        return Err(CliError(format!(
+        return Err(Fatal(format!(
             "no images found in {}",
             a.inputs
                 .iter()
@@ -185,7 +245,6 @@ fn run(a: Args) -> Result<usize, CliError> {
                 .join(", ")
         )));
     }
-    let model_dir = resolve_model(&a.model)?;
     let device = match a.device {
         DeviceArg::Auto => Device::Auto,
         DeviceArg::Gpu => Device::Gpu,
@@ -195,28 +254,33 @@ fn run(a: Args) -> Result<usize, CliError> {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::F16 => Precision::F16,
     };
+    if precision == Precision::F16 && device == Device::Cpu {
+        return Err(Fatal(
+            "--precision f16 is for GPUs (f16 weight storage); the CPU computes in f32".into(),
+        ));
+    }
     let cache_dir = if a.no_cache {
         None
     } else {
-        maple_cli::cache::default_dir()
+        maple::default_cache_dir()
     };
-    let mut c = Classifier::with_labels(
-        &model_dir,
-        a.prompts.as_deref(),
-        labels,
-        &source,
-        &a.template,
-        a.threads,
-        device,
-        precision,
-        cache_dir.as_deref(),
-    )?;
-    if device != Device::Cpu && !a.quiet {
-        if let Some(n) = &c.notice {
-            eprintln!("maple-classify: {n}");
-        }
+    let batch = a.batch_size.clamp(1, inputs.len());
+    let mut builder = Classifier::builder(&a.model)
+        .label_set(labels)
+        .template(a.template.as_str())
+        .device(device)
+        .precision(precision)
+        .threads(a.threads)
+        .batch_size(batch)
+        .cache_dir(cache_dir);
+    if let Some(p) = &a.prompts {
+        builder = builder.prompts(p);
     }
-    for w in &c.warnings {
+    let mut c = builder.build()?;
+    if device != Device::Cpu && !a.quiet {
+        eprintln!("maple-classify: {}", c.device());
+    }
+    for w in c.take_warnings() {
         eprintln!("maple-classify: warning: {w}");
     }
 
@@ -236,23 +300,32 @@ fn run(a: Args) -> Result<usize, CliError> {
     } else {
         ProgressBar::hidden()
     };
-    let batch = a.batch_size.clamp(1, inputs.len());
     let mut failed = 0;
     let mut report: Vec<Entry> = Vec::new();
     for chunk in inputs.chunks(batch) {
-        for o in c.classify_batch(chunk, a.report.is_some(), batch)? {
-            if let Err(e) = &o.result {
+        let (pixels, thumbs): (Vec<_>, Vec<_>) = chunk
+            .iter()
+            .map(|i| prepare(&c, i, a.report.is_some()))
+            .unzip();
+        let was_gpu = matches!(c.device(), ActiveDevice::Gpu { .. });
+        let results = c.classify_preprocessed(pixels)?;
+        if was_gpu && !matches!(c.device(), ActiveDevice::Gpu { .. }) {
+            bar.suspend(|| eprintln!("maple-classify: {}", c.device()));
+        }
+        for ((input, r), thumb) in chunk.iter().zip(results).zip(thumbs) {
+            let image = input.path().display().to_string();
+            let result = r.map_err(|e| e.to_string());
+            if let Err(e) = &result {
                 failed += 1;
                 if !a.quiet {
                     bar.suspend(|| eprintln!("maple-classify: {e}"));
                 }
             }
-            sink.write(&record(format, &c.labels, &o.image, &o.result, a.top_k))?;
+            sink.write(&record(format, c.labels(), &image, &result, a.top_k))?;
             if a.report.is_some() {
-                let thumb = o.decoded.as_ref().and_then(|d| thumbnail(d, 240));
                 report.push(Entry {
-                    image: o.image,
-                    result: o.result,
+                    image,
+                    result,
                     thumb,
                 });
             }
@@ -269,7 +342,7 @@ fn run(a: Args) -> Result<usize, CliError> {
                 "zero-shot CLIP"
             }
         );
-        write_atomic(r, render(&c.labels, &report, a.top_k, &title).as_bytes())?;
+        write_atomic(r, render(c.labels(), &report, a.top_k, &title).as_bytes())?;
     }
     if let Sink::File(p, buf) = sink {
         write_atomic(&p, &buf)?;

@@ -1,14 +1,13 @@
 //! `--report report.html`: one self-contained page (no external assets) with a thumbnail of each
 //! image and a bar chart of its top-k scores.
 
-use crate::classify::{top_k, ImageResult};
-use crate::imageio::Rgb8;
-use crate::labels::Label;
+use maple::imageio::Rgb8;
+use maple::{top_k, Classification, Label};
 use std::fmt::Write;
 
 pub struct Entry {
     pub image: String,
-    pub result: Result<ImageResult, String>,
+    pub result: Result<Classification, String>,
     /// JPEG thumbnail bytes.
     pub thumb: Option<Vec<u8>>,
 }

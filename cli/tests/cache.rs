@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fixtures, golden, golden_logits, scratch};
-use maple_cli::cache;
+use maple::cache;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -91,7 +91,7 @@ fn logits(out: &Output) -> Vec<(Vec<f64>, Vec<String>)> {
 #[test]
 fn gpu_matches_cpu_on_the_full_size_model() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/synth-full");
-    maple_cli::synth::ensure_full_model(&dir).unwrap();
+    maple::synth::ensure_full_model(&dir).unwrap();
     let imgs = ["photo_320x240.jpg"];
     let vk = [("WGPU_BACKEND", "vulkan")];
     let t = std::time::Instant::now();

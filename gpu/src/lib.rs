@@ -36,12 +36,12 @@ pub enum AdapterChoice {
     Any,
 }
 
-pub(crate) const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
-pub(crate) const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
-pub(crate) const LAYERNORM: &str = include_str!("../../shaders/layernorm.wgsl");
-pub(crate) const EMBED: &str = include_str!("../../shaders/embed.wgsl");
-pub(crate) const SPLICE: &str = include_str!("../../shaders/splice.wgsl");
-pub(crate) const L2NORM: &str = include_str!("../../shaders/l2norm.wgsl");
+pub(crate) const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+pub(crate) const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+pub(crate) const LAYERNORM: &str = include_str!("../shaders/layernorm.wgsl");
+pub(crate) const EMBED: &str = include_str!("../shaders/embed.wgsl");
+pub(crate) const SPLICE: &str = include_str!("../shaders/splice.wgsl");
+pub(crate) const L2NORM: &str = include_str!("../shaders/l2norm.wgsl");
 
 /// Every compute pipeline, created once per device.
 pub(crate) struct Kernels {

@@ -1,8 +1,8 @@
 //! The whole model on the GPU against the CPU path (the CPU path is itself checked against
 //! PyTorch): tiny and full-size synthetic models, MaPLe and zero-shot, f32 and f16 weights.
 
-use maple_cli::classify::Classifier;
-use maple_cli::loader::load_model;
+use maple::loader::load_model;
+use maple::{top_k, Classifier, Device, ImageSource};
 use maple_core::{Model, Parallel};
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
 use std::path::{Path, PathBuf};
@@ -22,13 +22,24 @@ fn open() -> Gpu {
 fn compare(dir: &Path, prompts: bool, images: &[&str], precision: Precision) -> (f32, bool) {
     let p = dir.join("maple_prompts.safetensors");
     let pr = prompts.then_some(p.as_path());
-    let mut c =
-        Classifier::new(dir, pr, &fixtures().join("labels.txt"), "a photo of a", 0).unwrap();
+    let mut b = Classifier::builder(dir)
+        .label_set(maple::read_labels(fixtures().join("labels.txt")).unwrap())
+        .device(Device::Cpu);
+    if let Some(p) = pr {
+        b = b.prompts(p);
+    }
+    let mut c = b.build().unwrap();
     let paths: Vec<PathBuf> = images
         .iter()
         .map(|n| fixtures().join("images").join(n))
         .collect();
-    let cpu = c.classify(&paths, 8).unwrap();
+    let sources: Vec<ImageSource> = paths.iter().map(|p| ImageSource::Path(p)).collect();
+    let cpu: Vec<_> = c
+        .classify_batch(&sources)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     let model: Model = load_model(dir, pr).unwrap();
     let gpu = open();
     if precision == Precision::F16 && !gpu.shader_f16 {
@@ -36,14 +47,14 @@ fn compare(dir: &Path, prompts: bool, images: &[&str], precision: Precision) -> 
         return (0.0, true);
     }
     let mut g = GpuModel::upload(gpu, &model, precision).unwrap();
-    let tok = maple_cli::loader::load_tokenizer(dir).unwrap();
-    let rows =
-        maple_cli::labels::tokenize_labels(&tok, "a photo of a", &c.labels, 77, "labels").unwrap();
+    let tok = maple::loader::load_tokenizer(dir).unwrap();
+    let labels = maple::read_labels(fixtures().join("labels.txt")).unwrap();
+    let rows = maple_text::tokenize_labels(&tok, "a photo of a", &labels, 77).unwrap();
     let text = g.encode_texts(&rows).unwrap();
     let s = model.clip.config.vision.image_size;
     let mut px = Vec::new();
     for p in &paths {
-        px.extend(c.load_image(p).unwrap().0);
+        px.extend(c.preprocess(&ImageSource::Path(p)).unwrap());
     }
     let t = std::time::Instant::now();
     let feats = g.encode_images(&px, paths.len()).unwrap();
@@ -56,14 +67,14 @@ fn compare(dir: &Path, prompts: bool, images: &[&str], precision: Precision) -> 
     let mut max = 0.0f32;
     let mut same_top5 = true;
     for (i, r) in cpu.iter().enumerate() {
-        let mut lg = vec![0.0; c.labels.len()];
+        let mut lg = vec![0.0; c.labels().len()];
         model
             .logits(&feats[i * e..(i + 1) * e], &text, &mut lg)
             .unwrap();
         for (a, b) in lg.iter().zip(&r.logits) {
             max = max.max((a - b).abs());
         }
-        same_top5 &= maple_cli::classify::top_k(&lg, 5) == maple_cli::classify::top_k(&r.logits, 5);
+        same_top5 &= top_k(&lg, 5) == top_k(&r.logits, 5);
     }
     let _ = Parallel::sequential();
     (max, same_top5)
@@ -89,7 +100,7 @@ fn tiny_model_f32_matches_cpu() {
 fn full_size_model_f32_and_f16_match_cpu() {
     // Lavapipe runs ~20× slower than the CPU GEMM: two images.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/synth-full");
-    maple_cli::synth::ensure_full_model(&dir).unwrap();
+    maple::synth::ensure_full_model(&dir).unwrap();
     let imgs = ["photo_320x240.jpg", "rgb_451x300.png"];
     let (d, top) = compare(&dir, true, &imgs, Precision::F32);
     eprintln!("full-size f32 MaPLe: max |Δlogit| GPU vs CPU = {d:.2e}");

@@ -2,7 +2,7 @@
 //! and checked against the hash the golden file was computed from), golden files.
 #![allow(dead_code)]
 
-use maple::cli::synth::ensure_full_model;
+use maple::synth::ensure_full_model;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

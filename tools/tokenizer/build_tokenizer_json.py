@@ -1,4 +1,4 @@
-"""Builds cli/assets/tokenizer.json (HF `tokenizers` format) for CLIP's BPE from the vocabulary
+"""Builds text/assets/tokenizer.json (HF `tokenizers` format) for CLIP's BPE from the vocabulary
 file that the `openai-clip` PyPI package ships (bpe_simple_vocab_16e6.txt.gz).
 
     pip download --no-deps openai-clip==1.0.1 -d /tmp/oc
@@ -69,7 +69,7 @@ def main():
                   "vocab": {t: i for i, t in enumerate(vocab)},
                   "merges": [list(m) for m in merges]},
     }
-    out = pathlib.Path(__file__).resolve().parents[2] / "cli" / "assets" / "tokenizer.json"
+    out = pathlib.Path(__file__).resolve().parents[2] / "text" / "assets" / "tokenizer.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(tok, ensure_ascii=False, separators=(",", ":")))
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(vocab)} tokens, {len(merges)} merges)")

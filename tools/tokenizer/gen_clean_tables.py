@@ -1,4 +1,4 @@
-"""Writes cli/src/clean_tables.rs: the data OpenAI's CLIP text cleaning uses (ftfy.fix_text, then
+"""Writes text/src/clean_tables.rs: the data OpenAI's CLIP text cleaning uses (ftfy.fix_text, then
 html.unescape twice), taken from Python's `html` module and the installed ftfy, so the Rust
 cleaner reads the same tables. Run: python tools/tokenizer/gen_clean_tables.py (needs ftfy)."""
 import html

@@ -1,28 +1,27 @@
 //! maple-web: load a CLIP model + MaPLe prompts from bytes, set labels, classify RGBA pixels —
 //! in a browser, on WebGPU, with the same core, kernels and tokenizer as the desktop build.
 //!
+//! This is the low-level binding; the npm package's `index.js` (web/js/) wraps it with model
+//! loading by URL, the browser cache, progress events and image conversion.
+//!
 //! JS: `const m = await Maple.load(configJson, weights, prompts?); await m.set_labels(text);
 //! const logits = await m.classify(rgba, width, height);`
-
-#[path = "../../cli/src/clean.rs"]
-mod clean;
-#[path = "../../cli/src/clean_tables.rs"]
-mod clean_tables;
 
 use maple_core::preprocess::preprocess;
 use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TextFeatures, TokenRow};
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
+use maple_text::labels::check_template;
+use maple_text::{tokenize_labels, ClipTokenizer, LabelSet};
 use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
-static TOKENIZER_JSON: &[u8] = include_bytes!("../../cli/assets/tokenizer.json");
 const TEMPLATE: &str = "a photo of a";
 
 struct Inner {
     model: Model,
     gpu: GpuModel,
-    tok: tokenizers::Tokenizer,
+    tok: ClipTokenizer,
     labels: Vec<String>,
     text: Option<TextFeatures>,
     adapter: String,
@@ -36,36 +35,6 @@ pub struct Maple {
 
 fn js(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
-}
-
-/// Label list rules of the CLI: one per line, blank and `#` lines skipped, `_` read as a space.
-pub fn parse_labels(text: &str) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let name = t
-            .replace('_', " ")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        if out.iter().any(|l| {
-            l.replace('_', " ")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                == name
-        }) {
-            return Err(format!("duplicate label \"{t}\""));
-        }
-        out.push(t.to_string());
-    }
-    if out.is_empty() {
-        return Err("no labels".into());
-    }
-    Ok(out)
 }
 
 #[wasm_bindgen]
@@ -93,7 +62,9 @@ impl Maple {
         let gpu = Gpu::open_async(AdapterChoice::Any).await.map_err(js)?;
         let adapter = gpu.describe();
         let gpu = GpuModel::upload(gpu, &model, Precision::F32).map_err(js)?;
-        let tok = tokenizers::Tokenizer::from_bytes(TOKENIZER_JSON).map_err(js)?;
+        let tok = ClipTokenizer::builtin().map_err(js)?;
+        let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
+        check_template(&tok, TEMPLATE, n_ctx, "prompts").map_err(js)?;
         Ok(Maple {
             inner: Rc::new(RefCell::new(Inner {
                 model,
@@ -116,38 +87,31 @@ impl Maple {
         self.inner.borrow().labels.clone()
     }
 
-    /// Sets the labels (one per line) and computes their text features once.
+    /// Sets the labels from the text of a labels file (one per line, blank lines and `#` lines
+    /// skipped) and computes their text features once.
+    pub fn set_labels(&self, text: String) -> js_sys::Promise {
+        self.set_label_set(LabelSet::parse(&text, "labels"))
+    }
+
+    /// Sets the labels from a list (`["cat", "dog"]`), as the Rust library's `set_labels` does.
+    pub fn set_label_list(&self, names: Vec<String>) -> js_sys::Promise {
+        self.set_label_set(LabelSet::from_names(&names, "labels"))
+    }
+
     // The borrow is held across the GPU await on purpose: an overlapping call from JS gets a
     // "busy" error from `try_borrow_mut` instead of interleaving with this one.
     #[allow(clippy::await_holding_refcell_ref)]
-    pub fn set_labels(&self, text: String) -> js_sys::Promise {
+    fn set_label_set(&self, labels: Result<LabelSet, maple_text::TextError>) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
-            let labels = parse_labels(&text).map_err(js)?;
-            let mut rows: Vec<TokenRow> = Vec::with_capacity(labels.len());
-            for l in &labels {
-                let prompt = format!(
-                    "{TEMPLATE} {}.",
-                    l.replace('_', " ")
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-                let ids = i
-                    .tok
-                    .encode(clean::clean(&prompt).as_str(), true)
-                    .map_err(js)?
-                    .get_ids()
-                    .to_vec();
-                if ids.len() > i.model.clip.config.text.max_position_embeddings {
-                    return Err(js(format!("label \"{l}\" is too long")));
-                }
-                rows.push(ids);
-            }
+            let labels = labels.map_err(js)?;
+            let max_len = i.model.clip.config.text.max_position_embeddings;
+            let rows: Vec<TokenRow> =
+                tokenize_labels(&i.tok, TEMPLATE, &labels, max_len).map_err(js)?;
             let text = i.gpu.encode_texts_async(&rows).await.map_err(js)?;
             i.text = Some(text);
-            i.labels = labels;
+            i.labels = labels.labels.into_iter().map(|l| l.text).collect();
             Ok(JsValue::from(i.labels.len() as u32))
         })
     }

@@ -3,7 +3,7 @@
 //! Run side by side with tools/bench/torch_bench.py (tools/bench/run.sh does both).
 
 use clap::Parser;
-use maple_cli::loader::{load_model, load_tokenizer};
+use maple::loader::{load_model, load_tokenizer};
 use maple_core::gemm::{gemm, Epilogue, PackedMatrix};
 use maple_core::{Parallel, TokenRow};
 use std::path::PathBuf;

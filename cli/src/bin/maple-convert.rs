@@ -2,7 +2,7 @@
 //! dicts) or safetensors → safetensors with HF / MaPLe names. Never runs code from the input.
 
 use clap::{Parser, ValueEnum};
-use maple_cli::convert::{convert, Kind};
+use maple::convert::{convert, Kind};
 use maple_core::Dtype;
 use std::path::PathBuf;
 use std::process::ExitCode;

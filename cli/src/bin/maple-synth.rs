@@ -1,7 +1,7 @@
 //! maple-synth: deterministic synthetic CLIP ViT-B/16 (or tiny) weights + MaPLe prompts.
 
 use clap::{Parser, ValueEnum};
-use maple_cli::synth::{write_model, Size, SynthSpec};
+use maple::synth::{write_model, Size, SynthSpec};
 use maple_core::Dtype;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,50 +2,53 @@
 //! alpha dropped (never composited), gray replicated, 16-bit samples reduced as Pillow reduces
 //! them (see `to_rgb8`). EXIF orientation and ICC profiles are ignored, as in PIL.
 
-use crate::CliError;
+use crate::Error;
 use image::{DynamicImage, ImageFormat, ImageReader};
 use std::path::Path;
 
+/// Decoded pixels: `height` rows of `width` RGB triples.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rgb8 {
+    /// Columns.
     pub width: usize,
+    /// Rows.
     pub height: usize,
+    /// `width * height * 3` bytes, row-major, R G B.
     pub data: Vec<u8>,
 }
 
-pub fn load_rgb8(path: &Path) -> Result<Rgb8, CliError> {
-    let meta = std::fs::metadata(path).map_err(|e| CliError::io(path, e))?;
+/// Reads and decodes an image file (the content decides the format, never the name).
+pub fn load_rgb8(path: &Path) -> Result<Rgb8, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        return Err(CliError(format!(
-            "{}: is a directory, not an image",
-            path.display()
-        )));
+        return Err(Error::image(path, "is a directory, not an image"));
     }
     if meta.len() == 0 {
-        return Err(CliError(format!(
-            "{}: empty file, not an image",
-            path.display()
-        )));
+        return Err(Error::image(path, "empty file, not an image"));
     }
-    let bytes = std::fs::read(path).map_err(|e| CliError::io(path, e))?;
-    // The content decides the format, never the file name.
-    let format = image::guess_format(&bytes).map_err(|_| {
-        CliError(format!(
-            "{}: not an image in a format maple reads (JPEG, PNG, WebP, GIF, BMP, TIFF)",
-            path.display()
-        ))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb8(&bytes).map_err(|m| Error::image(path, m))
+}
+
+/// Decodes an encoded image held in memory (JPEG, PNG, WebP, GIF, BMP, TIFF; the content decides
+/// the format). The error is the reason alone, for the caller to put after the image's name.
+pub fn decode_rgb8(bytes: &[u8]) -> Result<Rgb8, String> {
+    if bytes.is_empty() {
+        return Err("empty file, not an image".into());
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        "not an image in a format maple reads (JPEG, PNG, WebP, GIF, BMP, TIFF)".to_string()
     })?;
     if format == ImageFormat::Jpeg {
-        if let Some(img) = decode_jpeg(&bytes)
-            .map_err(|e| CliError(format!("{}: cannot decode JPEG ({e})", path.display())))?
-        {
+        if let Some(img) = decode_jpeg(bytes).map_err(|e| format!("cannot decode JPEG ({e})"))? {
             return Ok(img);
         }
     }
-    let mut reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     reader.limits(image::Limits::default());
     let img = reader
         .decode()
-        .map_err(|e| CliError(format!("{}: cannot decode image ({e})", path.display())))?;
+        .map_err(|e| format!("cannot decode image ({e})"))?;
     Ok(to_rgb8(img))
 }
 

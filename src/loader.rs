@@ -1,11 +1,11 @@
 //! Model directories (HF layout: `config.json`, `model.safetensors`, optional `tokenizer.json`)
 //! and MaPLe prompt files, memory-mapped and handed to the core.
 
-use crate::tokenizer::ClipTokenizer;
-use crate::CliError;
+use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::checkpoint::{is_zip, TorchCheckpoint};
 use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TensorSource, TensorView};
+use maple_text::ClipTokenizer;
 use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
@@ -17,7 +17,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// A file's bytes: memory-mapped (weights are never copied whole), or read if tiny.
 pub enum Bytes {
+    /// Mapped read-only.
     Mapped(Mmap),
+    /// Read (files under 4 KiB).
     Owned(Vec<u8>),
 }
 
@@ -31,38 +33,45 @@ impl std::ops::Deref for Bytes {
     }
 }
 
-pub fn map_file(path: &Path) -> Result<Bytes, CliError> {
-    let f = File::open(path).map_err(|e| CliError::io(path, e))?;
-    let len = f.metadata().map_err(|e| CliError::io(path, e))?.len();
+/// Maps `path` read-only (reads it when tiny).
+pub fn map_file(path: &Path) -> Result<Bytes, Error> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if len < 4096 {
         return std::fs::read(path)
             .map(Bytes::Owned)
-            .map_err(|e| CliError::io(path, e));
+            .map_err(|e| Error::io(path, e));
     }
     // SAFETY: the map is read-only; a file truncated underneath us is the caller's problem
     // exactly as with any mmap-based loader (safetensors, candle, llama.cpp).
     unsafe { Mmap::map(&f) }
         .map(Bytes::Mapped)
-        .map_err(|e| CliError::io(path, e))
+        .map_err(|e| Error::io(path, e))
 }
 
-pub fn read_config(dir: &Path) -> Result<ClipConfig, CliError> {
+/// Parses `DIR/config.json` (Hugging Face CLIPModel config).
+pub fn read_config(dir: &Path) -> Result<ClipConfig, Error> {
     let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| CliError::io(&p, e))?;
-    ClipConfig::from_hf_json(&text).map_err(|e| CliError::core(&p, e))
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    ClipConfig::from_hf_json(&text).map_err(|e| Error::core(&p, e))
 }
 
-pub fn check_model_dir(dir: &Path) -> Result<(), CliError> {
+/// Checks that `dir` exists and is a directory, with an error that says what `--model` takes.
+pub fn check_model_dir(dir: &Path) -> Result<(), Error> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(CliError(format!(
+        Ok(_) => Err(Error::Model(format!(
             "{}: not a directory (--model takes a directory with config.json and model.safetensors)",
             dir.display()
         ))),
-        Err(e) => Err(CliError(format!(
+        Err(e) => Err(Error::Model(format!(
             "cannot open model directory {}: {}",
             dir.display(),
-            CliError::io(dir, e).0.rsplit(": ").next().unwrap_or("error")
+            Error::io(dir, e)
+                .to_string()
+                .rsplit(": ")
+                .next()
+                .unwrap_or("error")
         ))),
     }
 }
@@ -74,9 +83,9 @@ pub fn with_tensors<T>(
     path: &Path,
     hf_names: bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
-) -> Result<T, CliError> {
+) -> Result<T, Error> {
     let bytes = map_file(path)?;
-    let err = |e| CliError::core(path, e);
+    let err = |e| Error::core(path, e);
     let run = |src: &dyn TensorSource| {
         let tap = Tap {
             inner: src,
@@ -160,14 +169,14 @@ impl TensorSource for Tap<'_> {
 }
 
 /// `model.safetensors`, else `pytorch_model.bin`, in a model directory.
-pub fn weights_file(dir: &Path) -> Result<PathBuf, CliError> {
+pub fn weights_file(dir: &Path) -> Result<PathBuf, Error> {
     for name in ["model.safetensors", "pytorch_model.bin"] {
         let p = dir.join(name);
         if p.is_file() {
             return Ok(p);
         }
     }
-    Err(CliError(format!(
+    Err(Error::Model(format!(
         "{}: no model.safetensors or pytorch_model.bin in the model directory",
         dir.display()
     )))
@@ -175,7 +184,7 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf, CliError> {
 
 /// Loads CLIP from a model directory and, if given, MaPLe prompts (safetensors or a MaPLe
 /// `.pth.tar` checkpoint).
-pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, CliError> {
+pub fn load_model(dir: &Path, prompts: Option<&Path>) -> Result<Model, Error> {
     load_model_fingerprinted(dir, prompts, true).map(|(m, _)| m)
 }
 
@@ -190,7 +199,7 @@ pub fn load_model_fingerprinted(
     dir: &Path,
     prompts: Option<&Path>,
     text: bool,
-) -> Result<(Model, u128), CliError> {
+) -> Result<(Model, u128), Error> {
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
@@ -200,7 +209,7 @@ pub fn load_model_fingerprinted(
     })?;
     let mut h = Xxh3::new();
     let cj = dir.join("config.json");
-    h.update(&std::fs::read(&cj).map_err(|e| CliError::io(&cj, e))?);
+    h.update(&std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?);
     h.update(&weights_fp.to_le_bytes());
     let prompts = match prompts {
         Some(p) => {
@@ -220,7 +229,7 @@ pub fn load_model_fingerprinted(
 }
 
 /// Adds the text tower to a model loaded without it.
-pub fn load_text_tower(dir: &Path, model: &mut Model) -> Result<(), CliError> {
+pub fn load_text_tower(dir: &Path, model: &mut Model) -> Result<(), Error> {
     if model.clip.has_text() {
         return Ok(());
     }
@@ -229,11 +238,13 @@ pub fn load_text_tower(dir: &Path, model: &mut Model) -> Result<(), CliError> {
 }
 
 /// `DIR/tokenizer.json` when the model directory has one, else the built-in CLIP tokenizer.
-pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, CliError> {
+pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, Error> {
     let p: PathBuf = dir.join("tokenizer.json");
-    if p.is_file() {
-        ClipTokenizer::from_file(&p)
+    let tok = if p.is_file() {
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        ClipTokenizer::from_bytes(&bytes, &p.display().to_string())
     } else {
         ClipTokenizer::builtin()
-    }
+    };
+    Ok(tok?)
 }

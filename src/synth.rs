@@ -1,25 +1,35 @@
 //! Writes a synthetic model directory (HF layout) and MaPLe prompts from the core's generator.
 
-use crate::CliError;
+use crate::Error;
 use maple_core::safetensors::{serialize, Dtype};
 use maple_core::synth::{clip_tensors, hf_config_json, maple_tensors, tiny_config};
 use maple_core::ClipConfig;
 use std::path::Path;
 
+/// Which synthetic model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Size {
+    /// A few layers of small width (the committed test model).
     Tiny,
+    /// The exact ViT-B/16 shapes and names.
     Full,
 }
 
+/// What to generate.
 pub struct SynthSpec {
+    /// Shapes.
     pub size: Size,
+    /// Seed of the deterministic generator.
     pub seed: u64,
+    /// Storage type of the CLIP weights.
     pub dtype: Dtype,
+    /// MaPLe context tokens.
     pub n_ctx: usize,
+    /// MaPLe prompt depth.
     pub depth: usize,
 }
 
+/// The CLIP config of a size.
 pub fn config_for(size: Size) -> ClipConfig {
     match size {
         Size::Tiny => tiny_config(),
@@ -29,8 +39,8 @@ pub fn config_for(size: Size) -> ClipConfig {
 
 /// Writes `config.json`, `model.safetensors` and `maple_prompts.safetensors` into `dir`; each
 /// file goes to a temporary name first and is renamed into place, so readers never see half.
-pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
+pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = config_for(spec.size);
     write_atomic(&dir.join("config.json"), hf_config_json(&cfg).as_bytes())?;
     let t = clip_tensors(&cfg, spec.seed, spec.dtype);
@@ -55,7 +65,7 @@ pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), CliError> {
 
 /// The full-size test model (seed 0, f32, n_ctx 2, depth 9, as `maple-synth --size full`),
 /// written into `dir` unless it is already there. The golden files were computed from it.
-pub fn ensure_full_model(dir: &Path) -> Result<(), CliError> {
+pub fn ensure_full_model(dir: &Path) -> Result<(), Error> {
     if dir.join("model.safetensors").is_file() && dir.join("maple_prompts.safetensors").is_file() {
         return Ok(());
     }
@@ -71,11 +81,11 @@ pub fn ensure_full_model(dir: &Path) -> Result<(), CliError> {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place; on any error
 /// the temporary file is removed and `path` is untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let r = std::fs::write(&tmp, bytes)
-        .map_err(|e| CliError::io(path, e))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| CliError::io(path, e)));
+        .map_err(|e| Error::io(path, e))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

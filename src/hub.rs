@@ -2,9 +2,10 @@
 //! (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`, snapshots layout) and,
 //! with the `hub` feature, downloaded into it when not there.
 
-use crate::CliError;
+use crate::Error;
 use std::path::{Path, PathBuf};
 
+/// The model used when none is named: CLIP ViT-B/16 from OpenAI.
 pub const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch16";
 
 /// The hub cache directory, as huggingface_hub computes it.
@@ -71,7 +72,7 @@ pub fn find_in_cache(cache: &Path, repo: &str) -> Option<PathBuf> {
 }
 
 /// Resolves `--model` to a directory holding config.json and the weights.
-pub fn resolve_model(spec: &str) -> Result<PathBuf, CliError> {
+pub fn resolve_model(spec: &str) -> Result<PathBuf, Error> {
     let p = Path::new(spec);
     if p.exists() || !looks_like_repo_id(spec) {
         crate::loader::check_model_dir(p)?;
@@ -100,7 +101,7 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf, CliError> {
             Err(e) => e,
         }
     };
-    Err(CliError(format!(
+    Err(Error::Model(format!(
         "model `{spec}` is not a directory and is not in the Hugging Face cache (looked in {looked}; {why}); download it with `huggingface-cli download {spec}`, or pass --model DIR with config.json and model.safetensors"
     )))
 }

@@ -2,7 +2,7 @@
 
 use crate::loader::with_tensors;
 use crate::synth::write_atomic;
-use crate::CliError;
+use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::safetensors::{serialize, Dtype, OwnedTensor, TensorView};
 use maple_core::TensorSource;
@@ -36,11 +36,7 @@ fn convert_dtype(t: &TensorView, to: Option<Dtype>) -> (Dtype, Vec<u8>) {
 }
 
 /// Converts `input` into `output` (written atomically; nothing is written on error).
-pub fn convert(
-    input: &Path,
-    output: &Path,
-    dtype: Option<Dtype>,
-) -> Result<(Kind, usize), CliError> {
+pub fn convert(input: &Path, output: &Path, dtype: Option<Dtype>) -> Result<(Kind, usize), Error> {
     let (kind, tensors, meta) = with_tensors(input, false, |raw: &dyn TensorSource| {
         // MaPLe prompts are looked for first: MaPLe checkpoints also hold a frozen CLIP copy.
         let adapted = OpenAiNames::detect(raw);
@@ -110,7 +106,7 @@ pub fn convert(
         Ok((kind, out, meta))
     })?;
     if tensors.is_empty() {
-        return Err(CliError(format!(
+        return Err(Error::Invalid(format!(
             "{}: no tensors to convert",
             input.display()
         )));

@@ -82,6 +82,7 @@ pub fn key(
     h.digest128()
 }
 
+/// The cache file for `key` in `dir`.
 pub fn path(dir: &Path, key: u128) -> PathBuf {
     dir.join(format!("text-{key:032x}.bin"))
 }
@@ -147,7 +148,7 @@ pub fn store(path: &Path, key: u128, feats: &TextFeatures) -> Result<(), String>
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    write_atomic(path, &b).map_err(|e| e.0)
+    write_atomic(path, &b).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

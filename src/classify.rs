@@ -1,0 +1,837 @@
+//! [`Classifier`]: a model, its prompts and a label set, ready to classify images given as
+//! files, encoded bytes or pixels, in batches of any size, on a GPU or the CPU.
+
+use crate::cache;
+use crate::error::{Error, Result};
+use crate::hub::resolve_model;
+use crate::imageio::{decode_rgb8, load_rgb8};
+use crate::loader::{load_model_fingerprinted, load_text_tower, load_tokenizer};
+use maple_core::ops::softmax;
+use maple_core::preprocess::preprocess;
+use maple_core::{Model, Parallel, TextFeatures, TokenRow, VisionWorkspace};
+use maple_text::labels::check_template;
+use maple_text::{tokenize_labels, ClipTokenizer, Label, LabelSet};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the towers should run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// A hardware GPU if wgpu finds one (Vulkan, Metal, DX12), else the CPU. A GPU that fails
+    /// later (lost device, out of memory, validation error) is replaced by the CPU too.
+    #[default]
+    Auto,
+    /// Any GPU adapter, software ones (lavapipe, SwiftShader) included; [`Error::Device`] if
+    /// there is none or it fails.
+    Gpu,
+    /// The CPU only.
+    Cpu,
+}
+
+/// How the GPU stores its matmul weights (the math is f32 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights.
+    #[default]
+    F32,
+    /// f16 weights (GPUs with `shader-f16`); logits within about 1e-2 of f32. The CPU has no
+    /// such mode: asking for it with [`Device::Cpu`] is [`Error::Invalid`].
+    F16,
+}
+
+/// What is running the model now, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActiveDevice {
+    /// The CPU. `fallback` says why no GPU is used when one was allowed
+    /// ([`Device::Auto`]): none found, or the one found failed.
+    Cpu {
+        /// Why the GPU is not used (`None` when the CPU was asked for).
+        fallback: Option<String>,
+    },
+    /// A GPU.
+    Gpu {
+        /// The adapter's name and backend, as wgpu describes it.
+        adapter: String,
+    },
+}
+
+impl fmt::Display for ActiveDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActiveDevice::Cpu { fallback: None } => f.write_str("running on the CPU"),
+            ActiveDevice::Cpu { fallback: Some(w) } => write!(f, "running on the CPU ({w})"),
+            ActiveDevice::Gpu { adapter } => write!(f, "running on the GPU: {adapter}"),
+        }
+    }
+}
+
+/// One image to classify.
+#[derive(Clone, Copy, Debug)]
+pub enum ImageSource<'a> {
+    /// An image file (JPEG, PNG, WebP, GIF, BMP, TIFF; the content decides the format).
+    Path(&'a Path),
+    /// An encoded image file held in memory.
+    Bytes(&'a [u8]),
+    /// Pixels: `height` rows of `width` RGB triples.
+    Rgb8 {
+        /// `width * height * 3` bytes.
+        data: &'a [u8],
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+    },
+    /// Pixels: `height` rows of `width` RGBA quadruples. Alpha is dropped, not composited
+    /// (as Pillow's `convert("RGB")` does).
+    Rgba8 {
+        /// `width * height * 4` bytes.
+        data: &'a [u8],
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+    },
+}
+
+impl ImageSource<'_> {
+    /// How errors name this image: its path, or `<bytes>` / `<pixels>`.
+    pub fn name(&self) -> String {
+        match self {
+            ImageSource::Path(p) => p.display().to_string(),
+            ImageSource::Bytes(_) => "<bytes>".into(),
+            ImageSource::Rgb8 { .. } | ImageSource::Rgba8 { .. } => "<pixels>".into(),
+        }
+    }
+}
+
+/// One label's score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Score<'a> {
+    /// Position in the label set.
+    pub index: usize,
+    /// The label as written.
+    pub label: &'a str,
+    /// MaPLe's logit: `logit_scale · cos(image, text)`.
+    pub logit: f32,
+    /// Softmax of the logits over the label set.
+    pub prob: f32,
+}
+
+/// An image's scores against every label.
+#[derive(Clone, Debug)]
+pub struct Classification {
+    labels: Arc<LabelSet>,
+    /// One logit per label, in label order.
+    pub logits: Vec<f32>,
+    /// Softmax of `logits`.
+    pub probs: Vec<f32>,
+}
+
+impl Classification {
+    /// The labels the scores are for, in order.
+    pub fn labels(&self) -> &[Label] {
+        &self.labels.labels
+    }
+
+    /// Every label's score, in label order.
+    pub fn scores(&self) -> impl Iterator<Item = Score<'_>> {
+        (0..self.logits.len()).map(|i| self.score(i))
+    }
+
+    /// The `k` best scores, best first (ties keep label order).
+    pub fn top(&self, k: usize) -> Vec<Score<'_>> {
+        top_k(&self.logits, k)
+            .into_iter()
+            .map(|i| self.score(i))
+            .collect()
+    }
+
+    /// The best score.
+    pub fn best(&self) -> Score<'_> {
+        self.score(top_k(&self.logits, 1)[0])
+    }
+
+    fn score(&self, i: usize) -> Score<'_> {
+        Score {
+            index: i,
+            label: &self.labels.labels[i].text,
+            logit: self.logits[i],
+            prob: self.probs[i],
+        }
+    }
+}
+
+/// Indices of the `k` best scores, best first (ties keep label order).
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[derive(Clone, Debug)]
+enum Labels {
+    Unset,
+    Ready(LabelSet),
+    Failed(maple_text::TextError),
+}
+
+/// Settings for a [`Classifier`]; made by [`Classifier::builder`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ClassifierBuilder {
+    model: OsString,
+    prompts: Option<PathBuf>,
+    labels: Labels,
+    template: String,
+    device: Device,
+    precision: Precision,
+    threads: usize,
+    batch_size: usize,
+    cache_dir: Option<PathBuf>,
+}
+
+impl ClassifierBuilder {
+    /// MaPLe prompts: MaPLe's checkpoint (`model.pth.tar-N`) or a safetensors file with the
+    /// `prompt_learner.*` tensors. Without prompts the model is zero-shot CLIP.
+    pub fn prompts(mut self, path: impl AsRef<Path>) -> Self {
+        self.prompts = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The class names. Each is trimmed and `_` reads as a space; an empty or duplicate name is
+    /// an error from [`build`](Self::build).
+    pub fn labels<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.labels = match LabelSet::from_names(names, "labels") {
+            Ok(l) => Labels::Ready(l),
+            Err(e) => Labels::Failed(e),
+        };
+        self
+    }
+
+    /// Labels already parsed (from a labels file, say: see [`crate::read_labels`]).
+    pub fn label_set(mut self, labels: LabelSet) -> Self {
+        self.labels = Labels::Ready(labels);
+        self
+    }
+
+    /// The prompt template; each label's prompt is `"{template} {label}."`. MaPLe's learned
+    /// context replaces its first n_ctx tokens. Default `"a photo of a"`.
+    pub fn template(mut self, template: impl Into<String>) -> Self {
+        self.template = template.into();
+        self
+    }
+
+    /// Where to run. Default [`Device::Auto`].
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// GPU weight storage. Default [`Precision::F32`].
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// CPU threads; 0 (the default) uses every core.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Most images per forward pass (default 8); longer batches are split. Memory grows with it.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Keeps text features in `dir` (one file per model, prompts, template and label set), so a
+    /// later run with the same labels skips the text tower. Off by default; see
+    /// [`default_cache_dir`](crate::default_cache_dir) for the usual place.
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+
+    /// Loads the model and prompts, opens the device and computes the labels' text features.
+    pub fn build(self) -> Result<Classifier> {
+        let labels = match self.labels {
+            Labels::Ready(l) => l,
+            Labels::Failed(e) => return Err(e.into()),
+            Labels::Unset => {
+                return Err(Error::Invalid(
+                    "no labels: give the classifier labels before building it".into(),
+                ))
+            }
+        };
+        if self.precision == Precision::F16 && self.device == Device::Cpu {
+            return Err(Error::Invalid(
+                "f16 precision is for GPUs (f16 weight storage); the CPU computes in f32".into(),
+            ));
+        }
+        let model_dir = model_dir(&self.model)?;
+        // On the CPU with a cache, the text tower is loaded only if the cache misses.
+        let lazy_text = self.cache_dir.is_some() && self.device == Device::Cpu;
+        let (model, fingerprint) =
+            load_model_fingerprinted(&model_dir, self.prompts.as_deref(), !lazy_text)?;
+        let tok = load_tokenizer(&model_dir)?;
+        let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
+        let what = self
+            .prompts
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string());
+        check_template(&tok, &self.template, n_ctx, &what)?;
+        let mut c = Classifier {
+            text: TextFeatures {
+                dim: 0,
+                data: Vec::new(),
+            },
+            text_rows: Vec::new(),
+            labels: Arc::new(labels),
+            model,
+            model_dir,
+            fingerprint,
+            tok,
+            template: self.template,
+            par: Parallel::with_threads(self.threads),
+            backend: Backend::Cpu(None),
+            requested: self.device,
+            precision: self.precision,
+            active: ActiveDevice::Cpu { fallback: None },
+            cache_dir: self.cache_dir,
+            batch_size: self.batch_size,
+            warnings: Vec::new(),
+        };
+        c.text_rows = c.tokenize(&c.labels)?;
+        c.open_device()?;
+        c.compute_text()?;
+        Ok(c)
+    }
+}
+
+/// A model directory from a directory path or a Hugging Face id.
+fn model_dir(spec: &OsStr) -> Result<PathBuf> {
+    match spec.to_str() {
+        Some(s) => resolve_model(s),
+        None => {
+            let p = Path::new(spec);
+            crate::loader::check_model_dir(p)?;
+            Ok(p.to_path_buf())
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one value per classifier
+enum Backend {
+    /// The CPU, with its workspace once the first image has come (and the batch it holds).
+    Cpu(Option<(VisionWorkspace, usize)>),
+    #[cfg(feature = "gpu")]
+    Gpu(Box<maple_gpu::GpuModel>),
+}
+
+/// A loaded model with its labels' text features, ready to classify any number of images.
+///
+/// ```
+/// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+/// use maple::{Classifier, Device};
+/// let mut c = Classifier::builder(&dir)
+///     .prompts(dir.join("maple_prompts.safetensors"))
+///     .labels(["cat", "dog", "red car"])
+///     .device(Device::Cpu)
+///     .build()?;
+/// let pixels = vec![128u8; 64 * 48 * 3];
+/// let result = c.classify_rgb8(&pixels, 64, 48)?;
+/// println!("{}: {:.1}%", result.best().label, 100.0 * result.best().prob);
+/// # Ok::<(), maple::Error>(())
+/// ```
+pub struct Classifier {
+    model: Model,
+    model_dir: PathBuf,
+    fingerprint: u128,
+    tok: ClipTokenizer,
+    template: String,
+    labels: Arc<LabelSet>,
+    text: TextFeatures,
+    text_rows: Vec<TokenRow>,
+    par: Parallel,
+    backend: Backend,
+    requested: Device,
+    precision: Precision,
+    active: ActiveDevice,
+    cache_dir: Option<PathBuf>,
+    batch_size: usize,
+    warnings: Vec<String>,
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("model", &self.model_dir)
+            .field("prompts", &self.model.prompts.is_some())
+            .field("template", &self.template)
+            .field("labels", &self.labels.labels.len())
+            .field("device", &self.active)
+            .field("precision", &self.precision)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Classifier {
+    /// Starts building a classifier for `model`: a directory (`config.json` and
+    /// `model.safetensors` or `pytorch_model.bin`; HF or OpenAI tensor names) or a Hugging Face
+    /// id such as `openai/clip-vit-base-patch16`, looked up in the hub cache and, with the `hub`
+    /// feature, downloaded there when missing.
+    pub fn builder(model: impl AsRef<OsStr>) -> ClassifierBuilder {
+        ClassifierBuilder {
+            model: model.as_ref().to_os_string(),
+            prompts: None,
+            labels: Labels::Unset,
+            template: "a photo of a".into(),
+            device: Device::Auto,
+            precision: Precision::F32,
+            threads: 0,
+            batch_size: 8,
+            cache_dir: None,
+        }
+    }
+
+    /// The labels, in order.
+    pub fn labels(&self) -> &[Label] {
+        &self.labels.labels
+    }
+
+    /// The model (CLIP and MaPLe prompts).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// What runs the model now. Under [`Device::Auto`] this changes to the CPU, with the
+    /// reason, if the GPU fails during a call.
+    pub fn device(&self) -> &ActiveDevice {
+        &self.active
+    }
+
+    /// Problems that did not stop anything (an unwritable or damaged text-feature cache), each
+    /// one line; taking them empties the list.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Replaces the labels; only the text tower runs again (or the cache answers).
+    pub fn set_labels<I, S>(&mut self, names: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.set_label_set(LabelSet::from_names(names, "labels")?)
+    }
+
+    /// [`set_labels`](Self::set_labels) with labels already parsed.
+    pub fn set_label_set(&mut self, labels: LabelSet) -> Result<()> {
+        let rows = self.tokenize(&labels)?;
+        let (old_labels, old_rows) = (
+            std::mem::replace(&mut self.labels, Arc::new(labels)),
+            std::mem::replace(&mut self.text_rows, rows),
+        );
+        if let Err(e) = self.compute_text() {
+            self.labels = old_labels;
+            self.text_rows = old_rows;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Classifies one image file.
+    pub fn classify_path(&mut self, path: impl AsRef<Path>) -> Result<Classification> {
+        self.classify_one(ImageSource::Path(path.as_ref()))
+    }
+
+    /// Classifies one encoded image (the bytes of a JPEG, PNG, … file).
+    pub fn classify_bytes(&mut self, bytes: &[u8]) -> Result<Classification> {
+        self.classify_one(ImageSource::Bytes(bytes))
+    }
+
+    /// Classifies RGB pixels (`width * height * 3` bytes, row-major).
+    pub fn classify_rgb8(
+        &mut self,
+        data: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Classification> {
+        self.classify_one(ImageSource::Rgb8 {
+            data,
+            width,
+            height,
+        })
+    }
+
+    /// Classifies RGBA pixels (`width * height * 4` bytes, row-major; alpha is dropped).
+    pub fn classify_rgba8(
+        &mut self,
+        data: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Classification> {
+        self.classify_one(ImageSource::Rgba8 {
+            data,
+            width,
+            height,
+        })
+    }
+
+    fn classify_one(&mut self, image: ImageSource<'_>) -> Result<Classification> {
+        self.classify_batch(&[image])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Invalid("no result".into())))
+    }
+
+    /// Classifies any number of images, in forward passes of at most the builder's batch size.
+    /// Each image gets its own result, in order: an image that cannot be read or decoded is an
+    /// `Err` in its place. The outer `Err` is for failures that stop everything (the GPU failing
+    /// under [`Device::Gpu`]).
+    pub fn classify_batch(
+        &mut self,
+        images: &[ImageSource<'_>],
+    ) -> Result<Vec<Result<Classification>>> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(self.batch_size) {
+            let pre: Vec<Result<Vec<f32>>> = chunk.iter().map(|i| self.preprocess(i)).collect();
+            out.extend(self.classify_preprocessed(pre)?);
+        }
+        Ok(out)
+    }
+
+    /// The side of the square images the model takes (224 for ViT-B/16).
+    pub fn image_size(&self) -> usize {
+        self.model.clip.config.vision.image_size
+    }
+
+    /// Decodes (if needed) and preprocesses one image into `[3, S, S]` floats, exactly as
+    /// Pillow + torchvision do for CLIP (bicubic resize of the short side, centre crop,
+    /// normalisation).
+    pub fn preprocess(&self, image: &ImageSource<'_>) -> Result<Vec<f32>> {
+        let s = self.image_size();
+        let fail = |m: String| Error::Image {
+            image: image.name(),
+            message: m,
+        };
+        let prep = |data: &[u8], w: usize, h: usize| {
+            preprocess(data, w, h, s).map_err(|e| fail(e.to_string()))
+        };
+        match *image {
+            ImageSource::Path(p) => {
+                let img = load_rgb8(p)?;
+                prep(&img.data, img.width, img.height)
+            }
+            ImageSource::Bytes(b) => {
+                let img = decode_rgb8(b).map_err(fail)?;
+                prep(&img.data, img.width, img.height)
+            }
+            ImageSource::Rgb8 {
+                data,
+                width,
+                height,
+            } => {
+                check_len(data, width, height, 3).map_err(fail)?;
+                prep(data, width, height)
+            }
+            ImageSource::Rgba8 {
+                data,
+                width,
+                height,
+            } => {
+                check_len(data, width, height, 4).map_err(fail)?;
+                let rgb: Vec<u8> = data
+                    .chunks_exact(4)
+                    .flat_map(|p| [p[0], p[1], p[2]])
+                    .collect();
+                prep(&rgb, width, height)
+            }
+        }
+    }
+
+    /// Classifies images already preprocessed by [`preprocess`](Self::preprocess) (one
+    /// `[3, S, S]` buffer each; an `Err` passes through in its place), in forward passes of at
+    /// most the batch size.
+    pub fn classify_preprocessed(
+        &mut self,
+        images: Vec<Result<Vec<f32>>>,
+    ) -> Result<Vec<Result<Classification>>> {
+        let img_len = 3 * self.image_size() * self.image_size();
+        let mut out: Vec<Result<Classification>> = Vec::with_capacity(images.len());
+        let mut pending: Vec<usize> = Vec::new();
+        let mut pixels: Vec<f32> = Vec::new();
+        let n = images.len();
+        for (i, r) in images.into_iter().enumerate() {
+            match r {
+                Ok(px) if px.len() == img_len => {
+                    pixels.extend_from_slice(&px);
+                    pending.push(i);
+                    out.push(Err(Error::Invalid("not classified".into())));
+                }
+                Ok(px) => out.push(Err(Error::Invalid(format!(
+                    "expected 3×{s}×{s} preprocessed values, got {}",
+                    px.len(),
+                    s = self.image_size()
+                )))),
+                Err(e) => out.push(Err(e)),
+            }
+            if pending.len() == self.batch_size || (i + 1 == n && !pending.is_empty()) {
+                let feats = self.encode_images(&pixels, pending.len())?;
+                let e = self.text.dim;
+                for (&j, f) in pending.iter().zip(feats.chunks_exact(e)) {
+                    out[j] = self.scores(f);
+                }
+                pending.clear();
+                pixels.clear();
+            }
+        }
+        Ok(out)
+    }
+
+    fn scores(&self, feature: &[f32]) -> Result<Classification> {
+        let mut logits = vec![0.0; self.labels.len()];
+        self.model
+            .logits(feature, &self.text, &mut logits)
+            .map_err(Error::Compute)?;
+        let mut probs = logits.clone();
+        softmax(&mut probs);
+        Ok(Classification {
+            labels: self.labels.clone(),
+            logits,
+            probs,
+        })
+    }
+
+    fn tokenize(&self, labels: &LabelSet) -> Result<Vec<TokenRow>> {
+        let max_len = self.model.clip.config.text.max_position_embeddings;
+        Ok(tokenize_labels(&self.tok, &self.template, labels, max_len)?)
+    }
+
+    fn open_device(&mut self) -> Result<()> {
+        let device = self.requested;
+        if device == Device::Cpu {
+            return Ok(());
+        }
+        #[cfg(feature = "gpu")]
+        {
+            use maple_gpu::{AdapterChoice, Gpu, GpuModel};
+            let choice = if device == Device::Auto {
+                AdapterChoice::Hardware
+            } else {
+                AdapterChoice::Any
+            };
+            let p = match self.precision {
+                Precision::F32 => maple_gpu::Precision::F32,
+                Precision::F16 => maple_gpu::Precision::F16,
+            };
+            let opened = Gpu::open(choice).and_then(|g| {
+                let name = g.describe();
+                GpuModel::upload(g, &self.model, p).map(|m| (m, name))
+            });
+            match opened {
+                Ok((m, adapter)) => {
+                    self.active = ActiveDevice::Gpu { adapter };
+                    self.backend = Backend::Gpu(Box::new(m));
+                    Ok(())
+                }
+                Err(e) if device == Device::Auto => {
+                    self.fall_back(e.0);
+                    Ok(())
+                }
+                Err(e) => Err(Error::Device(e.0)),
+            }
+        }
+        #[cfg(not(feature = "gpu"))]
+        {
+            if device == Device::Auto {
+                self.fall_back("this build has no GPU backend".into());
+                return Ok(());
+            }
+            Err(Error::Device(
+                "this build has no GPU backend (cargo feature `gpu`)".into(),
+            ))
+        }
+    }
+
+    /// What computes the features, as the cache key names it.
+    fn backend_tag(&self) -> &'static str {
+        match (&self.backend, self.precision) {
+            (Backend::Cpu(_), _) => "cpu",
+            (_, Precision::F32) => "gpu-f32",
+            (_, Precision::F16) => "gpu-f16",
+        }
+    }
+
+    /// `Auto` only: drop the GPU and say why.
+    fn fall_back(&mut self, why: String) {
+        self.active = ActiveDevice::Cpu {
+            fallback: Some(why),
+        };
+        self.backend = Backend::Cpu(None);
+    }
+
+    /// The labels' text features: from the cache if it has them, else from the text tower
+    /// (loaded now if it was left out), then saved to the cache.
+    fn compute_text(&mut self) -> Result<()> {
+        let tag = self.backend_tag();
+        let cached = self.cache_dir.as_ref().map(|dir| {
+            let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();
+            let key = cache::key(
+                self.fingerprint,
+                tag,
+                &self.template,
+                &names,
+                &self.text_rows,
+            );
+            (cache::path(dir, key), key)
+        });
+        if let Some((path, key)) = &cached {
+            let dim = self.model.clip.config.projection_dim;
+            match cache::load(path, *key, self.labels.len(), dim) {
+                Ok(t) => {
+                    self.text = t;
+                    return Ok(());
+                }
+                Err(cache::Miss::Absent) => {}
+                Err(cache::Miss::Invalid(why)) => self.warnings.push(format!(
+                    "ignoring text-feature cache {} ({why}); rebuilding it",
+                    path.display()
+                )),
+            }
+        }
+        load_text_tower(&self.model_dir, &mut self.model)?;
+        self.text = match self.encode_texts_on_device() {
+            Ok(t) => t,
+            Err(e) if self.requested == Device::Auto && self.backend_tag() != "cpu" => {
+                self.fall_back(e);
+                self.model
+                    .encode_texts(&self.par, &self.text_rows)
+                    .map_err(Error::Compute)?
+            }
+            Err(e) if self.backend_tag() != "cpu" => return Err(Error::Device(e)),
+            Err(e) => {
+                return Err(Error::Text(maple_text::TextError(format!(
+                    "{}: {e}",
+                    self.labels.origin
+                ))))
+            }
+        };
+        // (Not saved if `auto` fell back to the CPU meanwhile: the key names the GPU.)
+        if let Some((path, key)) = cached.as_ref().filter(|_| self.backend_tag() == tag) {
+            if let Err(e) = cache::store(path, *key, &self.text) {
+                self.warnings.push(format!(
+                    "cannot write the text-feature cache ({e}); continuing without it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_texts_on_device(&mut self) -> std::result::Result<TextFeatures, String> {
+        match &mut self.backend {
+            Backend::Cpu(_) => self
+                .model
+                .encode_texts(&self.par, &self.text_rows)
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu(g) => g.encode_texts(&self.text_rows).map_err(|e| e.0),
+        }
+    }
+
+    /// Image features `[count, E]` on the current device. Under `Auto` a GPU failure moves the
+    /// classifier (text features included) to the CPU.
+    fn encode_images(&mut self, pixels: &[f32], count: usize) -> Result<Vec<f32>> {
+        #[cfg(feature = "gpu")]
+        if let Backend::Gpu(g) = &mut self.backend {
+            match g.encode_images(pixels, count) {
+                Ok(f) => return Ok(f),
+                Err(e) if self.requested == Device::Auto => {
+                    self.fall_back(e.0);
+                    load_text_tower(&self.model_dir, &mut self.model)?;
+                    self.text = self
+                        .model
+                        .encode_texts(&self.par, &self.text_rows)
+                        .map_err(Error::Compute)?;
+                }
+                Err(e) => return Err(Error::Device(e.0)),
+            }
+        }
+        let (model, par) = (&self.model, &self.par);
+        let Backend::Cpu(ws) = &mut self.backend else {
+            return Err(Error::Invalid("no backend".into()));
+        };
+        // The workspace holds the largest batch seen so far; a larger one replaces it.
+        if ws.as_ref().is_none_or(|(_, cap)| *cap < count) {
+            *ws = Some((model.vision_workspace(count, par), count));
+        }
+        let Some((ws, _)) = ws.as_mut() else {
+            return Err(Error::Invalid("no workspace".into()));
+        };
+        model
+            .encode_images(par, ws, pixels, count)
+            .map(|f| f.to_vec())
+            .map_err(Error::Compute)
+    }
+}
+
+fn check_len(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+) -> std::result::Result<(), String> {
+    let want = width
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(channels));
+    if width == 0 || height == 0 {
+        return Err(format!("{width}×{height} pixels: the image is empty"));
+    }
+    match want {
+        Some(n) if n == data.len() => Ok(()),
+        _ => Err(format!(
+            "{width}×{height} pixels need {} bytes, got {}",
+            want.map_or_else(|| "more".to_string(), |n| n.to_string()),
+            data.len()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn classifier_is_send() {
+        assert_send::<Classifier>();
+        assert_send::<Error>();
+    }
+
+    #[test]
+    fn pixel_lengths() {
+        assert!(check_len(&[0; 12], 2, 2, 3).is_ok());
+        assert_eq!(
+            check_len(&[0; 11], 2, 2, 3).unwrap_err(),
+            "2×2 pixels need 12 bytes, got 11"
+        );
+        assert!(check_len(&[], 0, 5, 3).is_err());
+        assert!(check_len(&[0; 3], usize::MAX, 2, 3).is_err());
+    }
+
+    #[test]
+    fn top_k_order() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.5, -1.0], 3), vec![1, 2, 0]);
+        assert_eq!(top_k(&[1.0], 5), vec![0]);
+    }
+}

@@ -1,0 +1,129 @@
+//! One error type for everything the library does. Each value prints as one line for people,
+//! naming the file, label or device and the problem; its fields say the same to a program.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What went wrong. Printed with `Display` it is the one line `maple-classify` shows.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or directory could not be opened, read or written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A model, prompts or checkpoint file whose content maple cannot use (malformed container,
+    /// missing tensor, wrong shape, prompts that do not fit the model).
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: maple_core::Error,
+    },
+    /// A PyTorch checkpoint that asks for something maple never does (a pickle global outside
+    /// the allowlists, such as `os.system`). Nothing in it was run.
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What it asked for.
+        source: maple_core::Error,
+    },
+    /// No usable model where one was asked for (missing directory or weights, hub look-up).
+    Model(String),
+    /// Labels, the prompt template or the tokenizer.
+    Text(maple_text::TextError),
+    /// An image that cannot be decoded or used; `image` names it (a path, or `<bytes>` /
+    /// `<pixels>` for images given in memory).
+    Image {
+        /// The image.
+        image: String,
+        /// Why.
+        message: String,
+    },
+    /// The GPU could not be opened or failed while running (after `Device::Gpu`; under
+    /// `Device::Auto` a failing GPU is replaced by the CPU instead, see
+    /// [`crate::Classifier::device`]).
+    Device(String),
+    /// A setting that cannot work (`Precision::F16` on the CPU, no labels, …).
+    Invalid(String),
+    /// The engine refused its input (a shape or size that does not fit the model).
+    Compute(maple_core::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The core's verdict on the content of `path`.
+    pub fn core(path: &Path, e: maple_core::Error) -> Error {
+        match e {
+            maple_core::Error::Refused(_) => Error::Refused {
+                path: path.to_path_buf(),
+                source: e,
+            },
+            e => Error::Format {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        }
+    }
+
+    pub(crate) fn image(image: &Path, message: impl Into<String>) -> Error {
+        Error::Image {
+            image: image.display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => {
+                let why = match source.kind() {
+                    std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                    _ => source.to_string(),
+                };
+                write!(f, "{}: {why}", path.display())
+            }
+            Error::Format { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Refused { path, source } => {
+                write!(f, "refusing to load {}: {source}", path.display())
+            }
+            Error::Image { image, message } => write!(f, "{image}: {message}"),
+            Error::Text(e) => e.fmt(f),
+            Error::Model(m) | Error::Device(m) | Error::Invalid(m) => f.write_str(m),
+            Error::Compute(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Format { source, .. } | Error::Refused { source, .. } => Some(source),
+            Error::Text(e) => Some(e),
+            Error::Compute(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<maple_text::TextError> for Error {
+    fn from(e: maple_text::TextError) -> Error {
+        Error::Text(e)
+    }
+}
