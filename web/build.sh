@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds web/pkg (wasm + JS glue) for the demo page: wasm32 target and a wasm-bindgen-cli of
+# Builds web/pkg, the npm package `maple-web` (wasm + JS glue + API + types), which the demo page uses: wasm32 target and a wasm-bindgen-cli of
 # exactly the crate's version are installed when missing. Exits 3 when the wasm32 target cannot
 # be had on this machine (the web test then reports SKIPPED).
 set -euo pipefail
@@ -15,5 +15,8 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; th
   cargo install wasm-bindgen-cli --version "$want" >&2
 fi
 cargo build -p maple-web --lib --target wasm32-unknown-unknown --profile wasm >&2
-wasm-bindgen --target web --no-typescript --out-dir web/pkg target/wasm32-unknown-unknown/wasm/maple_web.wasm >&2
+wasm-bindgen --target web --out-dir web/pkg target/wasm32-unknown-unknown/wasm/maple_web.wasm >&2
+# The npm package: wasm-bindgen's binding and types + the API (web/js/) + licences.
+cp web/js/index.js web/js/index.d.ts web/js/package.json web/js/README.md web/pkg/
+cp LICENSE-MIT LICENSE-APACHE web/pkg/
 ls -l web/pkg/maple_web_bg.wasm >&2

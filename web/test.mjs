@@ -1,11 +1,21 @@
-// node web/test.mjs — the browser test: serves the repository on 127.0.0.1, opens the demo page
-// in Debian's headless Chromium with WebGPU (SwiftShader), loads the tiny synthetic model, checks
-// the logits of the lossless fixture images against the PyTorch golden file (≤ 1e-3), then drives
-// the page like a person (pick files, classify) and saves a screenshot. Prints one JSON summary.
+// node web/test.mjs [--full DIR REF.json] — the browser test, in Debian's headless Chromium with
+// WebGPU (SwiftShader):
+//  1. `npm pack`s web/pkg and installs the tarball into a scratch page (target/web-test/app);
+//  2. serves the tiny synthetic model laid out like the Hugging Face hub
+//     (/hub/maple-tiny/resolve/main/...), counting the requests for each file;
+//  3. the scratch page loads the model by URL with progress events, classifies Blobs, an
+//     ImageData and an ImageBitmap, and checks the logits against the PyTorch golden file
+//     (≤ 1e-3);
+//  4. reloads the page, loads again: every file must come from the browser cache (no request);
+//  5. drives the demo page like a person (model URL, then the file pickers) and saves a screenshot.
+// With --full, it also loads the full-size model in DIR (an f16 model.safetensors + prompts) and
+// compares one image's logits with REF.json (the CPU path's, from maple-classify --format json).
+// Prints one JSON summary.
 import { createRequire } from "node:module";
 import { createServer } from "node:http";
-import { readFile, stat, mkdir } from "node:fs/promises";
+import { readFile, stat, mkdir, rm, writeFile } from "node:fs/promises";
 import { mkdtempSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join, resolve, extname } from "node:path";
 
@@ -13,19 +23,51 @@ const root = resolve(new URL("..", import.meta.url).pathname);
 // playwright-core is installed once, for both browser tests, in tools/report-check.
 const { chromium } = createRequire(join(root, "tools/report-check/package.json"))("playwright-core");
 const outDir = join(root, "target", "web-test");
-await mkdir(outDir, { recursive: true });
+const fullAt = process.argv.indexOf("--full");
+const full = fullAt > 0 ? { dir: resolve(process.argv[fullAt + 1]), ref: resolve(process.argv[fullAt + 2]) } : null;
+
+// 1. The npm package, installed from its tarball as an app would.
+const app = join(outDir, "app");
+await rm(outDir, { recursive: true, force: true });
+await mkdir(app, { recursive: true });
+const packed = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", outDir], { cwd: join(root, "web/pkg") }));
+const tarball = join(outDir, packed[0].filename);
+await writeFile(join(app, "package.json"), JSON.stringify({ name: "scratch-app", private: true }));
+execFileSync("npm", ["install", "--no-audit", "--no-fund", "--silent", tarball], { cwd: app, stdio: "inherit" });
+await writeFile(join(app, "index.html"), `<!doctype html><meta charset="utf-8"><title>scratch</title>
+<script type="module">
+import * as lib from "./node_modules/maple-web/index.js";
+window.lib = lib;
+</script>`);
+
+// 2. The server: the hub layout (counted), the scratch app, the repository.
 const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
   ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg", ".txt": "text/plain" };
+const hubs = { "maple-tiny": join(root, "tests/fixtures/tiny") };
+if (full) hubs["maple-full"] = full.dir;
+const hits = new Map();
 const server = createServer(async (req, res) => {
-  const path = join(root, decodeURIComponent(new URL(req.url, "http://x").pathname));
+  const url = decodeURIComponent(new URL(req.url, "http://x").pathname);
+  let path;
+  const hub = url.match(/^\/hub\/([^/]+)\/resolve\/main\/([^/]+)$/);
+  if (hub && hubs[hub[1]]) {
+    hits.set(url, (hits.get(url) || 0) + 1);
+    path = join(hubs[hub[1]], hub[2]);
+  } else if (url.startsWith("/app/")) {
+    path = join(app, url.slice(5));
+  } else {
+    path = join(root, url);
+  }
   if (!path.startsWith(root)) { res.writeHead(403).end(); return; }
   try {
     const body = await readFile(path);
-    res.writeHead(200, { "content-type": types[extname(path)] || "application/octet-stream" }).end(body);
+    res.writeHead(200, { "content-type": types[extname(path)] || "application/octet-stream", "content-length": body.length }).end(body);
   } catch { res.writeHead(404).end(); }
 });
 await new Promise((r) => server.listen(0, "127.0.0.1", r));
 const base = `http://127.0.0.1:${server.address().port}`;
+const tinyUrl = `${base}/hub/maple-tiny/resolve/main/`;
+const tinyFiles = ["config.json", "model.safetensors", "maple_prompts.safetensors"];
 
 const golden = JSON.parse(await readFile(join(root, "tests/fixtures/golden_tiny.json"), "utf8"));
 // Lossless RGB/gray files: the browser decodes them to exactly Pillow's pixels.
@@ -36,59 +78,169 @@ const args = ["--headless=new", "--no-sandbox", "--disable-gpu-sandbox", "--disa
 const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "maple-web-")), {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args, viewport: { width: 960, height: 1100 },
 });
-let failed = false;
+const problems = [];
+const check = (ok, msg) => { if (!ok) problems.push(msg); };
+const summary = {};
+let logs = [];
+
+// In the page: load by URL, classify every image kind, return logits and progress events.
+async function inPage({ url, labelsText, images, kinds }) {
+  const events = [];
+  const t0 = performance.now();
+  const m = await window.lib.loadModel(url, { prompts: "maple_prompts.safetensors", onProgress: (e) => events.push(e) });
+  const loadMs = performance.now() - t0;
+  await m.setLabels(labelsText);
+  const out = [];
+  let ms = 0;
+  for (const name of images) {
+    const blob = await (await fetch(`/tests/fixtures/images/${name}`)).blob();
+    const t = performance.now();
+    const r = await m.classify(blob);
+    ms += performance.now() - t;
+    out.push({ name, kind: "Blob", logits: r.scores.map((s) => s.logit), top: r.top(5).map((s) => s.index) });
+  }
+  if (kinds) {
+    const blob = await (await fetch(`/tests/fixtures/images/${images[0]}`)).blob();
+    const bmp = await createImageBitmap(blob, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
+    out.push({ name: images[0], kind: "ImageBitmap", logits: (await m.classify(bmp)).scores.map((s) => s.logit) });
+    const { rgba, width, height } = await window.lib.pixelsOf(blob);
+    const data = new ImageData(new Uint8ClampedArray(rgba), width, height);
+    out.push({ name: images[0], kind: "ImageData", logits: (await m.classify(data)).scores.map((s) => s.logit) });
+    // Labels as a list; a label set that cannot work is an error and leaves the old one.
+    await m.setLabels(["cat", "Eiffel_Tower"]);
+    out.push({ name: images[0], kind: "list", logits: (await m.classify(blob)).scores.map((s) => s.logit) });
+    let err = "";
+    try { await m.setLabels(["cat", "cat"]); } catch (e) { err = String(e.message || e); }
+    out.push({ kind: "error", err, labels: m.labels });
+  }
+  return { adapter: m.adapter, events, out, loadMs, msPerImage: ms / images.length };
+}
+
+function goldenDiff(out) {
+  let maxDiff = 0;
+  for (const { name, kind, logits } of out) {
+    if (kind === "error") continue;
+    const i = golden.images.indexOf(name);
+    let want = golden.maple.logits[i];
+    if (kind === "list") want = [want[0], want[7]];
+    check(logits.length === want.length, `${kind} ${name}: ${logits.length} logits, want ${want.length}`);
+    want.forEach((g, j) => { maxDiff = Math.max(maxDiff, Math.abs(g - logits[j])); });
+  }
+  return maxDiff;
+}
+
+const fileSize = async (name) => (await stat(join(root, "tests/fixtures/tiny", name))).size;
+
 try {
   const page = await ctx.newPage();
-  const logs = [];
   page.on("console", (m) => logs.push(m.text()));
   page.on("pageerror", (e) => logs.push(String(e)));
-  await page.goto(`${base}/web/index.html`);
-  await page.waitForFunction(() => window.maple !== undefined, null, { timeout: 60000 });
-  const r = await page.evaluate(async ({ images }) => {
-    const get = async (p) => new Uint8Array(await (await fetch(p)).arrayBuffer());
-    const cfg = await (await fetch("/tests/fixtures/tiny/config.json")).text();
-    const m = await window.maple.Maple.load(cfg, await get("/tests/fixtures/tiny/model.safetensors"),
-      await get("/tests/fixtures/tiny/maple_prompts.safetensors"));
-    await m.set_labels(await (await fetch("/tests/fixtures/labels.txt")).text());
-    const out = [];
-    let ms = 0;
-    for (const name of images) {
-      const px = await window.maple.pixelsOf(await (await fetch(`/tests/fixtures/images/${name}`)).blob());
-      const t = performance.now();
-      const logits = await m.classify(px.rgba, px.width, px.height);
-      ms += performance.now() - t;
-      out.push({ name, logits: Array.from(logits) });
-    }
-    return { adapter: m.adapter(), out, msPerImage: ms / images.length };
-  }, { images });
-  let maxDiff = 0;
-  for (const { name, logits } of r.out) {
-    const i = golden.images.indexOf(name);
-    golden.maple.logits[i].forEach((g, j) => { maxDiff = Math.max(maxDiff, Math.abs(g - logits[j])); });
+  const labelsText = await readFile(join(root, "tests/fixtures/labels.txt"), "utf8");
+
+  // 3. First visit: everything downloads once, with progress.
+  await page.goto(`${base}/app/index.html`);
+  await page.waitForFunction(() => window.lib !== undefined, null, { timeout: 60000 });
+  const first = await page.evaluate(inPage, { url: tinyUrl, labelsText, images, kinds: true });
+  summary.adapter = first.adapter;
+  summary.maxAbsLogitDiff = goldenDiff(first.out);
+  summary.msPerImage = Math.round(first.msPerImage);
+  summary.firstLoadMs = Math.round(first.loadMs);
+  check(summary.maxAbsLogitDiff <= 1e-3, `logits differ from the PyTorch golden by ${summary.maxAbsLogitDiff}`);
+  for (const r of first.out.filter((r) => r.top)) {
+    const want = golden.maple.top5[golden.images.indexOf(r.name)];
+    check(JSON.stringify(r.top) === JSON.stringify(want), `${r.name}: top-5 ${r.top} != golden ${want}`);
   }
-  // Then as a person: pick the files, load, classify, look.
+  const err = first.out.find((r) => r.kind === "error");
+  check(/duplicate label/.test(err.err) && err.labels.join() === "cat,Eiffel_Tower", `bad labels: ${JSON.stringify(err)}`);
+  for (const name of tinyFiles) {
+    const ev = first.events.filter((e) => e.file === name);
+    const size = await fileSize(name);
+    const last = ev[ev.length - 1];
+    check(ev.length >= 2 && ev.every((e) => !e.cached && e.total === size), `${name}: progress events ${JSON.stringify(ev.slice(0, 3))}`);
+    check(last && last.loaded === size, `${name}: last progress event ${JSON.stringify(last)}, size ${size}`);
+    check(ev.every((e, i) => i === 0 || e.loaded >= ev[i - 1].loaded), `${name}: progress goes backwards`);
+    check(hits.get(`/hub/maple-tiny/resolve/main/${name}`) === 1, `${name}: requested ${hits.get(`/hub/maple-tiny/resolve/main/${name}`)} times on the first visit`);
+  }
+  summary.progressEvents = first.events.length;
+
+  // 4. Reload: the files come from Cache Storage, no request reaches the server.
+  const before = new Map(hits);
+  await page.reload();
+  await page.waitForFunction(() => window.lib !== undefined, null, { timeout: 60000 });
+  const second = await page.evaluate(inPage, { url: tinyUrl, labelsText, images: images.slice(0, 1), kinds: false });
+  check(goldenDiff(second.out) <= 1e-3, "logits after the reload differ from the golden");
+  check(second.events.length === tinyFiles.length && second.events.every((e) => e.cached), `reload: progress ${JSON.stringify(second.events)}`);
+  const refetched = [...hits].filter(([k, v]) => v !== before.get(k));
+  check(refetched.length === 0, `reload fetched again: ${JSON.stringify(refetched)}`);
+  summary.requestsOnReload = refetched.length;
+  summary.reloadLoadMs = Math.round(second.loadMs);
+
+  // 5. The demo page, as a person: a model URL, then the file pickers.
+  await page.goto(`${base}/web/index.html`);
+  await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("ready"), null, { timeout: 60000 });
+  await page.fill("#url", tinyUrl);
+  await page.fill("#prompts-url", "maple_prompts.safetensors");
+  await page.fill("#labels", labelsText);
+  await page.click("#load-url");
+  await page.waitForFunction(() => {
+    const s = document.getElementById("status");
+    return s.textContent.startsWith("model ready") || s.className === "err";
+  }, null, { timeout: 60000 });
+  check((await page.textContent("#status")).startsWith("model ready"), `demo (URL): ${await page.textContent("#status")}`);
+  await page.setInputFiles("#image", join(root, "tests/fixtures/images/rgb_451x300.png"));
+  await page.waitForFunction(() => document.querySelectorAll("#results .row").length === 5, null, { timeout: 60000 });
+  const best = golden.labels[golden.maple.top5[golden.images.indexOf("rgb_451x300.png")][0]];
+  const shown = await page.textContent("#results .row span");
+  check(shown === best, `demo shows ${shown} first, golden says ${best}`);
+  const shot = join(outDir, "web-demo.png");
+  await page.screenshot({ path: shot, fullPage: true });
+  summary.screenshot = shot;
   const f = (p) => join(root, p);
+  await page.click("summary");
   await page.setInputFiles("#config", f("tests/fixtures/tiny/config.json"));
   await page.setInputFiles("#weights", f("tests/fixtures/tiny/model.safetensors"));
   await page.setInputFiles("#prompts", f("tests/fixtures/tiny/maple_prompts.safetensors"));
-  await page.fill("#labels", (await readFile(f("tests/fixtures/labels.txt"), "utf8")));
   await page.click("#load");
-  await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("model ready"), null, { timeout: 60000 });
-  await page.setInputFiles("#image", f("tests/fixtures/images/rgb_451x300.png"));
-  await page.waitForFunction(() => document.querySelectorAll("#results .row").length === 5, null, { timeout: 60000 });
-  const shot = join(outDir, "web-demo.png");
-  await page.screenshot({ path: shot, fullPage: true });
-  const wasm = (await stat(join(root, "web/pkg/maple_web_bg.wasm"))).size;
-  const summary = { adapter: r.adapter, images: r.out.length, maxAbsLogitDiff: maxDiff, msPerImage: Math.round(r.msPerImage),
-    wasmBytes: wasm, screenshot: shot };
-  console.log(JSON.stringify(summary));
-  if (!(maxDiff <= 1e-3)) { console.error(`logits differ from the PyTorch golden by ${maxDiff}`); failed = true; }
-  if (logs.some((l) => /panicked|RuntimeError/.test(l))) { console.error(logs.join("\n")); failed = true; }
+  await page.waitForFunction(() => /^model ready/.test(document.getElementById("status").textContent), null, { timeout: 60000 });
+  await page.setInputFiles("#image", f("tests/fixtures/images/gray_300x451.png"));
+  await page.waitForFunction(() => /gray_300x451/.test(document.getElementById("status").textContent), null, { timeout: 60000 });
+  const best2 = golden.labels[golden.maple.top5[golden.images.indexOf("gray_300x451.png")][0]];
+  check((await page.textContent("#results .row span")) === best2, `demo (files) does not show ${best2} first`);
+
+  // The full-size model (f16 weights), once, against the CPU path.
+  if (full) {
+    const ref = JSON.parse((await readFile(full.ref, "utf8")).split("\n")[0]);
+    const name = ref.image.split("/").pop();
+    const labels = ref.scores.map((s) => s.label);
+    const r = await page.evaluate(async ({ url, name, labels }) => {
+      const t0 = performance.now();
+      const m = await window.maple.loadModel(url, { prompts: "maple_prompts.safetensors", cache: false });
+      const loadMs = performance.now() - t0;
+      const t1 = performance.now();
+      await m.setLabels(labels);
+      const textMs = performance.now() - t1;
+      const blob = await (await fetch(`/tests/fixtures/images/${name}`)).blob();
+      const t2 = performance.now();
+      const res = await m.classify(blob);
+      const imageMs = performance.now() - t2;
+      const mem = performance.memory ? performance.memory.usedJSHeapSize : null;
+      return { logits: res.scores.map((s) => s.logit), loadMs, textMs, imageMs, jsHeap: mem };
+    }, { url: `${base}/hub/maple-full/resolve/main/`, name, labels });
+    const diff = Math.max(...ref.scores.map((s, j) => Math.abs(s.logit - r.logits[j])));
+    summary.full = { image: name, labels: labels.length, maxAbsLogitDiffVsCpu: diff, loadMs: Math.round(r.loadMs),
+      textMs: Math.round(r.textMs), imageMs: Math.round(r.imageMs), jsHeapBytes: r.jsHeap,
+      weightsBytes: (await stat(join(full.dir, "model.safetensors"))).size };
+    check(diff <= 5e-3, `full-size: logits differ from the CPU path by ${diff}`);
+  }
+  summary.wasmBytes = (await stat(join(root, "web/pkg/maple_web_bg.wasm"))).size;
+  summary.tarball = tarball;
+  if (logs.some((l) => /panicked|RuntimeError/.test(l))) problems.push(logs.join("\n"));
 } catch (e) {
-  console.error(String(e));
-  failed = true;
+  problems.push(String(e.stack || e));
 } finally {
   await ctx.close();
   server.close();
 }
-process.exitCode = failed ? 1 : 0;
+console.log(JSON.stringify(summary));
+for (const p of problems) console.error(p);
+process.exitCode = problems.length ? 1 : 0;

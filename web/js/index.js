@@ -1,0 +1,222 @@
+// maple-web: MaPLe on CLIP ViT-B/16 in the browser, on WebGPU.
+//
+//   import { loadModel } from "maple-web";
+//   const model = await loadModel("https://huggingface.co/openai/clip-vit-base-patch16/resolve/main/");
+//   await model.setLabels(["cat", "dog"]);
+//   const result = await model.classify(blobOrImageBitmapOrImageData);
+//   result.top(3) // [{ label, index, logit, prob }, ...]
+//
+// Model files are fetched once and kept in the browser's Cache Storage; a reload reads them
+// from there. The math (tokenizer, preprocessing, kernels) is the Rust crate's, compiled to wasm.
+import init, { Maple } from "./maple_web.js";
+
+/** The Cache Storage bucket model files go into unless `cache` names another. */
+export const DEFAULT_CACHE = "maple-models-v1";
+
+let wasmReady = null;
+
+/** Loads the wasm module once (`wasm` overrides where `maple_web_bg.wasm` is fetched from). */
+export function initWasm(wasm) {
+  wasmReady ??= init(wasm === undefined ? undefined : { module_or_path: wasm });
+  return wasmReady;
+}
+
+/** The `resolve/` base URL of a Hugging Face model repository. */
+export function hubUrl(repo, revision = "main", host = "https://huggingface.co") {
+  return `${host}/${repo}/resolve/${revision}/`;
+}
+
+const MODEL_FILES = { config: "config.json", weights: "model.safetensors" };
+
+/**
+ * Fetches `url` (or reads it from `cache`), reporting progress as
+ * `{ file, url, loaded, total, cached }` (`total` is 0 when the server does not say).
+ */
+async function fetchBytes(url, file, cache, onProgress, signal) {
+  const report = (loaded, total, cached) => onProgress?.({ file, url, loaded, total, cached });
+  if (cache) {
+    const hit = await cache.match(url);
+    if (hit) {
+      const bytes = new Uint8Array(await hit.arrayBuffer());
+      report(bytes.length, bytes.length, true);
+      return bytes;
+    }
+  }
+  let res;
+  try {
+    res = await fetch(url, { signal });
+  } catch (e) {
+    throw new Error(`${url}: ${e.message || e}`);
+  }
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}${res.statusText ? " " + res.statusText : ""}`);
+  const total = Number(res.headers.get("content-length")) || 0;
+  report(0, total, false);
+  let bytes;
+  if (res.body && res.body.getReader) {
+    const reader = res.body.getReader();
+    const chunks = [];
+    let loaded = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      loaded += value.length;
+      report(loaded, total, false);
+    }
+    bytes = new Uint8Array(loaded);
+    let at = 0;
+    for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  } else {
+    bytes = new Uint8Array(await res.arrayBuffer());
+    report(bytes.length, total, false);
+  }
+  if (total && bytes.length !== total) throw new Error(`${url}: got ${bytes.length} of ${total} bytes`);
+  if (cache) {
+    try {
+      await cache.put(url, new Response(bytes, { headers: { "content-type": "application/octet-stream" } }));
+    } catch (e) {
+      // A full or unavailable cache costs a download next time, nothing more.
+      console.warn(`maple-web: could not cache ${url}: ${e.message || e}`);
+    }
+  }
+  return bytes;
+}
+
+function resolveUrl(base, nameOrUrl) {
+  return new URL(nameOrUrl, new URL(base, globalThis.location?.href)).href;
+}
+
+/**
+ * Loads a model by URL and puts it on the page's GPU.
+ *
+ * `base`: a directory URL holding `config.json` and `model.safetensors` (f32 or f16): a Hugging
+ * Face `resolve/main/` URL (see `hubUrl`) or any same-origin path.
+ * Options: `prompts` (file name or URL of MaPLe prompts in safetensors, relative to `base`;
+ * omit for zero-shot CLIP), `weights` (default `model.safetensors`), `config` (default
+ * `config.json`), `onProgress(event)`, `cache` (`true`: the default bucket, a string: that
+ * bucket, `false`: no caching), `signal` (an AbortSignal), `wasm` (URL of the wasm file).
+ */
+export async function loadModel(base, options = {}) {
+  const { onProgress, signal } = options;
+  await initWasm(options.wasm);
+  if (!globalThis.navigator?.gpu) throw new Error("this browser has no WebGPU (navigator.gpu is missing)");
+  const useCache = options.cache ?? true;
+  let cache = null;
+  if (useCache && globalThis.caches) {
+    try {
+      cache = await caches.open(typeof useCache === "string" ? useCache : DEFAULT_CACHE);
+    } catch {
+      cache = null; // opaque origins and some private modes have no Cache Storage
+    }
+  }
+  const files = [
+    ["config", options.config ?? MODEL_FILES.config],
+    ["weights", options.weights ?? MODEL_FILES.weights],
+  ];
+  if (options.prompts) files.push(["prompts", options.prompts]);
+  const got = {};
+  await Promise.all(files.map(async ([key, name]) => {
+    got[key] = await fetchBytes(resolveUrl(base, name), name, cache, onProgress, signal);
+  }));
+  const config = new TextDecoder().decode(got.config);
+  const inner = await Maple.load(config, got.weights, got.prompts);
+  return new MapleModel(inner);
+}
+
+/** Removes every cached model file (or those of the bucket `name`). */
+export async function clearCache(name = DEFAULT_CACHE) {
+  return globalThis.caches ? caches.delete(name) : false;
+}
+
+/** Exact RGBA pixels of an image: no colour management, no premultiplied alpha. */
+export async function pixelsOf(image) {
+  if (typeof ImageData !== "undefined" && image instanceof ImageData) {
+    return { rgba: new Uint8Array(image.data.buffer, image.data.byteOffset, image.data.byteLength),
+      width: image.width, height: image.height };
+  }
+  let bmp = image;
+  let owned = false;
+  if (typeof Blob !== "undefined" && image instanceof Blob) {
+    bmp = await createImageBitmap(image, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
+    owned = true;
+  } else if (!(typeof ImageBitmap !== "undefined" && image instanceof ImageBitmap)) {
+    throw new TypeError("classify takes an ImageBitmap, ImageData or Blob");
+  }
+  const canvas = new OffscreenCanvas(bmp.width, bmp.height);
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bmp, 0, 0);
+  const d = ctx.getImageData(0, 0, bmp.width, bmp.height);
+  if (owned) bmp.close();
+  return { rgba: new Uint8Array(d.data.buffer), width: d.width, height: d.height };
+}
+
+/** One image's scores against every label, in label order; `top(k)` sorts them. */
+export class Classification {
+  constructor(labels, logits) {
+    const m = Math.max(...logits);
+    const ex = logits.map((v) => Math.exp(v - m));
+    const z = ex.reduce((a, b) => a + b, 0);
+    /** `{ index, label, logit, prob }` for each label, in label order. */
+    this.scores = logits.map((logit, index) => ({ index, label: labels[index], logit, prob: ex[index] / z }));
+  }
+
+  /** The `k` best scores, best first. */
+  top(k = 5) {
+    return [...this.scores].sort((a, b) => b.logit - a.logit || a.index - b.index).slice(0, Math.max(0, k));
+  }
+
+  /** The best score. */
+  best() {
+    return this.top(1)[0];
+  }
+}
+
+/** A model on the page's GPU. Calls are queued: one runs at a time. */
+export class MapleModel {
+  #inner;
+  #queue = Promise.resolve();
+
+  constructor(inner) {
+    this.#inner = inner;
+  }
+
+  #run(f) {
+    const next = this.#queue.then(f, f);
+    this.#queue = next.catch(() => {});
+    return next;
+  }
+
+  /** The GPU adapter in use. */
+  get adapter() {
+    return this.#inner.adapter();
+  }
+
+  /** The labels, in order. */
+  get labels() {
+    return this.#inner.labels();
+  }
+
+  /**
+   * Sets the labels: an array of names, or the text of a labels file (one per line, blank and
+   * `#` lines skipped). `_` reads as a space. Runs the text tower once.
+   */
+  setLabels(labels) {
+    return this.#run(() => (Array.isArray(labels)
+      ? this.#inner.set_label_list(labels.map(String))
+      : this.#inner.set_labels(String(labels))));
+  }
+
+  /** Classifies an `ImageBitmap`, `ImageData` or `Blob` (an image file) against the labels. */
+  classify(image) {
+    return this.#run(async () => {
+      const { rgba, width, height } = await pixelsOf(image);
+      const logits = await this.#inner.classify(rgba, width, height);
+      return new Classification(this.#inner.labels(), Array.from(logits));
+    });
+  }
+
+  /** Frees the model's GPU and wasm memory. */
+  free() {
+    this.#inner.free();
+  }
+}
