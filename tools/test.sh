@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Debian's chromium and
-# playwright-core for the HTML-report test; Mesa's lavapipe, a software Vulkan driver, for the
-# GPU tests), then runs every test. GPU tests fail (never skip) when no adapter exists, and print
+# playwright-core for the HTML-report and browser tests; Mesa's lavapipe, a software Vulkan
+# driver, for the GPU tests; Xvfb for the desktop example), then runs every test. GPU tests fail (never skip) when no adapter exists, and print
 # the adapter they ran on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ SUDO=""
 need=""
 [ -x /usr/bin/chromium ] || need="$need chromium"
 ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need="$need mesa-vulkan-drivers libvulkan1"
+# The desktop example's test: a virtual X display and the X libraries winit loads at run time.
+command -v Xvfb >/dev/null || need="$need xvfb libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0 libx11-xcb1"
 if [ -n "$need" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need

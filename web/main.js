@@ -1,6 +1,6 @@
 // The demo page, on the npm package's API (pkg/index.js): a model loaded by URL (cached by the
 // browser after the first visit) or picked from disk, labels typed, an image dropped → top-5.
-import { loadModel, initWasm, pixelsOf, Classification, MapleModel } from "./pkg/index.js";
+import { loadModel, initWasm, pixelsOf, wasmMemoryBytes, Classification, MapleModel } from "./pkg/index.js";
 import { Maple } from "./pkg/maple_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -77,5 +77,5 @@ $("drop").ondragleave = () => $("drop").classList.remove("over");
 $("drop").ondrop = (e) => { e.preventDefault(); $("drop").classList.remove("over"); if (e.dataTransfer.files[0]) classify(e.dataTransfer.files[0]); };
 
 await initWasm();
-window.maple = { Maple, MapleModel, Classification, loadModel, pixelsOf };
+window.maple = { Maple, MapleModel, Classification, loadModel, pixelsOf, wasmMemoryBytes };
 status(navigator.gpu ? "ready: load a model" : "this browser has no WebGPU", !navigator.gpu);

@@ -224,11 +224,12 @@ try {
       const res = await m.classify(blob);
       const imageMs = performance.now() - t2;
       const mem = performance.memory ? performance.memory.usedJSHeapSize : null;
-      return { logits: res.scores.map((s) => s.logit), loadMs, textMs, imageMs, jsHeap: mem };
+      const wasm = await window.maple.wasmMemoryBytes();
+      return { logits: res.scores.map((s) => s.logit), loadMs, textMs, imageMs, jsHeap: mem, wasm };
     }, { url: `${base}/hub/maple-full/resolve/main/`, name, labels });
     const diff = Math.max(...ref.scores.map((s, j) => Math.abs(s.logit - r.logits[j])));
     summary.full = { image: name, labels: labels.length, maxAbsLogitDiffVsCpu: diff, loadMs: Math.round(r.loadMs),
-      textMs: Math.round(r.textMs), imageMs: Math.round(r.imageMs), jsHeapBytes: r.jsHeap,
+      textMs: Math.round(r.textMs), imageMs: Math.round(r.imageMs), jsHeapBytes: r.jsHeap, wasmMemoryBytes: r.wasm,
       weightsBytes: (await stat(join(full.dir, "model.safetensors"))).size };
     check(diff <= 5e-3, `full-size: logits differ from the CPU path by ${diff}`);
   }

@@ -75,6 +75,8 @@ export class MapleModel {
 
 /** Loads the wasm module once. */
 export function initWasm(wasm?: string | URL): Promise<unknown>;
+/** Bytes of wasm memory in use (models live there on the CPU side; it grows, never shrinks). */
+export function wasmMemoryBytes(): Promise<number>;
 /** The `resolve/` base URL of a Hugging Face model repository. */
 export function hubUrl(repo: string, revision?: string, host?: string): string;
 /** Downloads (or reads from the cache) a model and puts it on the page's GPU. */

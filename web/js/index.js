@@ -21,6 +21,11 @@ export function initWasm(wasm) {
   return wasmReady;
 }
 
+/** Bytes of wasm memory in use (models live there on the CPU side; it grows, never shrinks). */
+export async function wasmMemoryBytes() {
+  return (await initWasm()).memory.buffer.byteLength;
+}
+
 /** The `resolve/` base URL of a Hugging Face model repository. */
 export function hubUrl(repo, revision = "main", host = "https://huggingface.co") {
   return `${host}/${repo}/resolve/${revision}/`;
