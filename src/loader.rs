@@ -78,7 +78,7 @@ pub fn check_model_dir(dir: &Path) -> Result<(), Error> {
 
 /// Runs `f` on the tensors of a safetensors file or a `torch.save` archive (detected by content).
 /// With `hf_names`, OpenAI-named CLIP weights are presented under HF names. Every tensor goes
-/// through a [`Tap`], which drops a mapped file's pages once the core has copied them.
+/// through a `Tap`, which drops a mapped file's pages once the core has copied them.
 pub fn with_tensors<T>(
     path: &Path,
     hf_names: bool,

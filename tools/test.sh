@@ -32,6 +32,6 @@ echo "$example"
 echo "$example" | sed -n 2p | grep -Eq '^ *29\.14[45] .*Eiffel Tower$' \
   || { echo "examples/classify.rs: expected Eiffel Tower (29.145) first" >&2; exit 1; }
 cargo test -p maple-gpu -- --nocapture --test-threads=1
-cargo test -p maple-core --no-default-features
+cargo test -p maple-clip-core --no-default-features
 # The browser build in headless Chromium on WebGPU (SKIPPED only if wasm32 cannot be installed).
 bash web/test.sh

@@ -11,42 +11,59 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
+/// `nn.LayerNorm`: `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
+    /// Scale, `[d]`.
     pub weight: Vec<f32>,
+    /// Shift, `[d]`.
     pub bias: Vec<f32>,
+    /// Added to the variance.
     pub eps: f32,
 }
 
 /// `y = x·Wᵀ + b` with W packed.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `[out, in]` weight, packed for the GEMM.
     pub weight: PackedMatrix,
+    /// `[out]`.
     pub bias: Vec<f32>,
     /// An int8 copy of W, used instead when present ([`crate::Model::quantize_image_tower`]).
     pub q8: Option<Q8Matrix>,
 }
 
-/// `…encoder.layers.{i}`; q, k and v are fused into one [3D] Linear (order q, k, v).
+/// `…encoder.layers.{i}`; q, k and v are fused into one `[3D]` Linear (order q, k, v).
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
+    /// Before attention.
     pub layer_norm1: LayerNorm,
+    /// `q_proj`, `k_proj`, `v_proj` fused: `[3d, d]`.
     pub qkv_proj: Linear,
+    /// Attention output projection `[d, d]`.
     pub out_proj: Linear,
+    /// Before the MLP.
     pub layer_norm2: LayerNorm,
+    /// MLP up-projection `[4d, d]`.
     pub fc1: Linear,
+    /// MLP down-projection `[d, 4d]`.
     pub fc2: Linear,
 }
 
+/// `vision_model.*`: patch embedding, class token, positions, encoder, post layer norm.
 #[derive(Debug, Clone)]
 pub struct VisionModel {
-    /// Conv 16×16/16 as a matmul: [C·P·P] → [D].
+    /// Conv 16×16/16 as a matmul: [C·P·P] → `[D]`.
     pub patch_embedding: PackedMatrix,
+    /// The class token, `[d]`.
     pub class_embedding: Vec<f32>,
     /// [1 + G², D]
     pub position_embedding: Vec<f32>,
+    /// HF's `pre_layrnorm` (sic), applied before the encoder.
     pub pre_layrnorm: LayerNorm,
+    /// The encoder layers.
     pub layers: Vec<EncoderLayer>,
+    /// Applied to the class token after the encoder.
     pub post_layernorm: LayerNorm,
 }
 
@@ -54,6 +71,7 @@ pub struct VisionModel {
 /// memory); rows are widened to f32 when read.
 #[derive(Debug, Clone)]
 pub enum Table {
+    /// f32 rows.
     F32(Vec<f32>),
     /// IEEE half bits.
     F16(Vec<u16>),
@@ -85,13 +103,16 @@ impl Table {
     }
 }
 
+/// `text_model.*`: token and position embeddings, encoder, final layer norm.
 #[derive(Debug, Clone)]
 pub struct TextModel {
     /// [V, D]
     pub token_embedding: Table,
     /// [L, D]
     pub position_embedding: Vec<f32>,
+    /// The encoder layers.
     pub layers: Vec<EncoderLayer>,
+    /// Applied after the encoder.
     pub final_layer_norm: LayerNorm,
 }
 
@@ -114,15 +135,20 @@ impl TextModel {
     }
 }
 
+/// CLIP: both towers, their projections and the logit scale, as in HF `CLIPModel`.
 #[derive(Debug, Clone)]
 pub struct Clip {
+    /// The geometry the weights were checked against.
     pub config: ClipConfig,
+    /// The image tower.
     pub vision_model: VisionModel,
+    /// The text tower.
     pub text_model: TextModel,
-    /// [Dv] → [E]
+    /// `[Dv]` → `[E]`
     pub visual_projection: PackedMatrix,
-    /// [Dt] → [E]
+    /// `[Dt]` → `[E]`
     pub text_projection: PackedMatrix,
+    /// `exp(logit_scale)`, the factor on the cosine similarity.
     pub logit_scale: f32,
 }
 

@@ -8,24 +8,35 @@ use serde_json::Value;
 /// One transformer stack (vision or text).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TowerConfig {
+    /// Width `d`.
     pub hidden_size: usize,
+    /// MLP width (`4d` in CLIP).
     pub intermediate_size: usize,
+    /// Encoder layers.
     pub num_hidden_layers: usize,
+    /// Attention heads.
     pub num_attention_heads: usize,
+    /// Layer-norm epsilon.
     pub layer_norm_eps: f32,
 }
 
 impl TowerConfig {
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
 }
 
+/// `vision_config`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VisionConfig {
+    /// The transformer's geometry.
     pub tower: TowerConfig,
+    /// Input side in pixels (224).
     pub image_size: usize,
+    /// Patch side in pixels (16).
     pub patch_size: usize,
+    /// Colour channels (3).
     pub num_channels: usize,
 }
 
@@ -44,17 +55,25 @@ impl VisionConfig {
     }
 }
 
+/// `text_config`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TextConfig {
+    /// The transformer's geometry.
     pub tower: TowerConfig,
+    /// Tokenizer vocabulary (49408).
     pub vocab_size: usize,
+    /// Context length in tokens (77).
     pub max_position_embeddings: usize,
 }
 
+/// HF `CLIPConfig`: what the weights must look like.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClipConfig {
+    /// The image tower.
     pub vision: VisionConfig,
+    /// The text tower.
     pub text: TextConfig,
+    /// Width of the shared embedding space (512).
     pub projection_dim: usize,
 }
 

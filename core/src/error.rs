@@ -15,12 +15,20 @@ pub enum Error {
     MissingTensor(String),
     /// A tensor has the wrong shape for the configured model.
     Shape {
+        /// The tensor.
         name: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
     /// A tensor is stored in a dtype we do not read.
-    Dtype { name: String, dtype: String },
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// The dtype in the file.
+        dtype: String,
+    },
     /// MaPLe prompt tensors that do not fit the model (n_ctx, width, depth).
     Prompts(String),
     /// A PyTorch checkpoint that is malformed (zip, pickle, storages).
@@ -31,6 +39,7 @@ pub enum Error {
     Input(String),
 }
 
+/// `Result` with [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
 
 fn dims(d: &[usize]) -> String {

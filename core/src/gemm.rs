@@ -16,6 +16,7 @@ use crate::simd::{self, Isa};
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// Columns per packed panel.
 pub const NR: usize = 16;
 const MR_MAX: usize = 12;
 const KC: usize = 384;
@@ -33,7 +34,9 @@ enum Store {
 /// A weight matrix B [k, n] packed into column panels.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
+    /// Input width (columns of the original `[n, k]` weight).
     pub k: usize,
+    /// Output width (rows of the original weight).
     pub n: usize,
     /// Index of panel 0 in `data` (for alignment).
     off: usize,
@@ -229,22 +232,28 @@ pub(crate) fn pack_rows<'a>(
     }
 }
 
+/// Activation applied in the GEMM's epilogue.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Act {
+    /// None.
     None,
+    /// CLIP's `x * sigmoid(1.702 x)`.
     QuickGelu,
 }
 
 /// What happens to each output element after the dot product.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
+    /// Added per output column.
     pub bias: Option<&'a [f32]>,
+    /// Applied after the bias.
     pub act: Act,
     /// `C += result` (fused residual add) instead of `C = result`.
     pub accumulate: bool,
 }
 
 impl<'a> Epilogue<'a> {
+    /// Overwrite the output, with an optional bias.
     pub fn store(bias: Option<&'a [f32]>) -> Self {
         Epilogue {
             bias,
@@ -252,6 +261,7 @@ impl<'a> Epilogue<'a> {
             accumulate: false,
         }
     }
+    /// Bias, then QuickGELU.
     pub fn gelu(bias: &'a [f32]) -> Self {
         Epilogue {
             bias: Some(bias),
@@ -259,6 +269,7 @@ impl<'a> Epilogue<'a> {
             accumulate: false,
         }
     }
+    /// Bias, then add to what the output holds (the residual stream).
     pub fn residual(bias: &'a [f32]) -> Self {
         Epilogue {
             bias: Some(bias),

@@ -5,6 +5,7 @@
 //! [`maple`] (prompts) → [`model`] (forward passes over allocate-once workspaces), with the
 //! kernels in [`gemm`] and [`ops`], and [`preprocess`] for pixels.
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(feature = "std")]

@@ -13,7 +13,9 @@ use alloc::vec::Vec;
 /// overwrite the prompt slots with `text_deep[l−1]` / `vis_deep[l−1]`.
 #[derive(Debug, Clone)]
 pub struct MaplePrompts {
+    /// Context tokens per prompt (MaPLe's N_CTX).
     pub n_ctx: usize,
+    /// Layers that take prompts, the input included (MaPLe's PROMPT_DEPTH).
     pub depth: usize,
     /// [n, Dt]: text positions 1..n of the input embeddings.
     pub ctx: Vec<f32>,
@@ -40,6 +42,7 @@ fn project(x: &[f32], n: usize, k: usize, w: &[f32], b: &[f32], o: usize) -> Vec
 }
 
 impl MaplePrompts {
+    /// Reads the `prompt_learner.*` tensors (with or without the prefix) and checks them against `config`.
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
         let prefix = if src.tensor("prompt_learner.ctx").is_some() {
             "prompt_learner."

@@ -19,7 +19,9 @@ use alloc::vec::Vec;
 
 /// CLIP plus (optionally) MaPLe prompts. Without prompts it is zero-shot CLIP (spec §9).
 pub struct Model {
+    /// The frozen CLIP.
     pub clip: Clip,
+    /// MaPLe's prompts; `None` is zero-shot CLIP.
     pub prompts: Option<MaplePrompts>,
 }
 
@@ -76,14 +78,18 @@ pub type TokenRow = Vec<u32>;
 /// L2-normalised text features `[labels, E]`, computed once per label list.
 #[derive(Debug, Clone)]
 pub struct TextFeatures {
+    /// Width of each row.
     pub dim: usize,
+    /// `[len, dim]`, row-major.
     pub data: Vec<f32>,
 }
 
 impl TextFeatures {
+    /// Rows.
     pub fn len(&self) -> usize {
         self.data.len() / self.dim.max(1)
     }
+    /// No rows.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -195,6 +201,7 @@ fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
 }
 
 impl Model {
+    /// A model from CLIP and (optionally) MaPLe prompts.
     pub fn new(clip: Clip, prompts: Option<MaplePrompts>) -> Self {
         Model { clip, prompts }
     }
@@ -227,6 +234,7 @@ impl Model {
         self.clip.config.vision.num_positions() + self.n_ctx()
     }
 
+    /// Buffers for image batches of up to `batch`, allocated once.
     pub fn vision_workspace(&self, batch: usize, par: &Parallel) -> VisionWorkspace {
         // CPU feature detection allocates once on first use (std reads an environment
         // variable): do it here, not inside the first forward pass.
@@ -245,6 +253,7 @@ impl Model {
         }
     }
 
+    /// Buffers for label batches of up to `batch`, allocated once.
     pub fn text_workspace(&self, batch: usize, par: &Parallel) -> TextWorkspace {
         // CPU feature detection allocates once on first use (std reads an environment
         // variable): do it here, not inside the first forward pass.

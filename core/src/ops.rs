@@ -20,6 +20,7 @@ fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / libm::sqrtf(var + eps))
 }
 
+/// Layer norm of each `w.len()`-wide row of `x`, in place.
 pub fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let (mean, inv) = ln_stats(x, eps);
     for ((v, &w), &b) in x.iter_mut().zip(w).zip(b) {
@@ -27,6 +28,7 @@ pub fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     }
 }
 
+/// Layer norm of one row into `out`.
 pub fn layer_norm_row(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let (mean, inv) = ln_stats(x, eps);
     for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {

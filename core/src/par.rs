@@ -30,6 +30,7 @@ impl Parallel {
         }
     }
 
+    /// Threads that run work, the caller included.
     pub fn threads(&self) -> usize {
         #[cfg(feature = "std")]
         if let Some(p) = &self.pool {
@@ -38,6 +39,7 @@ impl Parallel {
         1
     }
 
+    /// Runs `f(i, n)` for `i` in `0..n` on the threads and waits for all of them.
     pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
         #[cfg(feature = "std")]
         if let Some(p) = &self.pool {

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 /// CLIP's normalisation constants, written as in OpenAI's and MaPLe's configs.
 #[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's per-channel standard deviation (OpenAI's).
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 

@@ -23,7 +23,9 @@ const MR: usize = 12;
 /// A weight `B [k, n]` as int8 panels `[panel][k/4][NR][4]` with per-column scales.
 #[derive(Debug, Clone)]
 pub struct Q8Matrix {
+    /// Input width.
     pub k: usize,
+    /// Output width.
     pub n: usize,
     /// `k` rounded up to a multiple of 4 (zero weights in the padding).
     k4: usize,
@@ -63,10 +65,12 @@ impl Q8Matrix {
         }
     }
 
+    /// Quantizes a packed f32/f16 matrix, per output column.
     pub fn from_packed(p: &PackedMatrix) -> Self {
         Self::from_out_in(&p.to_out_in(), p.n, p.k)
     }
 
+    /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() + 8 * self.scale.len()
     }
@@ -79,6 +83,7 @@ pub struct Q8Scratch {
 }
 
 impl Q8Scratch {
+    /// Scratch for up to `rows` rows of width up to `max_k`.
     pub fn new(rows: usize, max_k: usize) -> Self {
         Q8Scratch {
             a: vec![0; rows * max_k.next_multiple_of(4)],

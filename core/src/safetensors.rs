@@ -8,16 +8,21 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
+/// Element types maple reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
+    /// IEEE single.
     F32,
+    /// IEEE half.
     F16,
+    /// bfloat16.
     BF16,
     /// Any other dtype the header names (kept so errors can say which).
     Other(&'static str),
 }
 
 impl Dtype {
+    /// The dtype of a safetensors `dtype` string, with its size in bytes.
     pub fn parse(s: &str) -> Option<(Dtype, usize)> {
         Some(match s {
             "F32" => (Dtype::F32, 4),
@@ -44,6 +49,7 @@ impl Dtype {
         Dtype::parse(self.name()).map_or(1, |(_, s)| s)
     }
 
+    /// The safetensors name (`F32`, `F16`, `BF16`).
     pub fn name(&self) -> &'static str {
         match self {
             Dtype::F32 => "F32",
@@ -58,12 +64,16 @@ impl Dtype {
 /// the file where possible, owned where it had to be rearranged (strides, transposes).
 #[derive(Debug, Clone)]
 pub struct TensorView<'a> {
+    /// Element type.
     pub dtype: Dtype,
+    /// Shape.
     pub shape: Vec<usize>,
+    /// Little-endian elements, borrowed when possible.
     pub data: Cow<'a, [u8]>,
 }
 
 impl TensorView<'_> {
+    /// Elements (product of the shape).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -75,6 +85,7 @@ impl TensorView<'_> {
         Ok(out)
     }
 
+    /// Appends the elements widened to f32 (`name` is for errors).
     pub fn extend_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
         match self.dtype {
             Dtype::F32 => out.extend(
@@ -105,6 +116,7 @@ impl TensorView<'_> {
 
 /// Anything that can hand out tensors by name (a safetensors file, a PyTorch checkpoint, a map).
 pub trait TensorSource {
+    /// The tensor called `name`, if present.
     fn tensor(&self, name: &str) -> Option<TensorView<'_>>;
     /// All names, in file order.
     fn names(&self) -> Vec<&str>;
@@ -133,6 +145,7 @@ pub struct SafeTensors<'a> {
 pub const MAX_HEADER: usize = 100 << 20;
 
 impl<'a> SafeTensors<'a> {
+    /// Reads the header and checks every tensor's offsets; the data stays borrowed.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         if bytes.len() < 8 {
             return Err(Error::Safetensors(format!(
@@ -203,6 +216,7 @@ impl<'a> SafeTensors<'a> {
         })
     }
 
+    /// A `__metadata__` string entry.
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.metadata
             .iter()
@@ -210,10 +224,12 @@ impl<'a> SafeTensors<'a> {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Tensors in the file.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// No tensors.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -293,9 +309,13 @@ impl TensorSource for SafeTensors<'_> {
 
 /// One tensor to write.
 pub struct OwnedTensor {
+    /// Tensor name.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Shape.
     pub shape: Vec<usize>,
+    /// Little-endian elements.
     pub data: Vec<u8>,
 }
 

@@ -7,6 +7,7 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
+/// Instruction sets the kernels are built for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Isa {
     /// AVX-512F (+ FMA): 16-lane kernels.
@@ -18,6 +19,7 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// How `MAPLE_SIMD` names it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512",

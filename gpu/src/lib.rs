@@ -5,6 +5,8 @@
 //! forward pass is one command buffer and one readback. Every wgpu error is captured (never a
 //! panic) and returned as [`GpuError`], so callers can fall back to the CPU.
 
+#![warn(missing_docs)]
+
 mod oneshot;
 mod plan;
 pub mod testing;
@@ -15,6 +17,7 @@ pub use plan::Plan;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
+/// Anything wgpu reported (adapter, device, validation, out of memory, lost device), as one line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuError(pub String);
 
@@ -25,6 +28,7 @@ impl std::fmt::Display for GpuError {
 }
 impl std::error::Error for GpuError {}
 
+/// `Result` with [`GpuError`].
 pub type Result<T> = std::result::Result<T, GpuError>;
 
 /// Which adapters are acceptable.

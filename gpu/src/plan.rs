@@ -41,6 +41,7 @@ enum Op {
     Copy(wgpu::Buffer, wgpu::Buffer, u64),
 }
 
+/// Everything one batch size needs, built once: activation buffers, bind groups, the dispatch list.
 pub struct Plan {
     ops: Vec<Op>,
     /// Pixels (vision) or token ids (text).

@@ -13,7 +13,9 @@ use wgpu::util::DeviceExt;
 /// Storage type of the matmul weights (the math is f32 either way).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Precision {
+    /// f32 everywhere.
     F32,
+    /// Matmul weights stored as f16 (needs `shader-f16`); math stays f32.
     F16,
 }
 
@@ -57,7 +59,9 @@ pub(crate) struct GPrompts {
 
 /// CLIP (+ MaPLe prompts) resident on a GPU.
 pub struct GpuModel {
+    /// The device the weights live on.
     pub gpu: Gpu,
+    /// How the matmul weights are stored.
     pub precision: Precision,
     pub(crate) cfg: ClipConfig,
     pub(crate) patch: GLinear,

@@ -34,6 +34,7 @@ pub struct TorchCheckpoint<'a> {
 }
 
 impl<'a> TorchCheckpoint<'a> {
+    /// Opens a checkpoint held in memory (a `torch.save` zip); nothing is decoded until asked.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let entries = zip::read_zip(bytes)?;
         let pkl: Vec<&zip::Entry> = entries

@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+/// OpenAI's state-dict names (`visual.conv1.weight`, packed `in_proj_weight`, ...) seen as HF `CLIPModel` names.
 pub struct OpenAiNames<'s> {
     src: &'s dyn TensorSource,
     visual: &'static str,

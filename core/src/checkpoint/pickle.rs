@@ -12,59 +12,90 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+/// Deepest nesting of containers the interpreter accepts before refusing the file.
 pub const MAX_DEPTH: u32 = 64;
 const MAX_NODES: usize = 20_000_000;
 
 /// What a global is allowed to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GlobalKind {
+    /// `torch._utils._rebuild_tensor_v2`.
     RebuildTensorV2,
+    /// `torch._utils._rebuild_parameter`.
     RebuildParameter,
+    /// `collections.OrderedDict`.
     OrderedDict,
+    /// A `torch.*Storage` class, with the dtype it holds.
     StorageType(Dtype),
     /// Known to be harmless to represent as a placeholder (optimizers, schedulers, defaultdict…).
     Inert,
 }
 
+/// A global the pickle named and the allowlist accepted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Global {
+    /// Module path, e.g. `torch._utils`.
     pub module: String,
+    /// Name inside the module.
     pub name: String,
+    /// What maple does with it.
     pub kind: GlobalKind,
 }
 
+/// A tensor storage: a `data/{key}` member of the zip.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageRef {
+    /// Element type.
     pub dtype: Dtype,
+    /// Name of the zip member holding the bytes.
     pub key: String,
+    /// Elements in the storage.
     pub numel: usize,
 }
 
+/// A tensor as a view into a storage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorRef {
+    /// Where the elements live.
     pub storage: StorageRef,
+    /// First element, in elements from the storage start.
     pub offset: usize,
+    /// Shape.
     pub size: Vec<usize>,
+    /// Strides, in elements.
     pub stride: Vec<usize>,
 }
 
+/// A value on the interpreter's stack (only what checkpoints use).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// `None`.
     None,
+    /// A bool.
     Bool(bool),
+    /// An int that fits i64.
     Int(i64),
+    /// A float.
     Float(f64),
+    /// A str.
     Str(String),
+    /// A bytes object.
     Bytes(Vec<u8>),
     /// Containers carry their nesting depth.
     List(Vec<Value>, u32),
+    /// A tuple, with its nesting depth.
     Tuple(Vec<Value>, u32),
+    /// A dict in insertion order, with its nesting depth.
     Dict(Vec<(Value, Value)>, u32),
+    /// An allowlisted global.
     Global(Global),
     /// An instance of an inert class: a placeholder, never constructed.
     Object(String),
+    /// A storage reference (from a persistent id).
     Storage(StorageRef),
+    /// A rebuilt tensor.
     Tensor(TensorRef),
+    /// The MARK opcode's stack marker.
     Mark,
 }
 
@@ -82,12 +113,14 @@ impl Value {
             _ => 1,
         }
     }
+    /// The string, if this is a str.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
             _ => None,
         }
     }
+    /// The value under a string key, if this is a dict.
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
             Value::Dict(items, _) => items

@@ -7,8 +7,11 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+/// One stored (uncompressed) member of a zip archive.
 pub struct Entry<'a> {
+    /// Its path inside the archive.
     pub name: String,
+    /// Its bytes, borrowed from the archive.
     pub data: &'a [u8],
 }
 
