@@ -241,7 +241,8 @@ impl ClassifierBuilder {
         self
     }
 
-    /// CPU threads; 0 (the default) uses every core.
+    /// CPU threads; 0 (the default) uses every core. More threads than the cores the process may
+    /// use (`std::thread::available_parallelism`) are never started: they only slow the run.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self
@@ -301,7 +302,10 @@ impl ClassifierBuilder {
             fingerprint,
             tok,
             template: self.template,
-            par: Parallel::with_threads(self.threads),
+            par: Parallel::with_threads(match std::thread::available_parallelism() {
+                Ok(cores) => self.threads.min(cores.get()),
+                Err(_) => self.threads.min(64),
+            }),
             backend: Backend::Cpu(None),
             requested: self.device,
             precision: self.precision,

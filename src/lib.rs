@@ -57,11 +57,33 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     cache::default_dir()
 }
 
+/// The largest labels file [`read_labels`] reads (16 MiB: over 100 000 labels).
+pub const MAX_LABELS_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads a labels file: UTF-8, one label per line; blank lines and `#` lines are skipped and
-/// `_` reads as a space. Errors name the file (and the line).
+/// `_` reads as a space. Errors name the file (and the line). Pipes and devices are read as
+/// streams, up to [`MAX_LABELS_FILE_BYTES`].
 pub fn read_labels(path: impl AsRef<std::path::Path>) -> Result<LabelSet> {
+    use std::io::Read;
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::Text(text::TextError(format!(
+            "{}: is a directory, not a labels file",
+            path.display()
+        ))));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_LABELS_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_LABELS_FILE_BYTES {
+        return Err(Error::Text(text::TextError(format!(
+            "{}: larger than {} MiB, not a labels file",
+            path.display(),
+            MAX_LABELS_FILE_BYTES >> 20
+        ))));
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Text(text::TextError(format!(
             "{}: not UTF-8 text (byte {})",

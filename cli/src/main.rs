@@ -113,7 +113,7 @@ struct Args {
     #[arg(long, default_value = "a photo of a")]
     template: String,
     /// How many labels to show per image (text, csv) or list in "top" (json).
-    #[arg(long, short = 'k', default_value_t = 5)]
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = parse_top_k)]
     top_k: usize,
     #[arg(long, short = 'f', value_enum, default_value = "text")]
     format: FormatArg,
@@ -129,7 +129,7 @@ struct Args {
     /// GPU weight storage.
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
-    /// CPU threads (0 = all cores).
+    /// CPU threads (0 = all cores; more than the cores are not started).
     #[arg(long, short = 'j', default_value_t = 0)]
     threads: usize,
     /// Images per forward pass.
@@ -163,8 +163,29 @@ impl Sink {
     }
 }
 
+/// `--top-k`: at least 1 (0 would print nothing for every image and still exit 0).
+fn parse_top_k(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (how many labels to show per image)".into()),
+        Ok(k) => Ok(k),
+        Err(_) => Err(format!("\"{s}\" is not a whole number")),
+    }
+}
+
 fn main() -> ExitCode {
-    let a = Args::parse();
+    // Argument errors are fatal errors: exit 1, as documented (clap's own default is 2, which
+    // here means "some images failed"). Help and version exit 0.
+    let a = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.exit_code() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
     match run(a) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(2),

@@ -519,3 +519,148 @@ fn a_label_at_the_limit_fits() {
         &["too long"],
     );
 }
+
+/// Issue 15 (7): every fatal error exits 1, argument errors included (clap's default is 2,
+/// which maple-classify uses for "some images failed").
+#[test]
+fn argument_errors_exit_1() {
+    let arg_error = |out: &Output, must_contain: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+        assert!(out.stdout.is_empty());
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains(must_contain),
+            "{err:?} does not mention {must_contain:?}"
+        );
+    };
+    arg_error(&run(&[&"--no-such-flag"]), "--no-such-flag");
+    arg_error(
+        &run(&[
+            &image("rgb_100x80.png"),
+            &"--labels",
+            &"cat",
+            &"--format",
+            &"xml",
+        ]),
+        "xml",
+    );
+    // Issue 15 (6): --top-k 0 printed nothing for every image and exited 0.
+    arg_error(
+        &run(&[
+            &image("rgb_100x80.png"),
+            &"--labels",
+            &"cat",
+            &"--top-k",
+            &"0",
+        ]),
+        "at least 1",
+    );
+    for device in ["bogus", ""] {
+        let out = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
+            .env("MAPLE_DEVICE", device)
+            .arg(image("rgb_100x80.png"))
+            .args(["--labels", "cat", "--model"])
+            .arg(tiny())
+            .output()
+            .unwrap();
+        arg_error(&out, "device");
+    }
+    let help = run(&[&"--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--classes"));
+}
+
+/// Issue 15 (5, 8, 9, 14, 17): labels files with a byte-order mark, runaway lines, device files,
+/// labels only case or cleaning tells apart, and a template too long for any label.
+#[test]
+fn odd_labels_and_templates() {
+    let d = scratch("odd-labels");
+    let classify = |labels: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
+        c.env("MAPLE_DEVICE", "cpu")
+            .env(
+                "MAPLE_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-cache-cli"),
+            )
+            .arg(image("rgb_100x80.png"))
+            .arg("--classes")
+            .arg(labels)
+            .arg("--model")
+            .arg(tiny())
+            .args(["--format", "json"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    // (5) The BOM is not part of the first line: the comment stays a comment.
+    let bom = d.join("bom.txt");
+    std::fs::write(&bom, "\u{feff}# animals\ncat\ndog\n").unwrap();
+    let out = classify(&bom, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let labels: Vec<&str> = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["cat", "dog"]);
+
+    // (8) A 10 MB line: refused before tokenizing, quoted short.
+    let big = d.join("big.txt");
+    std::fs::write(&big, format!("cat\n{}\n", "y".repeat(10 << 20))).unwrap();
+    let err = fails(&classify(&big, &[]), &["big.txt", "line 2", "is too long"]);
+    assert!(err.len() < 300, "{} bytes of error", err.len());
+
+    // (9) A device that never ends.
+    if Path::new("/dev/zero").exists() {
+        fails(
+            &classify(Path::new("/dev/zero"), &[]),
+            &["/dev/zero", "larger than 16 MiB"],
+        );
+    }
+
+    // (14) The tokenizer lower-cases: `Cat` is `cat`.
+    let case = d.join("case.txt");
+    std::fs::write(&case, "cat\nCat\n").unwrap();
+    fails(
+        &classify(&case, &[]),
+        &["case.txt", "line 2", "duplicate label \"Cat\""],
+    );
+
+    // (17) The template is blamed, not the label.
+    let ok = d.join("ok.txt");
+    std::fs::write(&ok, "cat\n").unwrap();
+    let long_template = "a photo of a ".repeat(20);
+    let err = fails(
+        &classify(&ok, &["--template", &long_template]),
+        &["the template"],
+    );
+    assert!(!err.contains("label \"cat\""), "{err}");
+}
+
+/// Issue 15 (12): `--threads u64::MAX` panicked ("capacity overflow"); thousands of threads ran
+/// many times slower. More threads than cores are not started.
+#[test]
+fn absurd_thread_counts_run_on_the_cores() {
+    for threads in ["10000", "18446744073709551615"] {
+        let out = run(&[
+            &image("rgb_100x80.png"),
+            &"--labels",
+            &"cat,dog",
+            &"--model",
+            &tiny(),
+            &"--threads",
+            &threads,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "--threads {threads}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

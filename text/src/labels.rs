@@ -3,6 +3,31 @@
 
 use crate::tokenizer::ClipTokenizer;
 use crate::TextError;
+use std::collections::HashMap;
+
+/// Longest label accepted, in bytes, before any tokenizing: a prompt holds 77 tokens, so no
+/// usable label comes near this, and a runaway line (a binary file, `/dev/zero`) stops here
+/// instead of costing gigabytes in the tokenizer.
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// How much of a label an error quotes.
+const QUOTE_CHARS: usize = 60;
+
+/// Characters that draw nothing: zero-width spaces and joiners, direction marks, word joiner,
+/// soft hyphen, byte-order mark. A label made of these (and spaces) is empty to a person, though
+/// CLIP's byte-level tokenizer would give it tokens.
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{ad}' | '\u{180e}')
+}
+
+/// `s` for an error message: at most [`QUOTE_CHARS`] characters, then `…`.
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
 
 /// One class.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,10 +61,13 @@ pub struct LabelSet {
 }
 
 impl LabelSet {
-    /// Parses the text of a labels file: one label per line, blank lines and `#` lines skipped.
+    /// Parses the text of a labels file: one label per line (`\n`, `\r\n` or a lone `\r`
+    /// ends a line), blank lines and `#` lines skipped, a leading UTF-8 byte-order mark ignored.
     pub fn parse(text: &str, origin: &str) -> Result<LabelSet, TextError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let lines = text
-            .lines()
+            .split('\n')
+            .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
             .enumerate()
             .map(|(i, l)| (i, l.trim()))
             .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
@@ -71,14 +99,31 @@ impl LabelSet {
         origin: &str,
     ) -> Result<LabelSet, TextError> {
         let mut out: Vec<Label> = Vec::new();
+        // CLIP's tokenizer lower-cases: `Cat` and `cat` are the same prompt.
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for (at, t) in items {
-            let l = Label::new(t);
-            if let Some(prev) = out.iter().find(|p| p.name == l.name) {
+            if t.len() > MAX_LABEL_BYTES {
                 return Err(TextError(format!(
-                    "{origin}: {at}duplicate label \"{}\" (same as \"{}\")",
-                    l.text, prev.text
+                    "{origin}: {at}label \"{}\" is too long ({} bytes; a prompt holds 77 tokens, about {MAX_LABEL_BYTES} bytes at the very most)",
+                    quote(t.trim()),
+                    t.len()
                 )));
             }
+            let l = Label::new(t);
+            if l.name.chars().all(invisible) {
+                return Err(TextError(format!(
+                    "{origin}: {at}label \"{}\" is empty (nothing visible once `_` reads as a space)",
+                    quote(&l.text)
+                )));
+            }
+            if let Some(&prev) = seen.get(&l.name.to_lowercase()) {
+                return Err(TextError(format!(
+                    "{origin}: {at}duplicate label \"{}\" (same as \"{}\")",
+                    quote(&l.text),
+                    quote(&out[prev].text)
+                )));
+            }
+            seen.insert(l.name.to_lowercase(), out.len());
             out.push(l);
         }
         if out.is_empty() {
@@ -125,32 +170,63 @@ pub fn check_template(
     Ok(())
 }
 
-/// Token rows for every label; a prompt longer than `max_len` tokens is an error naming it.
+/// Token rows for every label. Errors name the label (or the template): a prompt longer than
+/// `max_len` tokens, a label the tokenizer reads as nothing (zero-width characters), two labels
+/// that give the same prompt once cleaned (`café` / `cafe\u{301}`).
 pub fn tokenize_labels(
     tok: &ClipTokenizer,
     template: &str,
     labels: &LabelSet,
     max_len: usize,
 ) -> Result<Vec<Vec<u32>>, TextError> {
+    if template.len() > MAX_LABEL_BYTES {
+        return Err(TextError(format!(
+            "the template \"{}\" is too long ({} bytes)",
+            quote(template),
+            template.len()
+        )));
+    }
     let base = tok.encode(template)?.len() - 2;
-    labels
-        .labels
-        .iter()
-        .map(|l| {
-            let ids = tok.encode(&prompt(template, l))?;
-            if ids.len() > max_len {
-                let room = max_len.saturating_sub(base + 3);
-                return Err(TextError(format!(
-                    "{}: label \"{}\" is too long: the prompt \"{}\" is {} tokens, the model takes {max_len} (about {room} tokens for the label)",
-                    labels.origin,
-                    l.text,
-                    prompt(template, l),
-                    ids.len()
-                )));
-            }
-            Ok(ids)
-        })
-        .collect()
+    // [SOT] template label . [EOT]: the label needs at least one token.
+    if base + 4 > max_len {
+        return Err(TextError(format!(
+            "the template \"{}\" is {base} tokens: with a label, a period and the start and end tokens it cannot fit the model's {max_len}",
+            quote(template.trim())
+        )));
+    }
+    let mut seen: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut rows = Vec::with_capacity(labels.labels.len());
+    for (i, l) in labels.labels.iter().enumerate() {
+        let ids = tok.encode(&prompt(template, l))?;
+        if ids.len() > max_len {
+            let room = max_len.saturating_sub(base + 3);
+            return Err(TextError(format!(
+                "{}: label \"{}\" is too long: its prompt is {} tokens, the model takes {max_len} (about {room} tokens for the label after \"{}\")",
+                labels.origin,
+                quote(&l.text),
+                ids.len(),
+                quote(template.trim())
+            )));
+        }
+        if ids.len() <= base + 3 {
+            return Err(TextError(format!(
+                "{}: label \"{}\" is empty to CLIP's tokenizer (no characters it reads)",
+                labels.origin,
+                quote(&l.text)
+            )));
+        }
+        if let Some(&j) = seen.get(&ids) {
+            return Err(TextError(format!(
+                "{}: duplicate label \"{}\" (CLIP reads it as \"{}\")",
+                labels.origin,
+                quote(&l.text),
+                quote(&labels.labels[j].text)
+            )));
+        }
+        seen.insert(ids.clone(), i);
+        rows.push(ids);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -208,5 +284,71 @@ mod tests {
         let long = LabelSet::from_names(["cat ".repeat(80)], "labels").unwrap();
         let e = tokenize_labels(&tok, "a photo of a", &long, 77).unwrap_err();
         assert!(e.0.starts_with("labels: label \"cat cat"), "{e}");
+        // The label is quoted short (60 characters and an ellipsis), not in full.
+        assert!(e.0.contains(&format!("{}…\"", "cat ".repeat(15))), "{e}");
+        assert!(e.0.contains("its prompt is 87 tokens"), "{e}");
+    }
+
+    #[test]
+    fn byte_order_mark_and_line_ends() {
+        // Issue 15 (5): a BOM before a comment made the comment a label.
+        let l = LabelSet::parse("\u{feff}# animals\ncat\n", "f").unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.labels[0].text, "cat");
+        // (14): lone CRs end lines (classic Mac files); line numbers follow them.
+        let l = LabelSet::parse("cat\rdog\r\nfish", "f").unwrap();
+        let names: Vec<&str> = l.labels.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["cat", "dog", "fish"]);
+        let e = LabelSet::parse("cat\rdog\rcat", "f").unwrap_err();
+        assert_eq!(e.0, "f: line 3: duplicate label \"cat\" (same as \"cat\")");
+    }
+
+    #[test]
+    fn what_the_model_sees_decides_duplicates_and_empties() {
+        // Issue 15 (14): `Cat`/`cat` gave one prompt twice; `___` was accepted.
+        let e = LabelSet::from_names(["cat", "Cat"], "labels").unwrap_err();
+        assert_eq!(
+            e.0,
+            "labels: label 2: duplicate label \"Cat\" (same as \"cat\")"
+        );
+        let e = LabelSet::from_names(["cat", "___"], "labels").unwrap_err();
+        assert!(
+            e.0.starts_with("labels: label 2: label \"___\" is empty"),
+            "{e}"
+        );
+        let e = LabelSet::parse("cat\n\u{200b}\n", "z.txt").unwrap_err();
+        assert!(
+            e.0.starts_with("z.txt: line 2: label \"\u{200b}\" is empty"),
+            "{e}"
+        );
+        let tok = ClipTokenizer::builtin().unwrap();
+        // NFC: the same word, precomposed and decomposed.
+        let nfc = LabelSet::from_names(["caf\u{e9}", "cafe\u{301}"], "labels").unwrap();
+        let e = tokenize_labels(&tok, "a photo of a", &nfc, 77).unwrap_err();
+        assert!(e.0.starts_with("labels: duplicate label"), "{e}");
+    }
+
+    #[test]
+    fn runaway_labels_stop_before_the_tokenizer() {
+        // Issue 15 (8): a 10 MB line took gigabytes in the tokenizer and a 20 MB error.
+        let huge = "x".repeat(10 << 20);
+        let e = LabelSet::parse(&format!("cat\n{huge}\n"), "big.txt").unwrap_err();
+        assert!(e.0.starts_with("big.txt: line 2: label \"xxxx"), "{e}");
+        assert!(e.0.contains("is too long (10485760 bytes"), "{e}");
+        assert!(e.0.len() < 300, "error is {} bytes", e.0.len());
+    }
+
+    #[test]
+    fn a_template_too_long_is_blamed_on_the_template() {
+        // Issue 15 (17): the label was blamed ("about 0 tokens for the label").
+        let tok = ClipTokenizer::builtin().unwrap();
+        let set = LabelSet::from_names(["cat"], "labels").unwrap();
+        let t = "a photo of a ".repeat(20);
+        let e = tokenize_labels(&tok, &t, &set, 77).unwrap_err();
+        assert!(
+            e.0.starts_with("the template \"a photo of a a photo"),
+            "{e}"
+        );
+        assert!(e.0.contains("is 80 tokens"), "{e}");
     }
 }
