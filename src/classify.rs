@@ -7,7 +7,7 @@ use crate::hub::resolve_model;
 use crate::imageio::{decode_rgb8, load_rgb8};
 use crate::loader::{load_model_fingerprinted, load_text_tower, load_tokenizer};
 use maple_core::ops::softmax;
-use maple_core::preprocess::preprocess;
+use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{Model, Parallel, TextFeatures, TokenRow, VisionWorkspace};
 use maple_text::labels::check_template;
 use maple_text::{tokenize_labels, ClipTokenizer, Label, LabelSet};
@@ -554,11 +554,7 @@ impl Classifier {
                 height,
             } => {
                 check_len(data, width, height, 4).map_err(fail)?;
-                let rgb: Vec<u8> = data
-                    .chunks_exact(4)
-                    .flat_map(|p| [p[0], p[1], p[2]])
-                    .collect();
-                prep(&rgb, width, height)
+                prep(&rgb_from_rgba(data), width, height)
             }
         }
     }
@@ -684,6 +680,18 @@ impl Classifier {
         self.backend = Backend::Cpu(None);
     }
 
+    /// `Auto` only, when the GPU fails mid-run: fall back, then compute the text features again
+    /// on the CPU (loading the text tower if a cache hit had left it out).
+    fn move_to_cpu(&mut self, why: String) -> Result<()> {
+        self.fall_back(why);
+        load_text_tower(&self.model_dir, &mut self.model)?;
+        self.text = self
+            .model
+            .encode_texts(&self.par, &self.text_rows)
+            .map_err(Error::Compute)?;
+        Ok(())
+    }
+
     /// The labels' text features: from the cache if it has them, else from the text tower
     /// (loaded now if it was left out), then saved to the cache.
     fn compute_text(&mut self) -> Result<()> {
@@ -714,13 +722,10 @@ impl Classifier {
             }
         }
         load_text_tower(&self.model_dir, &mut self.model)?;
-        self.text = match self.encode_texts_on_device() {
-            Ok(t) => t,
+        match self.encode_texts_on_device() {
+            Ok(t) => self.text = t,
             Err(e) if self.requested == Device::Auto && self.backend_tag() != "cpu" => {
-                self.fall_back(e);
-                self.model
-                    .encode_texts(&self.par, &self.text_rows)
-                    .map_err(Error::Compute)?
+                self.move_to_cpu(e)?
             }
             Err(e) if self.backend_tag() != "cpu" => return Err(Error::Device(e)),
             Err(e) => {
@@ -729,7 +734,7 @@ impl Classifier {
                     self.labels.origin
                 ))))
             }
-        };
+        }
         // (Not saved if `auto` fell back to the CPU meanwhile: the key names the GPU.)
         if let Some((path, key)) = cached.as_ref().filter(|_| self.backend_tag() == tag) {
             if let Err(e) = cache::store(path, *key, &self.text) {
@@ -759,14 +764,7 @@ impl Classifier {
         if let Backend::Gpu(g) = &mut self.backend {
             match g.encode_images(pixels, count) {
                 Ok(f) => return Ok(f),
-                Err(e) if self.requested == Device::Auto => {
-                    self.fall_back(e.0);
-                    load_text_tower(&self.model_dir, &mut self.model)?;
-                    self.text = self
-                        .model
-                        .encode_texts(&self.par, &self.text_rows)
-                        .map_err(Error::Compute)?;
-                }
+                Err(e) if self.requested == Device::Auto => self.move_to_cpu(e.0)?,
                 Err(e) => return Err(Error::Device(e.0)),
             }
         }

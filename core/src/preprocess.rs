@@ -191,6 +191,13 @@ pub fn normalize_into(crop: &[u8], size: usize, out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// RGBA8 → RGB8 by dropping alpha (never compositing), as Pillow's `convert("RGB")` does.
+pub fn rgb_from_rgba(rgba: &[u8]) -> Vec<u8> {
+    rgba.chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect()
+}
+
 /// The whole CLIP/MaPLe test transform on an RGB8 image → `[3, S, S]` f32.
 pub fn preprocess(rgb: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
     let crop = resize_crop_rgb8(rgb, w, h, size)?;

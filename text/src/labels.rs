@@ -116,14 +116,15 @@ impl LabelSet {
                     quote(&l.text)
                 )));
             }
-            if let Some(&prev) = seen.get(&l.name.to_lowercase()) {
+            let key = l.name.to_lowercase();
+            if let Some(&prev) = seen.get(&key) {
                 return Err(TextError(format!(
                     "{origin}: {at}duplicate label \"{}\" (same as \"{}\")",
                     quote(&l.text),
                     quote(&out[prev].text)
                 )));
             }
-            seen.insert(l.name.to_lowercase(), out.len());
+            seen.insert(key, out.len());
             out.push(l);
         }
         if out.is_empty() {

@@ -7,7 +7,7 @@
 //! JS: `const m = await Maple.load(configJson, weights, prompts?); await m.set_labels(text);
 //! const logits = await m.classify(rgba, width, height);`
 
-use maple_core::preprocess::preprocess;
+use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TextFeatures, TokenRow};
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
 use maple_text::labels::check_template;
@@ -130,12 +130,8 @@ impl Maple {
                     rgba.len()
                 )));
             }
-            let rgb: Vec<u8> = rgba
-                .chunks_exact(4)
-                .flat_map(|p| [p[0], p[1], p[2]])
-                .collect();
             let s = i.model.clip.config.vision.image_size;
-            let px = preprocess(&rgb, w, h, s).map_err(js)?;
+            let px = preprocess(&rgb_from_rgba(&rgba), w, h, s).map_err(js)?;
             let f = i.gpu.encode_images_async(&px, 1).await.map_err(js)?;
             let text = i.text.as_ref().ok_or_else(|| js("set labels first"))?;
             let mut logits = vec![0.0f32; text.len()];
