@@ -20,8 +20,9 @@
 //! every value is finite; anything else is rebuilt. A directory that cannot be written costs a
 //! warning, never the run.
 
-use crate::synth::write_atomic;
+use crate::outfile::write_atomic;
 use maple_core::TextFeatures;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -98,9 +99,21 @@ pub enum Miss {
 
 /// The features in `path` if it is a complete, matching, undamaged cache file.
 pub fn load(path: &Path, key: u128, labels: usize, dim: usize) -> Result<TextFeatures, Miss> {
-    let bytes = std::fs::read(path).map_err(|_| Miss::Absent)?;
     let n = labels * dim;
-    if bytes.len() != HEADER + 4 * n + 8 {
+    let want = HEADER + 4 * n + 8;
+    // The length is checked before a byte is read: a huge stray file costs nothing.
+    let mut f = std::fs::File::open(path).map_err(|_| Miss::Absent)?;
+    match f.metadata() {
+        Ok(m) if m.is_file() && m.len() == want as u64 => {}
+        Ok(_) => return Err(Miss::Invalid("wrong length")),
+        Err(_) => return Err(Miss::Absent),
+    }
+    let mut bytes = Vec::with_capacity(want);
+    (&mut f)
+        .take(want as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|_| Miss::Invalid("unreadable"))?;
+    if bytes.len() != want {
         return Err(Miss::Invalid("wrong length"));
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
@@ -195,6 +208,30 @@ mod tests {
         );
         std::fs::remove_file(&p).unwrap();
         assert_eq!(load(&p, 7, 2, 3).unwrap_err(), Miss::Absent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A huge or endless file where a cache file should be is rejected by its length alone,
+    /// before a byte is read (reading /dev/zero would never end).
+    #[cfg(unix)]
+    #[test]
+    fn huge_and_endless_files_are_not_read() {
+        let dir = std::env::temp_dir().join(format!("maple-cache-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = path(&dir, 9);
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        assert_eq!(
+            load(&p, 9, 2, 3).unwrap_err(),
+            Miss::Invalid("wrong length")
+        );
+        std::fs::remove_file(&p).unwrap();
+        // 3 GB, sparse: costs nothing on disk (it would cost 3 GB of memory to read).
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(3 << 30).unwrap();
+        assert_eq!(
+            load(&p, 9, 2, 3).unwrap_err(),
+            Miss::Invalid("wrong length")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,7 +5,9 @@ use crate::cache;
 use crate::error::{Error, Result};
 use crate::hub::resolve_model;
 use crate::imageio::{decode_rgb8, load_rgb8};
-use crate::loader::{load_model_fingerprinted, load_text_tower, load_tokenizer};
+use crate::loader::{
+    find_non_finite, load_model_fingerprinted, load_text_tower, load_tokenizer, weights_file,
+};
 use maple_core::ops::softmax;
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{Model, Parallel, TextFeatures, TokenRow, VisionWorkspace};
@@ -299,6 +301,7 @@ impl ClassifierBuilder {
             labels: Arc::new(labels),
             model,
             model_dir,
+            prompts_path: self.prompts,
             fingerprint,
             tok,
             template: self.template,
@@ -314,11 +317,78 @@ impl ClassifierBuilder {
             batch_size: self.batch_size,
             warnings: Vec::new(),
         };
+        c.warnings = env_warnings(c.requested);
         c.text_rows = c.tokenize(&c.labels)?;
-        c.open_device()?;
+        if let Err(e) = c.open_device() {
+            // The build fails, so its warnings would go unseen: they may say why.
+            return Err(match e {
+                Error::Device(m) if !c.warnings.is_empty() => {
+                    Error::Device(format!("{m} ({})", c.warnings.join("; ")))
+                }
+                e => e,
+            });
+        }
         c.compute_text()?;
         Ok(c)
     }
+}
+
+/// Warnings for settings in the environment that would otherwise be ignored without a word:
+/// `MAPLE_SIMD` naming no kernel path or one this CPU lacks, `WGPU_BACKEND` naming no backend.
+fn env_warnings(device: Device) -> Vec<String> {
+    use maple_core::simd::{available, isa, Isa};
+    let mut w = Vec::new();
+    if let Some(v) = std::env::var_os("MAPLE_SIMD") {
+        let v = v.to_string_lossy();
+        let want = match v.as_ref() {
+            "avx512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2),
+            "portable" => Some(Isa::Portable),
+            _ => None,
+        };
+        match want {
+            None => w.push(format!(
+                "MAPLE_SIMD=\"{v}\" is not one of avx512, avx2, portable; ignored (using {})",
+                isa().name()
+            )),
+            Some(i) if !available().contains(&i) => w.push(format!(
+                "MAPLE_SIMD={v}: this CPU cannot run that path; using {}",
+                isa().name()
+            )),
+            Some(_) => {}
+        }
+    }
+    if device != Device::Cpu {
+        if let Some(v) = std::env::var_os("WGPU_BACKEND") {
+            let v = v.to_string_lossy();
+            const KNOWN: &[&str] = &[
+                "vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu",
+                "noop",
+            ];
+            let parts: Vec<String> = v.split(',').map(|p| p.trim().to_lowercase()).collect();
+            let unknown: Vec<&String> = parts
+                .iter()
+                .filter(|p| !KNOWN.contains(&p.as_str()))
+                .collect();
+            if !unknown.is_empty() {
+                w.push(format!(
+                    "WGPU_BACKEND=\"{v}\": {} not a backend (vulkan, metal, dx12, gl){}",
+                    unknown
+                        .iter()
+                        .map(|u| format!("\"{u}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + if unknown.len() == 1 { " is" } else { " are" },
+                    if unknown.len() == parts.len() {
+                        "; no GPU backend is left to try"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
+    w
 }
 
 /// A model directory from a directory path or a Hugging Face id.
@@ -359,6 +429,7 @@ enum Backend {
 pub struct Classifier {
     model: Model,
     model_dir: PathBuf,
+    prompts_path: Option<PathBuf>,
     fingerprint: u128,
     tok: ClipTokenizer,
     template: String,
@@ -587,9 +658,12 @@ impl Classifier {
             }
             if pending.len() == self.batch_size || (i + 1 == n && !pending.is_empty()) {
                 let feats = self.encode_images(&pixels, pending.len())?;
+                if feats.iter().any(|v| !v.is_finite()) {
+                    return Err(self.non_finite("the image tower"));
+                }
                 let e = self.text.dim;
                 for (&j, f) in pending.iter().zip(feats.chunks_exact(e)) {
-                    out[j] = self.scores(f);
+                    out[j] = Ok(self.scores(f)?);
                 }
                 pending.clear();
                 pixels.clear();
@@ -603,6 +677,9 @@ impl Classifier {
         self.model
             .logits(feature, &self.text, &mut logits)
             .map_err(Error::Compute)?;
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(self.non_finite("the logit scale"));
+        }
         let mut probs = logits.clone();
         softmax(&mut probs);
         Ok(Classification {
@@ -610,6 +687,25 @@ impl Classifier {
             logits,
             probs,
         })
+    }
+
+    /// The error for NaN or infinite features or logits from `what`: a model whose weights hold
+    /// them cannot classify anything. It names the first such tensor when it finds one.
+    fn non_finite(&self, what: &str) -> Error {
+        let files = weights_file(&self.model_dir)
+            .ok()
+            .into_iter()
+            .chain(self.prompts_path.clone());
+        let why = files
+            .filter_map(|p| find_non_finite(&p))
+            .next()
+            .unwrap_or_else(|| {
+                format!(
+                    "the weights in {} or the prompts overflow",
+                    crate::path_display(&self.model_dir)
+                )
+            });
+        Error::Model(format!("{what} gives NaN or infinite values: {why}"))
     }
 
     fn tokenize(&self, labels: &LabelSet) -> Result<Vec<TokenRow>> {
@@ -734,6 +830,10 @@ impl Classifier {
                     self.labels.origin
                 ))))
             }
+        }
+        if let Some(i) = self.text.data.iter().position(|v| !v.is_finite()) {
+            let label = &self.labels.labels[i / self.text.dim.max(1)].text;
+            return Err(self.non_finite(&format!("the text tower (label \"{label}\")")));
         }
         // (Not saved if `auto` fell back to the CPU meanwhile: the key names the GPU.)
         if let Some((path, key)) = cached.as_ref().filter(|_| self.backend_tag() == tag) {

@@ -1,7 +1,7 @@
 //! `maple-convert`: any supported weight file → safetensors with HF / MaPLe names.
 
 use crate::loader::with_tensors;
-use crate::synth::write_atomic;
+use crate::outfile::OutputFile;
 use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::safetensors::{serialize, Dtype, OwnedTensor, TensorView};
@@ -35,8 +35,22 @@ fn convert_dtype(t: &TensorView, to: Option<Dtype>) -> (Dtype, Vec<u8>) {
     (to, out)
 }
 
-/// Converts `input` into `output` (written atomically; nothing is written on error).
+/// Converts `input` into `output` (written atomically; nothing is written on error). The
+/// destination is checked before the input is read: one that cannot be written fails first.
 pub fn convert(input: &Path, output: &Path, dtype: Option<Dtype>) -> Result<(Kind, usize), Error> {
+    let mut out = OutputFile::create(output)?;
+    let (kind, n, bytes) = convert_to_bytes(input, dtype)?;
+    out.write_bytes(&bytes)?;
+    out.commit()?;
+    Ok((kind, n))
+}
+
+/// [`convert`], returning the safetensors file's bytes (and what it holds, and how many
+/// tensors) instead of writing them.
+pub fn convert_to_bytes(
+    input: &Path,
+    dtype: Option<Dtype>,
+) -> Result<(Kind, usize, Vec<u8>), Error> {
     let (kind, tensors, meta) = with_tensors(input, false, |raw: &dyn TensorSource| {
         // MaPLe prompts are looked for first: MaPLe checkpoints also hold a frozen CLIP copy.
         let adapted = OpenAiNames::detect(raw);
@@ -116,6 +130,5 @@ pub fn convert(input: &Path, output: &Path, dtype: Option<Dtype>) -> Result<(Kin
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .chain([("format", "pt")])
         .collect();
-    write_atomic(output, &serialize(&tensors, &meta))?;
-    Ok((kind, tensors.len()))
+    Ok((kind, tensors.len(), serialize(&tensors, &meta)))
 }

@@ -81,9 +81,38 @@ impl Error {
 
     pub(crate) fn image(image: &Path, message: impl Into<String>) -> Error {
         Error::Image {
-            image: image.display().to_string(),
+            image: path_display(image),
             message: message.into(),
         }
+    }
+}
+
+/// A path as maple prints it (in errors, result records and reports). A UTF-8 path without a
+/// backslash prints as it is. Any other path (on Unix, where names are bytes) prints with each
+/// backslash doubled and each byte that is not UTF-8 written `\xHH`, so two different names
+/// never print the same: `caf\xE9.jpg` is the Latin-1 name, `a\\b.jpg` the name `a\b.jpg`.
+pub fn path_display(path: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            if !s.contains('\\') {
+                return s.to_string();
+            }
+        }
+        let mut out = String::with_capacity(bytes.len() + 8);
+        for chunk in bytes.utf8_chunks() {
+            out.push_str(&chunk.valid().replace('\\', "\\\\"));
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        path.display().to_string()
     }
 }
 
@@ -96,11 +125,11 @@ impl fmt::Display for Error {
                     std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
                     _ => source.to_string(),
                 };
-                write!(f, "{}: {why}", path.display())
+                write!(f, "{}: {why}", path_display(path))
             }
-            Error::Format { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Format { path, source } => write!(f, "{}: {source}", path_display(path)),
             Error::Refused { path, source } => {
-                write!(f, "refusing to load {}: {source}", path.display())
+                write!(f, "refusing to load {}: {source}", path_display(path))
             }
             Error::Image { image, message } => write!(f, "{image}: {message}"),
             Error::Text(e) => e.fmt(f),
@@ -125,5 +154,25 @@ impl std::error::Error for Error {
 impl From<maple_text::TextError> for Error {
     fn from(e: maple_text::TextError) -> Error {
         Error::Text(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_display;
+    use std::path::Path;
+
+    #[cfg(unix)]
+    #[test]
+    fn paths_print_without_two_names_looking_alike() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let p = |b: &[u8]| path_display(Path::new(OsStr::from_bytes(b)));
+        assert_eq!(p(b"photos/chat.jpg"), "photos/chat.jpg");
+        assert_eq!(p("photos/été.jpg".as_bytes()), "photos/été.jpg");
+        assert_eq!(p(b"caf\xe9.jpg"), "caf\\xE9.jpg");
+        assert_eq!(p(b"caf\\xE9.jpg"), "caf\\\\xE9.jpg");
+        assert_eq!(p(b"a\xff\xfe\\b"), "a\\xFF\\xFE\\\\b");
+        assert_ne!(p(b"x\xe9"), p(b"x\xc3"));
     }
 }

@@ -38,13 +38,14 @@ mod error;
 pub mod hub;
 pub mod imageio;
 pub mod loader;
+pub mod outfile;
 pub mod synth;
 
 pub use classify::{
     top_k, ActiveDevice, Classification, Classifier, ClassifierBuilder, Device, ImageSource,
     Precision, Score,
 };
-pub use error::{Error, Result};
+pub use error::{path_display, Error, Result};
 /// The `no_std` engine: configs, weights, kernels, the forward passes.
 pub use maple_core as engine;
 /// CLIP's text side: cleaning, tokenizer, label lists, prompt rules.

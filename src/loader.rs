@@ -1,6 +1,7 @@
 //! Model directories (HF layout: `config.json`, `model.safetensors`, optional `tokenizer.json`)
 //! and MaPLe prompt files, memory-mapped and handed to the core.
 
+use crate::error::path_display;
 use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::checkpoint::{is_zip, TorchCheckpoint};
@@ -11,7 +12,10 @@ use memmap2::Mmap;
 use memmap2::UncheckedAdvice;
 #[cfg(unix)]
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -33,10 +37,57 @@ impl std::ops::Deref for Bytes {
     }
 }
 
-/// Maps `path` read-only (reads it when tiny).
+/// The largest MaPLe prompts file read: MaPLe's own checkpoints are 3–15 MB.
+pub const MAX_PROMPTS_BYTES: u64 = 1 << 30;
+
+/// The largest weights file read (ViT-B/16 in f32 is 0.6 GB).
+pub const MAX_WEIGHTS_BYTES: u64 = 16 << 30;
+
+/// The most read from a pipe or device given as a weights or prompts file (it is held in
+/// memory, unlike a mapped file).
+pub const MAX_STREAM_BYTES: u64 = 1 << 30;
+
+/// Maps `path` read-only (reads it when tiny), refusing files over [`MAX_WEIGHTS_BYTES`].
 pub fn map_file(path: &Path) -> Result<Bytes, Error> {
+    map_file_at_most(path, MAX_WEIGHTS_BYTES)
+}
+
+/// Maps `path` read-only, refusing a file over `limit` bytes. A directory is an error that
+/// names the checkpoint files inside it, if any; pipes and devices are read as streams, up to
+/// `limit`.
+pub fn map_file_at_most(path: &Path, limit: u64) -> Result<Bytes, Error> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: is a directory, not a safetensors or PyTorch file{}",
+            path_display(path),
+            checkpoint_hint(path)
+        )));
+    }
+    let too_big = |what: String, limit: u64| {
+        Error::Invalid(format!(
+            "{}: {what}, larger than the {} this kind of file may be",
+            path_display(path),
+            size(limit)
+        ))
+    };
+    if !meta.is_file() {
+        // A pipe or a device: its length is unknown until read.
+        let limit = limit.min(MAX_STREAM_BYTES);
+        let mut bytes = Vec::new();
+        (&f).take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > limit {
+            return Err(too_big(format!("a stream of over {}", size(limit)), limit));
+        }
+        return Ok(Bytes::Owned(bytes));
+    }
+    let len = meta.len();
+    if len > limit {
+        return Err(too_big(size(len), limit));
+    }
     if len < 4096 {
         return std::fs::read(path)
             .map(Bytes::Owned)
@@ -47,6 +98,47 @@ pub fn map_file(path: &Path) -> Result<Bytes, Error> {
     unsafe { Mmap::map(&f) }
         .map(Bytes::Mapped)
         .map_err(|e| Error::io(path, e))
+}
+
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// For a directory given where a file was wanted: the checkpoint a person most likely meant
+/// (MaPLe's runs keep `MultiModalPromptLearner/model.pth.tar-N`), as "; pass …".
+fn checkpoint_hint(dir: &Path) -> String {
+    let mut found: Vec<PathBuf> = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("MultiModalPromptLearner")] {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let wanted = n.starts_with("model.pth.tar")
+                || n.starts_with("model-best.pth.tar")
+                || n.ends_with(".safetensors")
+                || n.ends_with(".bin");
+            if wanted && e.path().is_file() {
+                found.push(e.path());
+            }
+        }
+    }
+    // The last epoch's checkpoint first (model.pth.tar-5 before model.pth.tar-2).
+    let epoch = |p: &PathBuf| {
+        p.to_string_lossy()
+            .rsplit('-')
+            .next()
+            .and_then(|e| e.parse::<u64>().ok())
+    };
+    found.sort_by(|a, b| epoch(b).cmp(&epoch(a)).then(a.cmp(b)));
+    match found.first() {
+        Some(p) => format!("; pass the file inside it, e.g. {}", path_display(p)),
+        None => String::new(),
+    }
 }
 
 /// Parses `DIR/config.json` (Hugging Face CLIPModel config).
@@ -84,7 +176,28 @@ pub fn with_tensors<T>(
     hf_names: bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
 ) -> Result<T, Error> {
-    let bytes = map_file(path)?;
+    with_tensors_at_most(path, MAX_WEIGHTS_BYTES, hf_names, f)
+}
+
+/// [`with_tensors`] on a file of at most `limit` bytes.
+pub fn with_tensors_at_most<T>(
+    path: &Path,
+    limit: u64,
+    hf_names: bool,
+    f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
+) -> Result<T, Error> {
+    with_tensors_used(path, limit, hf_names, f).map(|(t, _)| t)
+}
+
+/// [`with_tensors_at_most`], also returning the names of the file's tensors that `f` never
+/// asked for.
+fn with_tensors_used<T>(
+    path: &Path,
+    limit: u64,
+    hf_names: bool,
+    f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
+) -> Result<(T, Vec<String>), Error> {
+    let bytes = map_file_at_most(path, limit)?;
     let err = |e| Error::core(path, e);
     let run = |src: &dyn TensorSource| {
         let tap = Tap {
@@ -94,10 +207,24 @@ pub fn with_tensors<T>(
                 Bytes::Owned(_) => None,
             },
         };
-        match OpenAiNames::detect(&tap).filter(|_| hf_names) {
-            Some(o) => f(&o),
-            None => f(&tap),
-        }
+        let adapted = OpenAiNames::detect(&tap).filter(|_| hf_names);
+        let asked = Asked {
+            inner: match &adapted {
+                Some(o) => o,
+                None => &tap,
+            },
+            names: RefCell::new(HashSet::new()),
+        };
+        let t = f(&asked)?;
+        let names = asked.names.borrow();
+        let unused = asked
+            .inner
+            .names()
+            .into_iter()
+            .filter(|n| !names.contains(*n))
+            .map(str::to_string)
+            .collect();
+        Ok((t, unused))
     };
     if is_zip(&bytes) {
         let ck = TorchCheckpoint::parse(&bytes).map_err(err)?;
@@ -106,6 +233,33 @@ pub fn with_tensors<T>(
         let st = SafeTensors::parse(&bytes).map_err(err)?;
         run(&st).map_err(err)
     }
+}
+
+/// Tensors of a CLIP weights file that the model `config` describes does not use: names the
+/// core never asked for, and layers past the config's layer count (HF's `position_ids`
+/// buffers are expected and ignored).
+fn unused_weights(config: &ClipConfig, unused: Vec<String>, all: &[String]) -> Vec<String> {
+    let past_last_layer = |n: &str| {
+        let (rest, layers) = if let Some(r) = n.strip_prefix("vision_model.encoder.layers.") {
+            (r, config.vision.tower.num_hidden_layers)
+        } else if let Some(r) = n.strip_prefix("text_model.encoder.layers.") {
+            (r, config.text.tower.num_hidden_layers)
+        } else {
+            return false;
+        };
+        rest.split('.')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= layers)
+    };
+    let mut out: Vec<String> = unused
+        .into_iter()
+        .chain(all.iter().filter(|n| past_last_layer(n)).cloned())
+        .filter(|n| !n.ends_with("position_ids"))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A 128-bit fingerprint (XXH3) of the name, dtype, shape and bytes of every tensor of `src`
@@ -139,6 +293,29 @@ pub fn fingerprint(src: &dyn TensorSource, select: impl Fn(&str) -> bool) -> u12
 struct Tap<'a> {
     inner: &'a dyn TensorSource,
     map: Option<&'a Mmap>,
+}
+
+/// Notes the names of the tensors asked for (to find the ones a model leaves unused).
+struct Asked<'a> {
+    inner: &'a dyn TensorSource,
+    names: RefCell<HashSet<String>>,
+}
+
+impl TensorSource for Asked<'_> {
+    fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+        if !self.names.borrow().contains(name) {
+            self.names.borrow_mut().insert(name.to_string());
+        }
+        self.inner.tensor(name)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.inner.names()
+    }
+
+    fn release(&self, name: &str, view: &TensorView<'_>) {
+        self.inner.release(name, view)
+    }
 }
 
 impl TensorSource for Tap<'_> {
@@ -203,17 +380,31 @@ pub fn load_model_fingerprinted(
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
-    let (clip, weights_fp) = with_tensors(&wp, true, |src| {
-        let fp = fingerprint(src, text_side);
-        Clip::load_parts(&config, src, text).map(|c| (c, fp))
-    })?;
+    let ((clip, weights_fp, all), unused) =
+        with_tensors_used(&wp, MAX_WEIGHTS_BYTES, true, |src| {
+            let all: Vec<String> = src.names().into_iter().map(str::to_string).collect();
+            let fp = fingerprint(src, text_side);
+            Clip::load_parts(&config, src, text).map(|c| (c, fp, all))
+        })?;
+    let unused = unused_weights(&config, unused, &all);
+    if let Some(first) = unused.first() {
+        return Err(Error::Model(format!(
+            "{}: {} tensor{} not used by the model {} describes ({first}{}): the config and \
+             the weights do not match",
+            path_display(&wp),
+            unused.len(),
+            if unused.len() == 1 { " is" } else { "s are" },
+            path_display(&dir.join("config.json")),
+            if unused.len() > 1 { ", …" } else { "" }
+        )));
+    }
     let mut h = Xxh3::new();
     let cj = dir.join("config.json");
     h.update(&std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?);
     h.update(&weights_fp.to_le_bytes());
     let prompts = match prompts {
         Some(p) => {
-            let (pr, fp) = with_tensors(p, false, |src| {
+            let (pr, fp) = with_tensors_at_most(p, MAX_PROMPTS_BYTES, false, |src| {
                 let fp = fingerprint(src, |_| true);
                 MaplePrompts::load(&config, src).map(|pr| (pr, fp))
             })?;
@@ -247,4 +438,43 @@ pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, Error> {
         ClipTokenizer::builtin()
     };
     Ok(tok?)
+}
+
+/// The first tensor of a weights or prompts file holding a NaN or an infinity, as
+/// `"FILE: tensor NAME holds NaN or infinite values"`; `None` if every float tensor is finite
+/// (or the file cannot be read). Only called to explain non-finite outputs.
+pub fn find_non_finite(path: &Path) -> Option<String> {
+    use maple_core::Dtype;
+    let name = with_tensors(path, false, |src| {
+        for name in src.names() {
+            let Some(v) = src.tensor(name) else {
+                continue;
+            };
+            let bad = match v.dtype {
+                Dtype::F32 => v
+                    .data
+                    .chunks_exact(4)
+                    .any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+                Dtype::F16 => v
+                    .data
+                    .chunks_exact(2)
+                    .any(|c| !half::f16::from_le_bytes([c[0], c[1]]).is_finite()),
+                Dtype::BF16 => v
+                    .data
+                    .chunks_exact(2)
+                    .any(|c| !half::bf16::from_le_bytes([c[0], c[1]]).is_finite()),
+                Dtype::Other(_) => false,
+            };
+            src.release(name, &v);
+            if bad {
+                return Ok(Some(name.to_string()));
+            }
+        }
+        Ok(None)
+    })
+    .ok()??;
+    Some(format!(
+        "{}: tensor {name} holds NaN or infinite values",
+        path_display(path)
+    ))
 }

@@ -79,15 +79,4 @@ pub fn ensure_full_model(dir: &Path) -> Result<(), Error> {
     write_model(dir, &spec)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place; on any error
-/// the temporary file is removed and `path` is untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let r = std::fs::write(&tmp, bytes)
-        .map_err(|e| Error::io(path, e))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
-}
+pub use crate::outfile::write_atomic;

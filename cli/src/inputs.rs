@@ -1,6 +1,7 @@
 //! Which images to classify: files as given, directories walked recursively (image extensions
 //! only, sorted, symlinks followed but never in a loop), `-` for paths on stdin.
 
+use maple::path_display;
 use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -35,13 +36,28 @@ pub fn collect(args: &[PathBuf], stdin: &mut dyn BufRead) -> Vec<Input> {
     let mut out = Vec::new();
     for a in args {
         if a.as_os_str() == "-" {
-            let mut line = String::new();
-            while stdin.read_line(&mut line).unwrap_or(0) > 0 {
-                let t = line.trim_end_matches(['\n', '\r']);
-                if !t.is_empty() {
-                    add(Path::new(t), &mut out);
-                }
+            // Paths are bytes (a file name need not be UTF-8): read lines as bytes, to the end.
+            let mut line = Vec::new();
+            loop {
                 line.clear();
+                match stdin.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        out.push(Input::Failed(
+                            PathBuf::from("-"),
+                            format!("cannot read paths from stdin: {e}"),
+                        ));
+                        break;
+                    }
+                }
+                let mut t = line.as_slice();
+                while let [rest @ .., b'\n' | b'\r'] = t {
+                    t = rest;
+                }
+                if !t.is_empty() {
+                    add(&path_from_bytes(t), &mut out);
+                }
             }
         } else {
             add(a, &mut out);
@@ -50,18 +66,40 @@ pub fn collect(args: &[PathBuf], stdin: &mut dyn BufRead) -> Vec<Input> {
     out
 }
 
+#[cfg(unix)]
+fn path_from_bytes(b: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(b: &[u8]) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(b).into_owned())
+}
+
 fn add(p: &Path, out: &mut Vec<Input>) {
     match std::fs::metadata(p) {
         Ok(m) if m.is_dir() => {
-            let mut seen = HashSet::new();
-            walk(p, &mut seen, out);
+            let mut walk_state = Walk::default();
+            walk(p, &mut walk_state, out);
         }
         // Missing files and other problems are reported per image by the decoder.
         _ => out.push(Input::Image(p.to_path_buf())),
     }
 }
 
-fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<Input>) {
+/// What one walk of a directory tree has seen.
+#[derive(Default)]
+struct Walk {
+    /// The real directories on the way down to the current one (a link back to one of them
+    /// is a loop).
+    stack: HashSet<PathBuf>,
+    /// Every real directory walked so far: reached again through another link, it is skipped
+    /// (a tree of links that share directories would otherwise be walked once per path).
+    done: HashSet<PathBuf>,
+}
+
+fn walk(dir: &Path, seen: &mut Walk, out: &mut Vec<Input>) {
     let canon = match std::fs::canonicalize(dir) {
         Ok(c) => c,
         Err(e) => {
@@ -72,13 +110,20 @@ fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<Input>) {
             return;
         }
     };
-    if !seen.insert(canon.clone()) {
+    if seen.stack.contains(&canon) {
         out.push(Input::Failed(
             dir.to_path_buf(),
-            format!("symbolic link loop (leads back to {})", canon.display()),
+            format!(
+                "symbolic link loop (leads back to {})",
+                path_display(&canon)
+            ),
         ));
         return;
     }
+    if !seen.done.insert(canon.clone()) {
+        return;
+    }
+    seen.stack.insert(canon.clone());
     let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(e) => {
@@ -102,5 +147,5 @@ fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<Input>) {
             Err(_) => {}
         }
     }
-    seen.remove(&canon);
+    seen.stack.remove(&canon);
 }

@@ -9,12 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use inputs::{collect, Input};
 use maple::hub::DEFAULT_MODEL;
 use maple::imageio::load_rgb8;
-use maple::synth::write_atomic;
-use maple::{ActiveDevice, Classifier, Device, Error, ImageSource, LabelSet, Precision};
+use maple::outfile::OutputFile;
+use maple::{
+    path_display, ActiveDevice, Classifier, Device, Error, ImageSource, LabelSet, Precision,
+};
 use output::{header, record, Format};
-use report::{render, thumbnail, Entry};
+use report::{card, finish, start, thumbnail, Entry};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// A fatal error, as the one line printed after `maple-classify: `.
@@ -117,7 +119,8 @@ struct Args {
     top_k: usize,
     #[arg(long, short = 'f', value_enum, default_value = "text")]
     format: FormatArg,
-    /// Write results to FILE (atomically: a temporary file renamed at the end) instead of stdout.
+    /// Write results to FILE instead of stdout (`-`: stdout). A regular file is replaced at the
+    /// end, atomically, keeping its permissions; a device or FIFO is written into.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
     /// Also write a self-contained HTML page with thumbnails and score bars.
@@ -143,25 +146,73 @@ struct Args {
     quiet: bool,
 }
 
+/// Where results go: stdout, or a file written through a temporary file.
 enum Sink {
     Stdout(std::io::Stdout),
-    File(PathBuf, Vec<u8>),
+    File(OutputFile),
 }
 
 impl Sink {
+    /// `-` (or no `--output`) is stdout; a file is opened now, before any work, so a
+    /// destination that cannot be written fails first.
+    fn open(path: Option<&Path>) -> Result<Sink, Fatal> {
+        match path {
+            None => Ok(Sink::Stdout(stdout_checked()?)),
+            Some(p) if p.as_os_str() == "-" => Ok(Sink::Stdout(stdout_checked()?)),
+            Some(p) => Ok(Sink::File(OutputFile::create(p)?)),
+        }
+    }
+
     fn write(&mut self, s: &str) -> Result<(), Fatal> {
         match self {
             Sink::Stdout(o) => o
                 .lock()
                 .write_all(s.as_bytes())
                 .map_err(|e| Fatal(format!("cannot write to stdout: {e}"))),
-            Sink::File(_, buf) => {
-                buf.extend_from_slice(s.as_bytes());
-                Ok(())
-            }
+            Sink::File(f) => Ok(f.write_bytes(s.as_bytes())?),
+        }
+    }
+
+    /// Flushes stdout, or renames the file into place.
+    fn finish(self) -> Result<(), Fatal> {
+        match self {
+            Sink::Stdout(mut o) => o
+                .flush()
+                .map_err(|e| Fatal(format!("cannot write to stdout: {e}"))),
+            Sink::File(f) => Ok(f.commit()?),
         }
     }
 }
+
+/// Stdout, if it was open when the program started (`maple-classify … >&-` closes it). Rust's
+/// runtime puts `/dev/null` in place of a closed stdout before `main`, so every result would
+/// vanish and the run still exit 0; [`STDOUT_CLOSED`] is noted earlier than that.
+fn stdout_checked() -> Result<std::io::Stdout, Fatal> {
+    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Fatal(
+            "stdout is closed: nowhere to write the results (give --output FILE)".into(),
+        ));
+    }
+    Ok(std::io::stdout())
+}
+
+/// Whether file descriptor 1 was closed when the process started.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs as a constructor, before Rust's runtime opens `/dev/null` on closed standard streams.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[used]
+#[cfg_attr(target_os = "linux", link_section = ".init_array")]
+#[cfg_attr(target_os = "macos", link_section = "__DATA,__mod_init_func")]
+static NOTE_CLOSED_STDOUT: extern "C" fn() = {
+    extern "C" fn note() {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
+            STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    note
+};
 
 /// `--top-k`: at least 1 (0 would print nothing for every image and still exit 0).
 fn parse_top_k(s: &str) -> Result<usize, String> {
@@ -207,7 +258,7 @@ fn prepare(
         Input::Failed(p, why) => {
             return (
                 Err(Error::Image {
-                    image: p.display().to_string(),
+                    image: path_display(p),
                     message: why.clone(),
                 }),
                 None,
@@ -219,7 +270,6 @@ fn prepare(
         Ok(img) => img,
         Err(e) => return (Err(e), None),
     };
-    let thumb = if thumbs { thumbnail(&img, 240) } else { None };
     let px = c
         .preprocess(&ImageSource::Rgb8 {
             data: &img.data,
@@ -228,11 +278,13 @@ fn prepare(
         })
         .map_err(|e| match e {
             Error::Image { message, .. } => Error::Image {
-                image: p.display().to_string(),
+                image: path_display(p),
                 message,
             },
             e => e,
         });
+    // Only the thumbnail outlives this call, never the full-size pixels.
+    let thumb = if thumbs { thumbnail(img, 240) } else { None };
     (px, thumb)
 }
 
@@ -254,6 +306,17 @@ fn run(a: Args) -> Result<usize, Fatal> {
             ))
         }
     };
+    // Destinations first: one that cannot be written fails before the model is even loaded.
+    let mut sink = Sink::open(a.output.as_deref())?;
+    let mut report = match &a.report {
+        Some(p) if p.as_os_str() == "-" => {
+            return Err(Fatal(
+                "--report needs a file name (stdout carries the results)".into(),
+            ))
+        }
+        Some(p) => Some(OutputFile::create(p)?),
+        None => None,
+    };
     let mut stdin = std::io::stdin().lock();
     let inputs = collect(&a.inputs, &mut stdin);
     if inputs.is_empty() {
@@ -261,7 +324,7 @@ fn run(a: Args) -> Result<usize, Fatal> {
             "no images found in {}",
             a.inputs
                 .iter()
-                .map(|p| p.display().to_string())
+                .map(|p| path_display(p))
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
@@ -305,11 +368,18 @@ fn run(a: Args) -> Result<usize, Fatal> {
         eprintln!("maple-classify: warning: {w}");
     }
 
-    let mut sink = match &a.output {
-        Some(p) => Sink::File(p.clone(), Vec::new()),
-        None => Sink::Stdout(std::io::stdout()),
-    };
     sink.write(&header(format))?;
+    if let Some(r) = &mut report {
+        let title = format!(
+            "maple-classify: {}",
+            if a.prompts.is_some() {
+                "MaPLe"
+            } else {
+                "zero-shot CLIP"
+            }
+        );
+        r.write_bytes(start(&title).as_bytes())?;
+    }
     let bar = if !a.quiet && inputs.len() > 1 && std::io::stderr().is_terminal() {
         let b =
             ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
@@ -322,11 +392,10 @@ fn run(a: Args) -> Result<usize, Fatal> {
         ProgressBar::hidden()
     };
     let mut failed = 0;
-    let mut report: Vec<Entry> = Vec::new();
     for chunk in inputs.chunks(batch) {
         let (pixels, thumbs): (Vec<_>, Vec<_>) = chunk
             .iter()
-            .map(|i| prepare(&c, i, a.report.is_some()))
+            .map(|i| prepare(&c, i, report.is_some()))
             .unzip();
         let was_gpu = matches!(c.device(), ActiveDevice::Gpu { .. });
         let results = c.classify_preprocessed(pixels)?;
@@ -334,7 +403,7 @@ fn run(a: Args) -> Result<usize, Fatal> {
             bar.suspend(|| eprintln!("maple-classify: {}", c.device()));
         }
         for ((input, r), thumb) in chunk.iter().zip(results).zip(thumbs) {
-            let image = input.path().display().to_string();
+            let image = path_display(input.path());
             let result = r.map_err(|e| e.to_string());
             if let Err(e) = &result {
                 failed += 1;
@@ -343,30 +412,22 @@ fn run(a: Args) -> Result<usize, Fatal> {
                 }
             }
             sink.write(&record(format, c.labels(), &image, &result, a.top_k))?;
-            if a.report.is_some() {
-                report.push(Entry {
+            if let Some(r) = &mut report {
+                let e = Entry {
                     image,
                     result,
                     thumb,
-                });
+                };
+                r.write_bytes(card(c.labels(), &e, a.top_k).as_bytes())?;
             }
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
-    if let Some(r) = &a.report {
-        let title = format!(
-            "maple-classify: {}",
-            if a.prompts.is_some() {
-                "MaPLe"
-            } else {
-                "zero-shot CLIP"
-            }
-        );
-        write_atomic(r, render(c.labels(), &report, a.top_k, &title).as_bytes())?;
+    if let Some(mut r) = report {
+        r.write_bytes(finish(inputs.len(), c.labels().len(), failed).as_bytes())?;
+        r.commit()?;
     }
-    if let Sink::File(p, buf) = sink {
-        write_atomic(&p, &buf)?;
-    }
+    sink.finish()?;
     Ok(failed)
 }

@@ -2,9 +2,11 @@
 //! dicts) or safetensors → safetensors with HF / MaPLe names. Never runs code from the input.
 
 use clap::{Parser, ValueEnum};
-use maple::convert::{convert, Kind};
+use maple::convert::{convert, convert_to_bytes, Kind};
+use maple::path_display;
 use maple_core::Dtype;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -25,26 +27,61 @@ enum DtypeArg {
 struct Args {
     /// Input: a torch.save archive (.pth.tar, .bin, .pt) or safetensors.
     input: PathBuf,
-    /// Output safetensors file (written atomically).
+    /// Output safetensors file (written atomically; `-`: stdout, when it is not a terminal).
     output: PathBuf,
     /// Store floating-point tensors in this dtype (default: as in the input).
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
 }
 
+/// `-` as the output: the bytes go to stdout, never to a terminal.
+fn convert_to_stdout(input: &Path, dtype: Option<Dtype>) -> Result<(Kind, usize), String> {
+    let out = std::io::stdout();
+    if out.is_terminal() {
+        return Err("refusing to write a binary safetensors file to a terminal".into());
+    }
+    let (kind, n, bytes) = convert_to_bytes(input, dtype).map_err(|e| e.to_string())?;
+    let mut out = out.lock();
+    out.write_all(&bytes)
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    Ok((kind, n))
+}
+
 fn main() -> ExitCode {
-    let a = Args::parse();
+    // Argument errors exit 1 like every other fatal error (clap's default is 2).
+    let a = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.exit_code() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
     let dtype = a.dtype.map(|d| match d {
         DtypeArg::F32 => Dtype::F32,
         DtypeArg::F16 => Dtype::F16,
     });
-    match convert(&a.input, &a.output, dtype) {
+    let done = if a.output.as_os_str() == "-" {
+        convert_to_stdout(&a.input, dtype)
+    } else {
+        convert(&a.input, &a.output, dtype).map_err(|e| e.to_string())
+    };
+    match done {
         Ok((kind, n)) => {
             let what = match kind {
                 Kind::MaplePrompts => "MaPLe prompt tensors",
                 Kind::Clip => "CLIP tensors",
             };
-            eprintln!("wrote {} ({n} {what})", a.output.display());
+            let to = if a.output.as_os_str() == "-" {
+                "stdout".to_string()
+            } else {
+                path_display(&a.output)
+            };
+            eprintln!("wrote {to} ({n} {what})");
             ExitCode::SUCCESS
         }
         Err(e) => {
