@@ -31,10 +31,15 @@ pub struct OutputFile {
 }
 
 /// Where a destination finally points: `path` with every symbolic link resolved (a dangling
-/// link resolves to the name it would create).
-fn resolve(path: &Path) -> Result<PathBuf, Error> {
+/// link resolves to the name it would create). `None` when a link leads through `/proc` or
+/// `/dev/fd` (`/dev/stdout`, `/proc/self/fd/1`): those name an open file, not a place, and are
+/// written into directly.
+fn resolve(path: &Path) -> Result<Option<PathBuf>, Error> {
     let mut p = path.to_path_buf();
     for _ in 0..MAX_LINKS {
+        if p.starts_with("/proc") || p.starts_with("/dev/fd") {
+            return Ok(None);
+        }
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
                 let to = std::fs::read_link(&p).map_err(|e| Error::io(path, e))?;
@@ -43,7 +48,7 @@ fn resolve(path: &Path) -> Result<PathBuf, Error> {
                     _ => to,
                 };
             }
-            _ => return Ok(p),
+            _ => return Ok(Some(p)),
         }
     }
     Err(Error::Invalid(format!(
@@ -52,31 +57,37 @@ fn resolve(path: &Path) -> Result<PathBuf, Error> {
     )))
 }
 
+/// Opens `path` to write straight into it (truncating a regular file).
+fn open_direct(path: &Path) -> Result<OutputFile, Error> {
+    let f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(OutputFile {
+        path: path.to_path_buf(),
+        out: Some(BufWriter::new(f)),
+        rename: None,
+    })
+}
+
 impl OutputFile {
     /// Opens `path` for writing as the [module docs](self) say. Errors name `path`.
     pub fn create(path: &Path) -> Result<OutputFile, Error> {
-        let target = resolve(path)?;
-        let keep: Option<Permissions> = match std::fs::metadata(&target) {
+        let keep: Option<Permissions> = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => {
                 return Err(Error::Invalid(format!(
                     "{}: is a directory; give a file name to write to",
                     path_display(path)
                 )))
             }
-            Ok(m) if !m.is_file() => {
-                // A device, FIFO or socket: write into it as a shell redirection would.
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&target)
-                    .map_err(|e| Error::io(path, e))?;
-                return Ok(OutputFile {
-                    path: path.to_path_buf(),
-                    out: Some(BufWriter::new(f)),
-                    rename: None,
-                });
-            }
+            // A device, FIFO or socket: write into it as a shell redirection would.
+            Ok(m) if !m.is_file() => return open_direct(path),
             Ok(m) => Some(m.permissions()),
             Err(_) => None,
+        };
+        let Some(target) = resolve(path)? else {
+            return open_direct(path);
         };
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -148,6 +148,32 @@ fn outputs_into_devices_links_fifos_and_stdout() {
     );
     assert_eq!(got.lines().count(), 4);
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo_like());
+    // /dev/stdout names whatever stdout is: a pipe, or a file (written in place).
+    #[cfg(target_os = "linux")]
+    {
+        let o = classify()
+            .arg(&img)
+            .args(["-f", "csv", "-o", "/dev/stdout"])
+            .output()
+            .unwrap();
+        ok(&o);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 4);
+        let redirected = d.join("redirected.csv");
+        let o = classify()
+            .arg(&img)
+            .args(["-f", "csv", "-o", "/dev/stdout"])
+            .stdout(std::fs::File::create(&redirected).unwrap())
+            .output()
+            .unwrap();
+        ok(&o);
+        assert_eq!(
+            std::fs::read_to_string(&redirected)
+                .unwrap()
+                .lines()
+                .count(),
+            4
+        );
+    }
     // `-o -` is stdout, not a file named `-`.
     let o = classify()
         .current_dir(&d)
