@@ -134,6 +134,12 @@ impl OutputFile {
         &self.path
     }
 
+    /// The temporary file the bytes go to until [`commit`](Self::commit), if there is one: a
+    /// program that can be killed by a signal removes it in its handler (`Drop` does not run).
+    pub fn temporary_path(&self) -> Option<&Path> {
+        self.rename.as_ref().map(|(tmp, _)| tmp.as_path())
+    }
+
     /// Writes `bytes`; the error names the file.
     pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.write_all(bytes).map_err(|e| Error::io(&self.path, e))

@@ -159,7 +159,7 @@ impl Sink {
         match path {
             None => Ok(Sink::Stdout(stdout_checked()?)),
             Some(p) if p.as_os_str() == "-" => Ok(Sink::Stdout(stdout_checked()?)),
-            Some(p) => Ok(Sink::File(OutputFile::create(p)?)),
+            Some(p) => Ok(Sink::File(create_output(p)?)),
         }
     }
 
@@ -194,6 +194,73 @@ fn stdout_checked() -> Result<std::io::Stdout, Fatal> {
         ));
     }
     Ok(std::io::stdout())
+}
+
+/// Ctrl-C, `kill` or a closed terminal while results are being written: the temporary files
+/// behind --output and --report are removed (destructors do not run on a signal), then the
+/// signal takes its usual course, so the destination is left exactly as it was.
+#[cfg(unix)]
+mod on_signal {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    /// NUL-terminated paths, set before the files exist; only read by the handler.
+    static TEMPORARY: [AtomicPtr<libc::c_char>; 2] =
+        [const { AtomicPtr::new(std::ptr::null_mut()) }; 2];
+
+    extern "C" fn remove_and_reraise(sig: libc::c_int) {
+        for slot in &TEMPORARY {
+            let p = slot.load(Ordering::SeqCst);
+            if !p.is_null() {
+                // SAFETY: unlink, signal and raise are async-signal-safe; `p` points to a
+                // leaked CString that is never freed.
+                unsafe { libc::unlink(p) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+
+    /// Removes `path` if a signal ends the process (one path per slot; extra paths are ignored).
+    pub fn remove_on_signal(path: &Path) {
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return;
+        };
+        let raw = c.into_raw();
+        if !TEMPORARY.iter().any(|slot| {
+            slot.compare_exchange(
+                std::ptr::null_mut(),
+                raw,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+        }) {
+            // SAFETY: `raw` came from `into_raw` just above and was not stored.
+            drop(unsafe { std::ffi::CString::from_raw(raw) });
+            return;
+        }
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: installs a handler that only makes async-signal-safe calls.
+            unsafe {
+                libc::signal(sig, remove_and_reraise as *const () as libc::sighandler_t);
+            }
+        }
+    }
+}
+
+/// An output file whose temporary file a signal removes too.
+fn create_output(path: &Path) -> Result<OutputFile, Fatal> {
+    let f = OutputFile::create(path)?;
+    #[cfg(unix)]
+    if let Some(tmp) = f.temporary_path() {
+        on_signal::remove_on_signal(tmp);
+    }
+    Ok(f)
 }
 
 /// Whether file descriptor 1 was closed when the process started.
@@ -314,7 +381,7 @@ fn run(a: Args) -> Result<usize, Fatal> {
                 "--report needs a file name (stdout carries the results)".into(),
             ))
         }
-        Some(p) => Some(OutputFile::create(p)?),
+        Some(p) => Some(create_output(p)?),
         None => None,
     };
     let mut stdin = std::io::stdin().lock();

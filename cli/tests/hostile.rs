@@ -598,3 +598,55 @@ fn odd_images_pillow_opens_are_classified() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
 }
+
+// Ctrl-C in the middle of writing --output: the file is as it was, and no temporary file stays.
+#[cfg(target_os = "linux")]
+#[test]
+fn interrupted_runs_leave_the_output_as_it_was() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = scratch("hostile-sigint");
+    let out = d.join("out.csv");
+    std::fs::write(&out, "old\n").unwrap();
+    let list: String = (0..20000)
+        .map(|_| format!("{}\n", image("rgb_100x80.png").display()))
+        .collect();
+    let mut child = classify()
+        .args(["-", "-f", "csv", "-o"])
+        .arg(&out)
+        .arg("--report")
+        .arg(d.join("report.html"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
+    let others = || {
+        std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "out.csv")
+            .collect::<Vec<_>>()
+    };
+    let t = std::time::Instant::now();
+    while others().len() < 2 && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(others().len(), 2, "no temporary files appeared");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGINT),
+        "{st:?}: finished before the signal"
+    );
+    assert_eq!(others(), Vec::<String>::new(), "left behind");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "old\n");
+}
