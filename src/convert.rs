@@ -38,8 +38,9 @@ fn convert_dtype(t: &TensorView, to: Option<Dtype>) -> (Dtype, Vec<u8>) {
 /// Converts `input` into `output` (written atomically; nothing is written on error). The
 /// destination is checked before the input is read: one that cannot be written fails first.
 pub fn convert(input: &Path, output: &Path, dtype: Option<Dtype>) -> Result<(Kind, usize), Error> {
-    let mut out = OutputFile::create(output)?;
+    OutputFile::check(output)?;
     let (kind, n, bytes) = convert_to_bytes(input, dtype)?;
+    let mut out = OutputFile::create(output)?;
     out.write_bytes(&bytes)?;
     out.commit()?;
     Ok((kind, n))

@@ -74,6 +74,28 @@ fn open_direct(path: &Path) -> Result<OutputFile, Error> {
 impl OutputFile {
     /// Opens `path` for writing as the [module docs](self) say. Errors name `path`.
     pub fn create(path: &Path) -> Result<OutputFile, Error> {
+        Self::open(path, true)
+    }
+
+    /// Checks, without writing anything or opening a device or FIFO, that [`create`](Self::create)
+    /// would succeed now: for a program that writes its output at the end of a long job and
+    /// should fail before it rather than after.
+    pub fn check(path: &Path) -> Result<(), Error> {
+        Self::open(path, false).map(drop)
+    }
+
+    fn open(path: &Path, open_devices: bool) -> Result<OutputFile, Error> {
+        let direct = |path: &Path| {
+            if open_devices {
+                open_direct(path)
+            } else {
+                Ok(OutputFile {
+                    path: path.to_path_buf(),
+                    out: None,
+                    rename: None,
+                })
+            }
+        };
         let keep: Option<Permissions> = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => {
                 return Err(Error::Invalid(format!(
@@ -82,12 +104,12 @@ impl OutputFile {
                 )))
             }
             // A device, FIFO or socket: write into it as a shell redirection would.
-            Ok(m) if !m.is_file() => return open_direct(path),
+            Ok(m) if !m.is_file() => return direct(path),
             Ok(m) => Some(m.permissions()),
             Err(_) => None,
         };
         let Some(target) = resolve(path)? else {
-            return open_direct(path);
+            return direct(path);
         };
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -296,6 +318,9 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("is not a directory"), "{e}");
+        let e = OutputFile::check(&d.join("no/such/out.csv")).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        OutputFile::check(&d.join("fine.csv")).unwrap();
         assert!(names(&d).is_empty());
     }
 }

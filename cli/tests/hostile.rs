@@ -259,6 +259,18 @@ fn unwritable_destinations_fail_first_and_closed_stdout_fails() {
         .unwrap();
     fatal(&o, &["is a directory"]);
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "left files");
+    // maple-convert checks its output before it reads (here: an endless input).
+    let o = Command::new(env!("CARGO_BIN_EXE_maple-convert"))
+        .arg("/dev/zero")
+        .arg(d.join("no/such/dir/out.safetensors"))
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("out.safetensors") && e.contains("is not a directory"),
+        "{e}"
+    );
     // stdout closed (`>&-`).
     let mut c = classify();
     c.arg(image("photo_320x240.jpg"));
