@@ -11,6 +11,13 @@ THREADS="${THREADS:-2}"
 M_DIR=target/synth-full
 B=target/bench
 mkdir -p "$B"
+# Prerequisites, each a clear line when missing (the peers' own errors go to $B/*.log).
+die() { echo "tools/bench/run.sh: $*" >&2; exit 1; }
+"$PY" -c "import torch, transformers" 2>/dev/null \
+  || die "$PY cannot import torch and transformers (set PYTHON=/path/to/python with both)"
+OC=/tmp/oc/openai-clip-1.0.1.tar.gz
+[ -f "$OC" ] || die "the PyTorch peer needs OpenAI's tokenizer sources at $OC: pip download --no-deps openai-clip==1.0.1 -d /tmp/oc"
+command -v /usr/bin/time >/dev/null || die "needs /usr/bin/time for peak memory (apt-get install time)"
 cargo build --release -q -p maple-cli --bin maple-bench --bin maple-synth --bin maple-classify
 [ -f $M_DIR/model.safetensors ] || ./target/release/maple-synth --out $M_DIR --size full
 PROMPTS=$M_DIR/maple_prompts.safetensors
@@ -20,9 +27,10 @@ M=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$T
 M512=$(MAPLE_SIMD=avx512 ./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --labels 10)
 M8=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --int8)
 echo "PyTorch ..." >&2
-T=$("$PY" tools/bench/torch_bench.py $M_DIR --threads "$THREADS" 2>/dev/null | tail -n 1)
+T=$("$PY" tools/bench/torch_bench.py $M_DIR --threads "$THREADS" 2>$B/torch.log | tail -n 1) \
+  || die "the PyTorch peer failed: $(tail -n 1 $B/torch.log) (whole log: $B/torch.log)"
 echo "ONNX Runtime ..." >&2
-O=$("$PY" tools/bench/ort_bench.py $M_DIR --threads "$THREADS" --onnx $B/maple_vision.onnx 2>/dev/null | tail -n 1 || echo '{}')
+O=$("$PY" tools/bench/ort_bench.py $M_DIR --threads "$THREADS" --onnx $B/maple_vision.onnx 2>$B/ort.log | tail -n 1 || echo '{}')
 
 # End to end: 1000 labels (the peers' synthetic names) and 1 or 32 images (the 16 fixtures twice).
 "$PY" tools/bench/peer.py labels 1000 > $B/labels1000.txt
