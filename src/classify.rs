@@ -594,39 +594,14 @@ impl Classifier {
     /// Pillow + torchvision do for CLIP (bicubic resize of the short side, centre crop,
     /// normalisation).
     pub fn preprocess(&self, image: &ImageSource<'_>) -> Result<Vec<f32>> {
-        let s = self.image_size();
-        let fail = |m: String| Error::Image {
-            image: image.name(),
-            message: m,
-        };
-        let prep = |data: &[u8], w: usize, h: usize| {
-            preprocess(data, w, h, s).map_err(|e| fail(e.to_string()))
-        };
-        match *image {
-            ImageSource::Path(p) => {
-                let img = load_rgb8(p)?;
-                prep(&img.data, img.width, img.height)
-            }
-            ImageSource::Bytes(b) => {
-                let img = decode_rgb8(b).map_err(fail)?;
-                prep(&img.data, img.width, img.height)
-            }
-            ImageSource::Rgb8 {
-                data,
-                width,
-                height,
-            } => {
-                check_len(data, width, height, 3).map_err(fail)?;
-                prep(data, width, height)
-            }
-            ImageSource::Rgba8 {
-                data,
-                width,
-                height,
-            } => {
-                check_len(data, width, height, 4).map_err(fail)?;
-                prep(&rgb_from_rgba(data), width, height)
-            }
+        self.preprocessor().preprocess(image)
+    }
+
+    /// The preprocessing of this classifier as a value of its own (`Copy + Send`), for decoding
+    /// and preprocessing images on other threads while this one classifies.
+    pub fn preprocessor(&self) -> Preprocessor {
+        Preprocessor {
+            size: self.image_size(),
         }
     }
 
@@ -883,6 +858,54 @@ impl Classifier {
             .encode_images(par, ws, pixels, count)
             .map(|f| f.to_vec())
             .map_err(Error::Compute)
+    }
+}
+
+/// Decodes and preprocesses images for a [`Classifier`] (from
+/// [`Classifier::preprocessor`]) without borrowing it: Pillow-exact decoding, RGB, bicubic
+/// resize and center crop to the model's input size, CLIP's normalisation.
+#[derive(Clone, Copy, Debug)]
+pub struct Preprocessor {
+    size: usize,
+}
+
+impl Preprocessor {
+    /// One image as the model's `[3, S, S]` input (see [`Classifier::preprocess`]).
+    pub fn preprocess(&self, image: &ImageSource<'_>) -> Result<Vec<f32>> {
+        let s = self.size;
+        let fail = |m: String| Error::Image {
+            image: image.name(),
+            message: m,
+        };
+        let prep = |data: &[u8], w: usize, h: usize| {
+            preprocess(data, w, h, s).map_err(|e| fail(e.to_string()))
+        };
+        match *image {
+            ImageSource::Path(p) => {
+                let img = load_rgb8(p)?;
+                prep(&img.data, img.width, img.height)
+            }
+            ImageSource::Bytes(b) => {
+                let img = decode_rgb8(b).map_err(fail)?;
+                prep(&img.data, img.width, img.height)
+            }
+            ImageSource::Rgb8 {
+                data,
+                width,
+                height,
+            } => {
+                check_len(data, width, height, 3).map_err(fail)?;
+                prep(data, width, height)
+            }
+            ImageSource::Rgba8 {
+                data,
+                width,
+                height,
+            } => {
+                check_len(data, width, height, 4).map_err(fail)?;
+                prep(&rgb_from_rgba(data), width, height)
+            }
+        }
     }
 }
 

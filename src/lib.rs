@@ -43,7 +43,7 @@ pub mod synth;
 
 pub use classify::{
     top_k, ActiveDevice, Classification, Classifier, ClassifierBuilder, Device, ImageSource,
-    Precision, Score,
+    Precision, Preprocessor, Score,
 };
 pub use error::{path_display, Error, Result};
 /// The `no_std` engine: configs, weights, kernels, the forward passes.

@@ -12,6 +12,7 @@ use maple::imageio::load_rgb8;
 use maple::outfile::OutputFile;
 use maple::{
     path_display, ActiveDevice, Classifier, Device, Error, ImageSource, LabelSet, Precision,
+    Preprocessor,
 };
 use output::{header, record, Format};
 use report::{card, finish, start, thumbnail, Entry};
@@ -317,7 +318,7 @@ fn main() -> ExitCode {
 /// Decodes one input and preprocesses it for the model; with `thumbs`, also a JPEG thumbnail
 /// for the report (the decoded image itself is not kept).
 fn prepare(
-    c: &Classifier,
+    c: &Preprocessor,
     input: &Input,
     thumbs: bool,
 ) -> (Result<Vec<f32>, Error>, Option<Vec<u8>>) {
@@ -459,37 +460,54 @@ fn run(a: Args) -> Result<usize, Fatal> {
         ProgressBar::hidden()
     };
     let mut failed = 0;
-    for chunk in inputs.chunks(batch) {
-        let (pixels, thumbs): (Vec<_>, Vec<_>) = chunk
-            .iter()
-            .map(|i| prepare(&c, i, report.is_some()))
-            .unzip();
-        let was_gpu = matches!(c.device(), ActiveDevice::Gpu { .. });
-        let results = c.classify_preprocessed(pixels)?;
-        if was_gpu && !matches!(c.device(), ActiveDevice::Gpu { .. }) {
-            bar.suspend(|| eprintln!("maple-classify: {}", c.device()));
-        }
-        for ((input, r), thumb) in chunk.iter().zip(results).zip(thumbs) {
-            let image = path_display(input.path());
-            let result = r.map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                failed += 1;
-                if !a.quiet {
-                    bar.suspend(|| eprintln!("maple-classify: {e}"));
+    // Images are decoded and preprocessed one batch ahead on another thread while this one runs
+    // the model: at most three batches are in memory at once (being prepared, waiting, being
+    // classified), whatever the folder's size.
+    let pre = c.preprocessor();
+    let thumbs_wanted = report.is_some();
+    std::thread::scope(|scope| -> Result<(), Fatal> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(|| {
+            for chunk in inputs.chunks(batch) {
+                let prepared: (Vec<_>, Vec<_>) = chunk
+                    .iter()
+                    .map(|i| prepare(&pre, i, thumbs_wanted))
+                    .unzip();
+                if tx.send(prepared).is_err() {
+                    break; // the classifier stopped (a fatal error)
                 }
             }
-            sink.write(&record(format, c.labels(), &image, &result, a.top_k))?;
-            if let Some(r) = &mut report {
-                let e = Entry {
-                    image,
-                    result,
-                    thumb,
-                };
-                r.write_bytes(card(c.labels(), &e, a.top_k).as_bytes())?;
+            drop(tx);
+        });
+        for (chunk, (pixels, thumbs)) in inputs.chunks(batch).zip(rx) {
+            let was_gpu = matches!(c.device(), ActiveDevice::Gpu { .. });
+            let results = c.classify_preprocessed(pixels)?;
+            if was_gpu && !matches!(c.device(), ActiveDevice::Gpu { .. }) {
+                bar.suspend(|| eprintln!("maple-classify: {}", c.device()));
             }
-            bar.inc(1);
+            for ((input, r), thumb) in chunk.iter().zip(results).zip(thumbs) {
+                let image = path_display(input.path());
+                let result = r.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    failed += 1;
+                    if !a.quiet {
+                        bar.suspend(|| eprintln!("maple-classify: {e}"));
+                    }
+                }
+                sink.write(&record(format, c.labels(), &image, &result, a.top_k))?;
+                if let Some(r) = &mut report {
+                    let e = Entry {
+                        image,
+                        result,
+                        thumb,
+                    };
+                    r.write_bytes(card(c.labels(), &e, a.top_k).as_bytes())?;
+                }
+                bar.inc(1);
+            }
         }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if let Some(mut r) = report {
         r.write_bytes(finish(inputs.len(), c.labels().len(), failed).as_bytes())?;
