@@ -36,6 +36,73 @@ struct Args {
     /// over the batch-8 images × 100 labels.
     #[arg(long)]
     int8: bool,
+    /// Also measure the CPU's f32 FMA peak (a loop of independent FMAs in registers on every
+    /// thread) and report the GEMM and the image tower as fractions of it.
+    #[arg(long)]
+    peak: bool,
+}
+
+/// GFLOP per image of MaPLe's 199-token ViT-B/16 image tower (as tools/bench/run.sh counts).
+const IMAGE_GFLOP: f64 = 35.5;
+
+/// `iters` rounds of 12 independent 8-lane FMAs held in registers: 192 flops a round.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_rounds_avx2(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(0.999_99), _mm256_set1_ps(1e-6));
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut s = _mm256_setzero_ps();
+    for r in acc {
+        s = _mm256_add_ps(s, r);
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+    out.iter().sum()
+}
+
+/// `iters` rounds of 24 independent 16-lane FMAs held in registers: 768 flops a round.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_rounds_avx512(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_set1_ps(0.999_99), _mm512_set1_ps(1e-6));
+    let mut acc = [_mm512_set1_ps(1.0); 24];
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm512_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for r in acc {
+        s = _mm512_add_ps(s, r);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
+/// GFLOP/s of `rounds` (flops per round) run on `threads` threads at once, best of `reps`.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(threads: usize, reps: usize, flops_per_round: u64, rounds: fn(u64) -> f32) -> f64 {
+    let iters = 20_000_000u64; // about 0.1-0.3 s a thread
+    let mut best = f64::MAX;
+    for _ in 0..reps.max(3) {
+        let t = Instant::now();
+        let sink: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| s.spawn(move || rounds(std::hint::black_box(iters))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(sink);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (threads as u64 * iters * flops_per_round) as f64 / best / 1e9
 }
 
 /// The same 1000 synthetic class names as tools/bench/torch_bench.py.
@@ -70,6 +137,26 @@ fn main() {
     out.insert("engine".into(), "maple".into());
     out.insert("threads".into(), par.threads().into());
     out.insert("simd".into(), maple_core::simd::isa().name().into());
+    #[cfg(target_arch = "x86_64")]
+    if a.peak {
+        let t = par.threads();
+        let mut peak = 0.0f64;
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            let p = fma_peak(t, a.reps, 192, |n| unsafe { fma_rounds_avx2(n) });
+            out.insert("fma_peak_avx2_gflops".into(), p.into());
+            peak = peak.max(p);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            let p = fma_peak(t, a.reps, 768, |n| unsafe { fma_rounds_avx512(n) });
+            out.insert("fma_peak_avx512_gflops".into(), p.into());
+            peak = peak.max(p);
+        }
+        if peak > 0.0 {
+            out.insert("fma_peak_gflops".into(), peak.into());
+        }
+    }
     if a.gemm {
         // C = A·Wᵀ, A [1592, 768], W [3072, 768]: 2·m·k·n flops.
         let (m, k, n) = (1592, 768, 3072);
@@ -106,6 +193,18 @@ fn main() {
             best = best.min(t.elapsed().as_secs_f64());
         }
         out.insert(format!("image_b{b}_images_per_s"), (b as f64 / best).into());
+        if let Some(peak) = out.get("fma_peak_gflops").and_then(|v| v.as_f64()) {
+            out.insert(
+                format!("image_b{b}_fraction_of_fma_peak"),
+                (b as f64 / best * IMAGE_GFLOP / peak).into(),
+            );
+        }
+    }
+    let fraction = out
+        .get("gemm_1592x768x3072_gflops")
+        .and_then(|g| Some(g.as_f64()? / out.get("fma_peak_gflops")?.as_f64()?));
+    if let Some(f) = fraction {
+        out.insert("gemm_fraction_of_fma_peak".into(), f.into());
     }
     let tok = load_tokenizer(&a.model).unwrap();
     if a.int8 {
