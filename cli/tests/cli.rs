@@ -664,3 +664,42 @@ fn absurd_thread_counts_run_on_the_cores() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn int8_precision_runs_on_the_cpu_only() {
+    let args = |extra: &[&str]| {
+        let mut v: Vec<Box<dyn AsRef<std::ffi::OsStr>>> = vec![
+            Box::new(image("photo_320x240.jpg")),
+            Box::new("--labels"),
+            Box::new("cat,dog,a red car"),
+            Box::new("--model"),
+            Box::new(tiny()),
+            Box::new("--prompts"),
+            Box::new(tiny().join("maple_prompts.safetensors")),
+            Box::new("--precision"),
+            Box::new("int8"),
+            Box::new("-f"),
+            Box::new("json"),
+        ];
+        v.extend(
+            extra
+                .iter()
+                .map(|s| Box::new(s.to_string()) as Box<dyn AsRef<_>>),
+        );
+        v
+    };
+    let a = args(&[]);
+    let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = a.iter().map(|b| b.as_ref()).collect();
+    let out = run(&refs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["scores"].as_array().unwrap().len(), 3);
+    let a = args(&["--device", "gpu"]);
+    let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = a.iter().map(|b| b.as_ref()).collect();
+    fails(&run(&refs), &["--precision int8 runs on the CPU"]);
+}
