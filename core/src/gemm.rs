@@ -100,6 +100,22 @@ impl PackedMatrix {
         Self::pack_f32(k, n, |kk, j| b[kk * n + j])
     }
 
+    /// Frees the panels and keeps the shape: for a weight an int8 copy has replaced
+    /// ([`crate::Model::quantize_image_tower`]). A released matrix must not be multiplied or
+    /// read back ([`Self::is_released`] says which).
+    pub fn release(&mut self) {
+        self.data = Store::F32(Vec::new());
+        self.off = 0;
+    }
+
+    /// Whether [`release`](Self::release) freed the panels.
+    pub fn is_released(&self) -> bool {
+        match &self.data {
+            Store::F32(v) => v.is_empty(),
+            Store::F16(v) => v.is_empty(),
+        }
+    }
+
     /// Whether the panels are stored as f16.
     pub fn is_f16(&self) -> bool {
         matches!(self.data, Store::F16(_))

@@ -206,12 +206,17 @@ impl Model {
         Model { clip, prompts }
     }
 
-    /// Adds int8 copies of the image tower's Linear weights (per-column scales); from then on
-    /// image workspaces run them through [`gemm_q8`]. The text tower stays f32.
+    /// Replaces the image tower's Linear weights by int8 copies (per-column scales); from then
+    /// on image workspaces (made after this call) run them through [`gemm_q8`]. Each f32 weight
+    /// is freed once its copy exists, so memory does not grow. The text tower stays f32. A GPU
+    /// upload needs the f32 weights: upload before quantizing, not after.
     pub fn quantize_image_tower(&mut self) {
         for l in &mut self.clip.vision_model.layers {
             for lin in [&mut l.qkv_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2] {
-                lin.q8 = Some(Q8Matrix::from_packed(&lin.weight));
+                if lin.q8.is_none() {
+                    lin.q8 = Some(Q8Matrix::from_packed(&lin.weight));
+                    lin.weight.release();
+                }
             }
         }
     }
@@ -294,6 +299,11 @@ impl Model {
         if ws.t != self.vision_tokens() || ws.threads != par.threads() {
             return Err(Error::Input(
                 "workspace was built for another model or thread count".into(),
+            ));
+        }
+        if ws.buf.q8.is_some() != self.is_int8() {
+            return Err(Error::Input(
+                "workspace was built before the image tower was quantized".into(),
             ));
         }
         if pixels.len() != count * img_len {
