@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::{fixtures, scratch};
+use common::{fixtures, scratch, spawn_with_stdin};
 use maple_core::safetensors::{serialize, OwnedTensor};
 use maple_core::synth::{clip_tensors, hf_config_json, maple_tensors, tiny_config};
 use maple_core::Dtype;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -303,14 +302,7 @@ fn stdin_paths_that_are_not_utf8() {
     list.extend_from_slice(b"\r\n");
     list.extend_from_slice(image("photo_320x240.jpg").as_os_str().as_bytes());
     list.push(b'\n');
-    let mut child = classify()
-        .args(["-", "-f", "json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&list).unwrap();
+    let child = spawn_with_stdin(classify().args(["-", "-f", "json"]), &list, Stdio::piped());
     let o = child.wait_with_output().unwrap();
     ok(&o);
     let names: Vec<String> = String::from_utf8(o.stdout)
@@ -331,15 +323,12 @@ fn stdin_paths_that_are_not_utf8() {
 #[cfg(target_os = "linux")]
 #[test]
 fn images_from_pipes() {
-    let mut child = classify()
-        .args(["/dev/stdin", "-f", "json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let bytes = std::fs::read(image("photo_320x240.jpg")).unwrap();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let child = spawn_with_stdin(
+        classify().args(["/dev/stdin", "-f", "json"]),
+        &bytes,
+        Stdio::piped(),
+    );
     let piped = child.wait_with_output().unwrap();
     ok(&piped);
     let from_file = classify()
@@ -622,22 +611,15 @@ fn interrupted_runs_leave_the_output_as_it_was() {
     let list: String = (0..20000)
         .map(|_| format!("{}\n", image("rgb_100x80.png").display()))
         .collect();
-    let mut child = classify()
-        .args(["-", "-f", "csv", "-o"])
-        .arg(&out)
-        .arg("--report")
-        .arg(d.join("report.html"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(list.as_bytes())
-        .unwrap();
+    let mut child = spawn_with_stdin(
+        classify()
+            .args(["-", "-f", "csv", "-o"])
+            .arg(&out)
+            .arg("--report")
+            .arg(d.join("report.html")),
+        list.as_bytes(),
+        Stdio::null(),
+    );
     let others = || {
         std::fs::read_dir(&d)
             .unwrap()

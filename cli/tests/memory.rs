@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{fixtures, scratch};
-use std::io::{Read, Write};
+use common::{fixtures, scratch, spawn_with_stdin};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -40,25 +40,18 @@ fn output_and_report_memory_do_not_grow() {
         .map(|_| format!("{}\n", image("rgb_100x80.png").display()))
         .collect();
     let run = |extra: &[&str]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
-            .env("MAPLE_DEVICE", "cpu")
-            .env("MAPLE_CACHE_DIR", d.join("cache"))
-            .args(["-", "-f", "json", "--classes"])
-            .arg(d.join("labels.txt"))
-            .arg("--model")
-            .arg(tiny())
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(list.as_bytes())
-            .unwrap();
+        let mut child = spawn_with_stdin(
+            Command::new(env!("CARGO_BIN_EXE_maple-classify"))
+                .env("MAPLE_DEVICE", "cpu")
+                .env("MAPLE_CACHE_DIR", d.join("cache"))
+                .args(["-", "-f", "json", "--classes"])
+                .arg(d.join("labels.txt"))
+                .arg("--model")
+                .arg(tiny())
+                .args(extra),
+            list.as_bytes(),
+            Stdio::piped(),
+        );
         let mut out = Vec::new();
         child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
         let st = child.wait().unwrap();

@@ -37,3 +37,21 @@ pub fn golden_logits(g: &serde_json::Value, image: &str) -> Vec<f64> {
         .map(|v| v.as_f64().unwrap())
         .collect()
 }
+
+/// Starts `cmd` with `input` on its stdin (closed after it) and `stdout` as given; stderr is
+/// captured. The child is left running.
+pub fn spawn_with_stdin(
+    cmd: &mut std::process::Command,
+    input: &[u8],
+    stdout: std::process::Stdio,
+) -> std::process::Child {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child
+}
