@@ -333,9 +333,8 @@ impl ClassifierBuilder {
             active: ActiveDevice::Cpu { fallback: None },
             cache_dir: self.cache_dir,
             batch_size: self.batch_size,
-            warnings: Vec::new(),
+            warnings: env_warnings(self.device),
         };
-        c.warnings = env_warnings(c.requested);
         c.text_rows = c.tokenize(&c.labels)?;
         if let Err(e) = c.open_device() {
             // The build fails, so its warnings would go unseen: they may say why.
@@ -358,13 +357,7 @@ fn env_warnings(device: Device) -> Vec<String> {
     let mut w = Vec::new();
     if let Some(v) = std::env::var_os("MAPLE_SIMD") {
         let v = v.to_string_lossy();
-        let want = match v.as_ref() {
-            "avx512" => Some(Isa::Avx512),
-            "avx2" => Some(Isa::Avx2),
-            "portable" => Some(Isa::Portable),
-            _ => None,
-        };
-        match want {
+        match Isa::from_env_value(&v) {
             None => w.push(format!(
                 "MAPLE_SIMD=\"{v}\" is not one of avx512, avx2, portable; ignored (using {})",
                 isa().name()

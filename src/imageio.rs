@@ -4,7 +4,6 @@
 
 use crate::Error;
 use image::{DynamicImage, ImageFormat, ImageReader};
-use std::io::Read;
 use std::path::Path;
 
 /// Decoded pixels: `height` rows of `width` RGB triples.
@@ -21,7 +20,7 @@ pub struct Rgb8 {
 /// Reads and decodes an image file (the content decides the format, never the name).
 /// Pipes and devices (`/dev/stdin`, `<(…)`) are read as streams, up to [`MAX_FILE_BYTES`].
 pub fn load_rgb8(path: &Path) -> Result<Rgb8, Error> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = f.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::image(path, "is a directory, not an image"));
@@ -30,32 +29,27 @@ pub fn load_rgb8(path: &Path) -> Result<Rgb8, Error> {
         return Err(Error::image(path, "empty file, not an image"));
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(Error::image(path, too_large(meta.len())));
+        return Err(Error::image(path, too_large(Some(meta.len()))));
     }
-    let mut bytes = Vec::with_capacity(if meta.is_file() {
-        meta.len() as usize
-    } else {
-        0
-    });
-    (&mut f)
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Error::image(path, too_large(bytes.len() as u64)));
-    }
+    let bytes = crate::loader::read_at_most(&f, MAX_FILE_BYTES)
+        .map_err(|e| Error::io(path, e))?
+        .ok_or_else(|| Error::image(path, too_large(None)))?;
     decode_rgb8(&bytes).map_err(|m| Error::image(path, m))
 }
 
 /// The largest image file read (1 GiB; the largest image decoded is [`MAX_PIXELS`]).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
-fn too_large(n: u64) -> String {
-    format!(
-        "{} MiB is more than the {} MiB an image file may have",
-        n >> 20,
-        MAX_FILE_BYTES >> 20
-    )
+/// `n`: the file's size, if it has one (`None`: a stream that kept going).
+fn too_large(n: Option<u64>) -> String {
+    let limit = MAX_FILE_BYTES >> 20;
+    match n {
+        Some(n) => format!(
+            "{} MiB is more than the {limit} MiB an image file may have",
+            n >> 20
+        ),
+        None => format!("more than the {limit} MiB an image file may have"),
+    }
 }
 
 /// Decodes an encoded image held in memory (JPEG, PNG, WebP, GIF, BMP, TIFF; the content decides
@@ -124,9 +118,7 @@ fn decode_tiff_jpeg(bytes: &[u8]) -> Option<Result<Rgb8, String>> {
     let counts = d.get_tag_u64_vec(Tag::StripByteCounts).ok()?;
     let tables = d.get_tag_u8_vec(Tag::JPEGTables).ok();
     Some((|| {
-        if w.saturating_mul(h) > MAX_PIXELS {
-            return Err(format!("{w}×{h} pixels is too large"));
-        }
+        check_pixels(w, h)?;
         if rows == 0 || offsets.len() != h.div_ceil(rows) || counts.len() != offsets.len() {
             return Err("cannot decode TIFF (its strips do not cover the image)".into());
         }
@@ -221,9 +213,7 @@ fn decode_tiff(bytes: &[u8]) -> Result<Option<Rgb8>, String> {
     let mut d = Decoder::new(std::io::Cursor::new(bytes)).map_err(bad)?;
     let (w, h) = d.dimensions().map_err(bad)?;
     let (w, h) = (w as usize, h as usize);
-    if w.saturating_mul(h) > MAX_PIXELS {
-        return Err(format!("{w}×{h} pixels is too large"));
-    }
+    check_pixels(w, h)?;
     let ct = d.colortype().map_err(bad)?;
     let pixels = match (ct, d.read_image().map_err(bad)?) {
         (ColorType::Gray(8), DecodingResult::U8(ix)) if palette => {
@@ -257,6 +247,14 @@ fn decode_tiff(bytes: &[u8]) -> Result<Option<Rgb8>, String> {
 /// Largest image accepted (pixels): about 16k × 16k.
 pub const MAX_PIXELS: usize = 1 << 28;
 
+/// The error for an image over [`MAX_PIXELS`], checked before its pixels are allocated.
+fn check_pixels(width: usize, height: usize) -> Result<(), String> {
+    if width.saturating_mul(height) > MAX_PIXELS {
+        return Err(format!("{width}×{height} pixels is too large"));
+    }
+    Ok(())
+}
+
 /// JPEG through libjpeg-turbo's decoder (islow IDCT, fancy upsampling: Pillow's defaults), so the
 /// pixels equal Pillow's, CMYK and YCCK files included (converted as Pillow converts them).
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, String> {
@@ -267,11 +265,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, String> {
     let r = std::panic::catch_unwind(|| -> std::io::Result<Rgb8> {
         let d = mozjpeg::Decompress::new_mem(bytes)?;
         let (width, height) = (d.width(), d.height());
-        if width.saturating_mul(height) > MAX_PIXELS {
-            return Err(std::io::Error::other(format!(
-                "{width}×{height} pixels is too large"
-            )));
-        }
+        check_pixels(width, height).map_err(std::io::Error::other)?;
         if matches!(
             d.color_space(),
             mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
@@ -330,9 +324,7 @@ fn decode_gif(bytes: &[u8]) -> Result<Rgb8, String> {
     if w == 0 || h == 0 {
         return Err("cannot decode GIF (the image is empty)".into());
     }
-    if w * h > MAX_PIXELS {
-        return Err(format!("{w}×{h} pixels is too large"));
-    }
+    check_pixels(w, h)?;
     if f.buffer.len() < fw * fh {
         return Err("file is truncated: the GIF frame has too few pixels".into());
     }

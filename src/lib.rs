@@ -65,7 +65,6 @@ pub const MAX_LABELS_FILE_BYTES: u64 = 16 << 20;
 /// `_` reads as a space. Errors name the file (and the line). Pipes and devices are read as
 /// streams, up to [`MAX_LABELS_FILE_BYTES`].
 pub fn read_labels(path: impl AsRef<std::path::Path>) -> Result<LabelSet> {
-    use std::io::Read;
     let path = path.as_ref();
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     if file.metadata().is_ok_and(|m| m.is_dir()) {
@@ -74,17 +73,15 @@ pub fn read_labels(path: impl AsRef<std::path::Path>) -> Result<LabelSet> {
             path.display()
         ))));
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_LABELS_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > MAX_LABELS_FILE_BYTES {
-        return Err(Error::Text(text::TextError(format!(
-            "{}: larger than {} MiB, not a labels file",
-            path.display(),
-            MAX_LABELS_FILE_BYTES >> 20
-        ))));
-    }
+    let bytes = loader::read_at_most(&file, MAX_LABELS_FILE_BYTES)
+        .map_err(|e| Error::io(path, e))?
+        .ok_or_else(|| {
+            Error::Text(text::TextError(format!(
+                "{}: larger than {} MiB, not a labels file",
+                path.display(),
+                MAX_LABELS_FILE_BYTES >> 20
+            )))
+        })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Text(text::TextError(format!(
             "{}: not UTF-8 text (byte {})",

@@ -75,14 +75,10 @@ pub fn map_file_at_most(path: &Path, limit: u64) -> Result<Bytes, Error> {
     if !meta.is_file() {
         // A pipe or a device: its length is unknown until read.
         let limit = limit.min(MAX_STREAM_BYTES);
-        let mut bytes = Vec::new();
-        (&f).take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
-        if bytes.len() as u64 > limit {
-            return Err(too_big(format!("a stream of over {}", size(limit)), limit));
-        }
-        return Ok(Bytes::Owned(bytes));
+        return match read_at_most(&f, limit).map_err(|e| Error::io(path, e))? {
+            Some(bytes) => Ok(Bytes::Owned(bytes)),
+            None => Err(too_big(format!("a stream of over {}", size(limit)), limit)),
+        };
     }
     let len = meta.len();
     if len > limit {
@@ -98,6 +94,16 @@ pub fn map_file_at_most(path: &Path, limit: u64) -> Result<Bytes, Error> {
     unsafe { Mmap::map(&f) }
         .map(Bytes::Mapped)
         .map_err(|e| Error::io(path, e))
+}
+
+/// Reads `f` to its end if that is at most `limit` bytes; `None` if it holds more (only
+/// `limit + 1` bytes are ever read, so an endless device costs `limit`).
+pub(crate) fn read_at_most(f: &File, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    // A regular file says its length: one allocation of the right size.
+    let hint = f.metadata().map_or(0, |m| m.len().min(limit));
+    let mut bytes = Vec::with_capacity(hint as usize);
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
 fn size(n: u64) -> String {
@@ -444,27 +450,15 @@ pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, Error> {
 /// `"FILE: tensor NAME holds NaN or infinite values"`; `None` if every float tensor is finite
 /// (or the file cannot be read). Only called to explain non-finite outputs.
 pub fn find_non_finite(path: &Path) -> Option<String> {
-    use maple_core::Dtype;
     let name = with_tensors(path, false, |src| {
         for name in src.names() {
             let Some(v) = src.tensor(name) else {
                 continue;
             };
-            let bad = match v.dtype {
-                Dtype::F32 => v
-                    .data
-                    .chunks_exact(4)
-                    .any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
-                Dtype::F16 => v
-                    .data
-                    .chunks_exact(2)
-                    .any(|c| !half::f16::from_le_bytes([c[0], c[1]]).is_finite()),
-                Dtype::BF16 => v
-                    .data
-                    .chunks_exact(2)
-                    .any(|c| !half::bf16::from_le_bytes([c[0], c[1]]).is_finite()),
-                Dtype::Other(_) => false,
-            };
+            // Float tensors only (to_f32 refuses the rest).
+            let bad = v
+                .to_f32(name)
+                .is_ok_and(|x| x.iter().any(|x| !x.is_finite()));
             src.release(name, &v);
             if bad {
                 return Ok(Some(name.to_string()));

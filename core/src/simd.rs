@@ -19,6 +19,16 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// The path a `MAPLE_SIMD` value asks for (`avx512`, `avx2`, `portable`), if it names one.
+    pub fn from_env_value(v: &str) -> Option<Isa> {
+        match v {
+            "avx512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2),
+            "portable" => Some(Isa::Portable),
+            _ => None,
+        }
+    }
+
     /// How `MAPLE_SIMD` names it.
     pub fn name(self) -> &'static str {
         match self {
@@ -76,12 +86,9 @@ fn detect() -> Isa {
     let hw = detect_hw();
     #[cfg(feature = "std")]
     {
-        let want = match std::env::var("MAPLE_SIMD").as_deref() {
-            Ok("avx512") => Some(Isa::Avx512),
-            Ok("avx2") => Some(Isa::Avx2),
-            Ok("portable") => Some(Isa::Portable),
-            _ => None,
-        };
+        let want = std::env::var("MAPLE_SIMD")
+            .ok()
+            .and_then(|v| Isa::from_env_value(&v));
         if let Some(w) = want.filter(|w| rank(*w) >= rank(hw)) {
             return w;
         }
