@@ -195,14 +195,20 @@ pub fn with_tensors_at_most<T>(
     with_tensors_used(path, limit, hf_names, f).map(|(t, _)| t)
 }
 
-/// [`with_tensors_at_most`], also returning the names of the file's tensors that `f` never
-/// asked for.
+/// What a file holds and what a loader took from it: every tensor name (HF names when
+/// adapted), and the names asked for.
+struct Usage {
+    names: Vec<String>,
+    asked: HashSet<String>,
+}
+
+/// [`with_tensors_at_most`], also saying which of the file's tensors `f` asked for.
 fn with_tensors_used<T>(
     path: &Path,
     limit: u64,
     hf_names: bool,
     f: impl FnOnce(&dyn TensorSource) -> maple_core::Result<T>,
-) -> Result<(T, Vec<String>), Error> {
+) -> Result<(T, Usage), Error> {
     let bytes = map_file_at_most(path, limit)?;
     let err = |e| Error::core(path, e);
     let run = |src: &dyn TensorSource| {
@@ -222,15 +228,19 @@ fn with_tensors_used<T>(
             names: RefCell::new(HashSet::new()),
         };
         let t = f(&asked)?;
-        let names = asked.names.borrow();
-        let unused = asked
+        let names = asked
             .inner
             .names()
             .into_iter()
-            .filter(|n| !names.contains(*n))
             .map(str::to_string)
             .collect();
-        Ok((t, unused))
+        Ok((
+            t,
+            Usage {
+                names,
+                asked: asked.names.into_inner(),
+            },
+        ))
     };
     if is_zip(&bytes) {
         let ck = TorchCheckpoint::parse(&bytes).map_err(err)?;
@@ -242,9 +252,10 @@ fn with_tensors_used<T>(
 }
 
 /// Tensors of a CLIP weights file that the model `config` describes does not use: names the
-/// core never asked for, and layers past the config's layer count (HF's `position_ids`
-/// buffers are expected and ignored).
-fn unused_weights(config: &ClipConfig, unused: Vec<String>, all: &[String]) -> Vec<String> {
+/// core never asked for, and layers past the config's layer count (asked for by the text
+/// fingerprint even when the text tower is not loaded); HF's `position_ids` buffers are
+/// expected and ignored.
+fn unused_weights(config: &ClipConfig, usage: &Usage) -> Vec<String> {
     let past_last_layer = |n: &str| {
         let (rest, layers) = if let Some(r) = n.strip_prefix("vision_model.encoder.layers.") {
             (r, config.vision.tower.num_hidden_layers)
@@ -258,13 +269,14 @@ fn unused_weights(config: &ClipConfig, unused: Vec<String>, all: &[String]) -> V
             .and_then(|i| i.parse::<usize>().ok())
             .is_some_and(|i| i >= layers)
     };
-    let mut out: Vec<String> = unused
-        .into_iter()
-        .chain(all.iter().filter(|n| past_last_layer(n)).cloned())
+    let mut out: Vec<String> = usage
+        .names
+        .iter()
+        .filter(|n| !usage.asked.contains(*n) || past_last_layer(n))
         .filter(|n| !n.ends_with("position_ids"))
+        .cloned()
         .collect();
     out.sort();
-    out.dedup();
     out
 }
 
@@ -386,13 +398,11 @@ pub fn load_model_fingerprinted(
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
-    let ((clip, weights_fp, all), unused) =
-        with_tensors_used(&wp, MAX_WEIGHTS_BYTES, true, |src| {
-            let all: Vec<String> = src.names().into_iter().map(str::to_string).collect();
-            let fp = fingerprint(src, text_side);
-            Clip::load_parts(&config, src, text).map(|c| (c, fp, all))
-        })?;
-    let unused = unused_weights(&config, unused, &all);
+    let ((clip, weights_fp), usage) = with_tensors_used(&wp, MAX_WEIGHTS_BYTES, true, |src| {
+        let fp = fingerprint(src, text_side);
+        Clip::load_parts(&config, src, text).map(|c| (c, fp))
+    })?;
+    let unused = unused_weights(&config, &usage);
     if let Some(first) = unused.first() {
         return Err(Error::Model(format!(
             "{}: {} tensor{} not used by the model {} describes ({first}{}): the config and \
