@@ -25,6 +25,7 @@ pub mod q8;
 pub mod safetensors;
 pub mod simd;
 pub mod synth;
+pub mod train;
 
 pub use clip::Clip;
 pub use config::ClipConfig;

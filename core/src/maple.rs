@@ -28,7 +28,7 @@ pub struct MaplePrompts {
 }
 
 /// `x [n, k] · W[o, k]ᵀ + b`, accumulated in f64 (tiny; done once per checkpoint).
-fn project(x: &[f32], n: usize, k: usize, w: &[f32], b: &[f32], o: usize) -> Vec<f32> {
+pub(crate) fn project(x: &[f32], n: usize, k: usize, w: &[f32], b: &[f32], o: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n * o);
     for i in 0..n {
         for j in 0..o {

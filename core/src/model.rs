@@ -189,7 +189,7 @@ fn block(
 }
 
 /// LayerNorm of every row, rows split across the threads.
-fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
+pub(crate) fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
     let rows = x.len() / d;
     let op = SyncPtr(out.as_mut_ptr());
     par.run(&|t, nt| {
@@ -288,7 +288,7 @@ impl Model {
         let cfg = &self.clip.config;
         let v = &cfg.vision;
         let (dv, e) = (v.tower.hidden_size, cfg.projection_dim);
-        let (s, p, g) = (v.image_size, v.patch_size, v.grid());
+        let s = v.image_size;
         let img_len = 3 * s * s;
         if count == 0 || count > ws.batch {
             return Err(Error::Input(format!(
@@ -315,46 +315,10 @@ impl Model {
         let t = ws.t;
         let np = v.num_positions();
         let vm = &self.clip.vision_model;
-        let pd = v.patch_dim();
         for b in 0..count {
             let img = &pixels[b * img_len..(b + 1) * img_len];
-            // im2col: patch (gy, gx) → row gy·G + gx, columns in (c, ky, kx) order = conv weight order.
-            for gy in 0..g {
-                for gx in 0..g {
-                    let row = &mut ws.patches[(gy * g + gx) * pd..][..pd];
-                    for c in 0..3 {
-                        for ky in 0..p {
-                            let src = &img[c * s * s + (gy * p + ky) * s + gx * p..][..p];
-                            row[(c * p + ky) * p..][..p].copy_from_slice(src);
-                        }
-                    }
-                }
-            }
             let x = &mut ws.buf.x[b * t * dv..(b + 1) * t * dv];
-            // Patch embedding straight into rows 1..=G² of this image.
-            gemm(
-                par,
-                &ws.patches,
-                pd,
-                g * g,
-                &vm.patch_embedding,
-                &mut x[dv..],
-                dv,
-                Epilogue::store(None),
-            );
-            x[..dv].copy_from_slice(&vm.class_embedding);
-            for (xr, pr) in x[..np * dv].iter_mut().zip(&vm.position_embedding) {
-                *xr += pr;
-            }
-            // MaPLe: shared prompts appended after CLS + patches, no positional embedding.
-            if let Some(pr) = &self.prompts {
-                x[np * dv..t * dv].copy_from_slice(&pr.shared_ctx);
-            }
-            // ln_pre over every token (prompts included), in place.
-            let pl = &vm.pre_layrnorm;
-            for row in x.chunks_exact_mut(dv) {
-                layer_norm_in_place(row, &pl.weight, &pl.bias, pl.eps);
-            }
+            self.embed_image(par, &mut ws.patches, img, x);
         }
         for (l, layer) in vm.layers.iter().enumerate() {
             if let Some(pr) = &self.prompts {
@@ -402,8 +366,86 @@ impl Model {
         Ok(&ws.feats[..count * e])
     }
 
+    /// One image's input rows `x [T, Dv]` (spec §2–§5): patch embedding of `img` (`[3, S, S]`,
+    /// normalised) into rows 1..=G², the class token in row 0, positions added, MaPLe's shared
+    /// prompts appended without positions, then `ln_pre` over every row. `patches` is the
+    /// `[G², C·P·P]` im2col buffer.
+    pub(crate) fn embed_image(
+        &self,
+        par: &Parallel,
+        patches: &mut [f32],
+        img: &[f32],
+        x: &mut [f32],
+    ) {
+        let v = &self.clip.config.vision;
+        let dv = v.tower.hidden_size;
+        let (s, p, g) = (v.image_size, v.patch_size, v.grid());
+        let np = v.num_positions();
+        let t = self.vision_tokens();
+        let vm = &self.clip.vision_model;
+        let pd = v.patch_dim();
+        // im2col: patch (gy, gx) → row gy·G + gx, columns in (c, ky, kx) order = conv weight order.
+        for gy in 0..g {
+            for gx in 0..g {
+                let row = &mut patches[(gy * g + gx) * pd..][..pd];
+                for c in 0..3 {
+                    for ky in 0..p {
+                        let src = &img[c * s * s + (gy * p + ky) * s + gx * p..][..p];
+                        row[(c * p + ky) * p..][..p].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+        // Patch embedding straight into rows 1..=G² of this image.
+        gemm(
+            par,
+            patches,
+            pd,
+            g * g,
+            &vm.patch_embedding,
+            &mut x[dv..],
+            dv,
+            Epilogue::store(None),
+        );
+        x[..dv].copy_from_slice(&vm.class_embedding);
+        for (xr, pr) in x[..np * dv].iter_mut().zip(&vm.position_embedding) {
+            *xr += pr;
+        }
+        // MaPLe: shared prompts appended after CLS + patches, no positional embedding.
+        if let Some(pr) = &self.prompts {
+            x[np * dv..t * dv].copy_from_slice(&pr.shared_ctx);
+        }
+        // ln_pre over every token (prompts included), in place.
+        let pl = &vm.pre_layrnorm;
+        for row in x[..t * dv].chunks_exact_mut(dv) {
+            layer_norm_in_place(row, &pl.weight, &pl.bias, pl.eps);
+        }
+    }
+
+    /// One label's input rows `x [t, Dt]`: token embeddings (zeros after the row's end, which
+    /// causal attention never lets an earlier row read), `ctx` over positions 1..=n, positions
+    /// added.
+    pub(crate) fn embed_text(&self, row: &[u32], t: usize, x: &mut [f32]) {
+        let tc = &self.clip.config.text;
+        let dt = tc.tower.hidden_size;
+        let tm = &self.clip.text_model;
+        let n = self.n_ctx();
+        for (pos, xr) in x[..t * dt].chunks_exact_mut(dt).enumerate() {
+            match row.get(pos) {
+                Some(&id) => tm.token_embedding.row_into(id as usize, xr),
+                None => xr.fill(0.0),
+            }
+        }
+        if let Some(pr) = &self.prompts {
+            x[dt..(1 + n) * dt].copy_from_slice(&pr.ctx);
+        }
+        for (xr, pr) in x[..t * dt].iter_mut().zip(&tm.position_embedding[..t * dt]) {
+            *xr += pr;
+        }
+    }
+
     /// Checks one token row: length, ids, and that the prompt slots do not cover its EOT.
-    fn check_row(&self, row: &[u32]) -> Result<usize> {
+    pub(crate) fn check_row(&self, row: &[u32]) -> Result<usize> {
         let tc = &self.clip.config.text;
         if row.len() < 2 || row.len() > tc.max_position_embeddings {
             return Err(Error::Input(format!(
@@ -486,19 +528,7 @@ impl Model {
         let n = self.n_ctx();
         let bsz = rows.len();
         for (b, row) in rows.iter().enumerate() {
-            let x = &mut ws.buf.x[b * t * dt..(b + 1) * t * dt];
-            for (pos, xr) in x.chunks_exact_mut(dt).enumerate() {
-                match row.get(pos) {
-                    Some(&id) => tm.token_embedding.row_into(id as usize, xr),
-                    None => xr.fill(0.0), // after EOT: never read by the EOT row (causal)
-                }
-            }
-            if let Some(pr) = &self.prompts {
-                x[dt..(1 + n) * dt].copy_from_slice(&pr.ctx);
-            }
-            for (xr, pr) in x.iter_mut().zip(&tm.position_embedding[..t * dt]) {
-                *xr += pr;
-            }
+            self.embed_text(row, t, &mut ws.buf.x[b * t * dt..(b + 1) * t * dt]);
         }
         for (l, layer) in tm.layers.iter().enumerate() {
             if let Some(pr) = &self.prompts {
