@@ -40,6 +40,7 @@ pub mod imageio;
 pub mod loader;
 pub mod outfile;
 pub mod synth;
+pub mod train;
 
 pub use classify::{
     top_k, ActiveDevice, Classification, Classifier, ClassifierBuilder, Device, ImageSource,

@@ -177,6 +177,70 @@ pub fn resize_crop_rgb8(rgb: &[u8], w: usize, h: usize, size: usize) -> Result<V
     Ok(out)
 }
 
+/// Pillow `Image.resize((ow, oh), BICUBIC, box)` of the `bw × bh` region at (`x0`, `y0`) of an
+/// RGB8 image (torchvision `resized_crop` on a PIL image, as `RandomResizedCrop` does): the
+/// horizontal pass first, then the vertical one, each skipped when its size does not change.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_box_rgb8(
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    (x0, y0, bw, bh): (usize, usize, usize, usize),
+    ow: usize,
+    oh: usize,
+) -> Result<Vec<u8>> {
+    if rgb.len() != w * h * 3
+        || bw == 0
+        || bh == 0
+        || x0 + bw > w
+        || y0 + bh > h
+        || ow == 0
+        || oh == 0
+    {
+        return Err(Error::Input(format!(
+            "box {bw}×{bh} at ({x0}, {y0}) does not fit a {w}×{h} RGB image of {} bytes, or an empty output",
+            rgb.len()
+        )));
+    }
+    // Horizontal: rows y0..y0+bh, bw → ow columns.
+    let mut tmp = vec![0u8; bh * ow * 3];
+    if ow != bw {
+        let hco: Vec<Coeffs> = (0..ow).map(|o| coeffs(bw, ow, o)).collect();
+        for y in 0..bh {
+            let src = &rgb[((y0 + y) * w + x0) * 3..][..bw * 3];
+            for (x, c) in hco.iter().enumerate() {
+                for ch in 0..3 {
+                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                    for (i, &k) in c.weights.iter().enumerate() {
+                        acc += src[(c.start + i) * 3 + ch] as i64 * k as i64;
+                    }
+                    tmp[(y * ow + x) * 3 + ch] = clip8(acc);
+                }
+            }
+        }
+    } else {
+        for y in 0..bh {
+            tmp[y * ow * 3..(y + 1) * ow * 3]
+                .copy_from_slice(&rgb[((y0 + y) * w + x0) * 3..][..bw * 3]);
+        }
+    }
+    if oh == bh {
+        return Ok(tmp);
+    }
+    let mut out = vec![0u8; oh * ow * 3];
+    for y in 0..oh {
+        let c = coeffs(bh, oh, y);
+        for x in 0..ow * 3 {
+            let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+            for (i, &k) in c.weights.iter().enumerate() {
+                acc += tmp[(c.start + i) * ow * 3 + x] as i64 * k as i64;
+            }
+            out[y * ow * 3 + x] = clip8(acc);
+        }
+    }
+    Ok(out)
+}
+
 /// ToTensor + Normalize: RGB8 `[S, S, 3]` → f32 `[3, S, S]`, `(u/255 − mean) / std` in f32.
 pub fn normalize_into(crop: &[u8], size: usize, out: &mut [f32]) -> Result<()> {
     if crop.len() != size * size * 3 || out.len() != 3 * size * size {

