@@ -6,7 +6,8 @@
 use crate::error::{path_display, Error, Result};
 use crate::imageio::load_rgb8;
 use crate::loader::{
-    load_model, load_tokenizer, read_config, with_tensors_at_most, MAX_PROMPTS_BYTES,
+    load_model_fingerprinted, load_text_tower, load_tokenizer, read_config, with_tensors_at_most,
+    MAX_PROMPTS_BYTES,
 };
 use crate::outfile::write_atomic;
 use maple_core::preprocess::{normalize_into, preprocess, resize_box_rgb8};
@@ -310,13 +311,12 @@ impl Trainer {
             ));
         }
         let config = read_config(model_dir)?;
-        let mut model = load_model(model_dir, None)?;
-        if !model.clip.has_text() {
-            return Err(Error::Model(format!(
-                "{}: the model has no text tower; training needs it",
-                path_display(model_dir)
-            )));
-        }
+        let (mut model, _) = load_model_fingerprinted(model_dir, None, false)?;
+        load_text_tower(model_dir, &mut model).map_err(|e| {
+            Error::Model(format!(
+                "training needs the model's text tower, which did not load: {e}"
+            ))
+        })?;
         let params = match &opts.init {
             Some(p) => with_tensors_at_most(p, MAX_PROMPTS_BYTES, false, |src| {
                 PromptParams::load(&config, src)
