@@ -1,8 +1,9 @@
 //! After the workspaces are built, a forward pass (image or text, sequential or on the thread
-//! pool) performs no heap allocation. Counted by a global allocator; one test in this binary so
+//! pool) and a training step perform no heap allocation. Counted by a global allocator; one test in this binary so
 //! nothing else allocates meanwhile.
 
 mod common;
+use maple::engine::train::{PromptParams, Sgd, TrainWorkspace};
 use maple::engine::Parallel;
 use maple::loader::load_model;
 use maple::text::ClipTokenizer;
@@ -70,5 +71,32 @@ fn forward_passes_allocate_nothing() {
         // The features are real: unit norm.
         let n: f32 = text_out[..e].iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-5);
+
+        // A training step (forward, backward, SGD) allocates nothing once its workspace,
+        // gradient and momentum buffers exist.
+        let mut m = load_model(&dir, None).unwrap();
+        let cfg = m.clip.config;
+        let pf = dir.join("maple_prompts.safetensors");
+        let mut params =
+            maple::loader::with_tensors(&pf, false, |src| PromptParams::load(&cfg, src)).unwrap();
+        m.prompts = Some(params.prompts());
+        let mut ws = TrainWorkspace::new(&m, &rows, 2, &par).unwrap();
+        let mut grads = params.zeros_like();
+        let mut opt = Sgd::new(0.9, 5e-4);
+        m.loss_and_grad(&par, &mut ws, &params, &pixels, &[0, 2], &mut grads)
+            .unwrap();
+        opt.step(&mut params, &grads, 0.01); // makes the momentum buffers
+        let before = ALLOCS.load(Ordering::SeqCst);
+        let st = m
+            .loss_and_grad(&par, &mut ws, &params, &pixels, &[0, 2], &mut grads)
+            .unwrap();
+        opt.step(&mut params, &grads, 0.01);
+        let after = ALLOCS.load(Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            0,
+            "{threads} threads: allocations in a training step"
+        );
+        assert!(st.loss.is_finite() && st.loss > 0.0);
     }
 }

@@ -52,6 +52,48 @@ pub fn attention_scratch_len(t: usize, hd: usize) -> usize {
     t * t + panel_len(hd, t) + panel_len(t, hd)
 }
 
+/// The softmax probabilities `P = softmax(Q·Kᵀ / √hd)` of head `h` of one sequence, into `p`
+/// (`[t, t]`; `causal`: query i sees keys 0..=i, the rest of its row is zero). `rows` is the
+/// sequence's fused qkv `[t, 3d]`; `kbuf` holds the packed `Kᵀ`. The forward and the backward
+/// ([`crate::train::attention_backward`]) compute P with this one function.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_probs(
+    isa: simd::Isa,
+    rows: &[f32],
+    d: usize,
+    h: usize,
+    hd: usize,
+    t: usize,
+    causal: bool,
+    kbuf: &mut [f32],
+    p: &mut [f32],
+) {
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let kt = pack_rows_as_columns(kbuf, hd, t, |j| &rows[j * 3 * d + d + h * hd..]);
+    // SAFETY: `p` holds [t, t] floats.
+    unsafe {
+        gemm_seq(
+            isa,
+            &rows[h * hd..],
+            3 * d,
+            t,
+            kt,
+            p.as_mut_ptr(),
+            t,
+            Epilogue::store(None),
+        )
+    };
+    for i in 0..t {
+        let lim = if causal { i + 1 } else { t };
+        let row = &mut p[i * t..(i + 1) * t];
+        let mx = simd::max(&row[..lim]);
+        let sum = simd::exp_scaled_sum(isa, &mut row[..lim], scale, mx * scale);
+        let inv = 1.0 / sum;
+        row[..lim].iter_mut().for_each(|x| *x *= inv);
+        row[lim..].fill(0.0);
+    }
+}
+
 /// Multi-head attention on a fused `qkv [batch·t, 3d]` buffer (q | k | v per row), writing
 /// `out [batch·t, d]`. One (sequence, head) pair per work item, as three steps on the GEMM
 /// kernels: `S = Q·Kᵀ` (`[t, t]`), a softmax per row of `S·scale` (`causal`: query i sees keys
@@ -74,7 +116,6 @@ pub fn attention(
     assert!(qkv.len() >= batch * t * 3 * d && out.len() >= batch * t * d);
     assert!(scratch.len() >= par.threads() * per, "attention scratch");
     let isa = simd::isa();
-    let scale = 1.0 / libm::sqrtf(hd as f32);
     let op = SyncPtr(out.as_mut_ptr());
     let sp = SyncPtr(scratch.as_mut_ptr());
     par.run(&|tid, nt| {
@@ -87,29 +128,7 @@ pub fn attention(
         for unit in lo..hi {
             let (bi, h) = (unit / heads, unit % heads);
             let rows = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-            let kt = pack_rows_as_columns(kbuf, hd, t, |j| &rows[j * 3 * d + d + h * hd..]);
-            // SAFETY: `s` is this thread's [t, t] block.
-            unsafe {
-                gemm_seq(
-                    isa,
-                    &rows[h * hd..],
-                    3 * d,
-                    t,
-                    kt,
-                    s.as_mut_ptr(),
-                    t,
-                    Epilogue::store(None),
-                )
-            };
-            for i in 0..t {
-                let lim = if causal { i + 1 } else { t };
-                let row = &mut s[i * t..(i + 1) * t];
-                let mx = simd::max(&row[..lim]);
-                let sum = simd::exp_scaled_sum(isa, &mut row[..lim], scale, mx * scale);
-                let inv = 1.0 / sum;
-                row[..lim].iter_mut().for_each(|p| *p *= inv);
-                row[lim..].fill(0.0);
-            }
+            attention_probs(isa, rows, d, h, hd, t, causal, kbuf, s);
             let vp = pack_rows(vbuf, t, hd, |kk| &rows[kk * 3 * d + 2 * d + h * hd..]);
             // SAFETY: rows bi·t.. of `out`, columns h·hd..(h+1)·hd belong to this unit alone.
             unsafe {

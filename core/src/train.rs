@@ -19,7 +19,7 @@ use crate::gemm::{
 };
 use crate::maple::MaplePrompts;
 use crate::model::{ln, Model, TokenRow};
-use crate::ops::{attention, attention_scratch_len, layer_norm_row};
+use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
 use crate::safetensors::TensorSource;
 use crate::simd;
@@ -649,30 +649,8 @@ pub fn attention_backward(
             let k = |i: usize| &rows[i * 3 * d + d + h * hd..][..hd];
             let v = |i: usize| &rows[i * 3 * d + 2 * d + h * hd..][..hd];
             let dob = &dout[bi * t * d + h * hd..];
-            // P, exactly as the forward computes it.
-            let kt = pack_rows_as_columns(buf, hd, t, |j| k(j));
-            // SAFETY: `p` is this thread's [t, t] block.
-            unsafe {
-                gemm_seq(
-                    isa,
-                    &rows[h * hd..],
-                    3 * d,
-                    t,
-                    kt,
-                    p.as_mut_ptr(),
-                    t,
-                    Epilogue::store(None),
-                )
-            };
-            for i in 0..t {
-                let lim = if causal { i + 1 } else { t };
-                let row = &mut p[i * t..(i + 1) * t];
-                let mx = simd::max(&row[..lim]);
-                let sum = simd::exp_scaled_sum(isa, &mut row[..lim], scale, mx * scale);
-                let inv = 1.0 / sum;
-                row[..lim].iter_mut().for_each(|x| *x *= inv);
-                row[lim..].fill(0.0);
-            }
+            // P, by the forward's own function.
+            attention_probs(isa, rows, d, h, hd, t, causal, buf, p);
             // dP = dO · Vᵀ.
             let vt = pack_rows_as_columns(buf, hd, t, |j| v(j));
             // SAFETY: `dp` is this thread's [t, t] block.
@@ -810,6 +788,7 @@ pub struct TrainWorkspace {
     df: Vec<f32>,      // [max(B, C), E] gradient of the features
     d_shared: Vec<f32>,
     d_vis_deep: Vec<Vec<f32>>,
+    shapes: Vec<Vec<usize>>, // of the trainable tensors, in PromptParams order
 }
 
 impl TrainWorkspace {
@@ -877,6 +856,10 @@ impl TrainWorkspace {
             dn: vec![0.0; batch.max(c) * e],
             d_shared: vec![0.0; prompts.n_ctx * v.tower.hidden_size],
             d_vis_deep: vec![vec![0.0; prompts.n_ctx * v.tower.hidden_size]; prompts.depth - 1],
+            shapes: PromptParams::shapes(cfg, prompts.n_ctx, prompts.depth)
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect(),
         })
     }
 
@@ -969,6 +952,51 @@ fn scaled_dots(a: &[f32], b: &[f32], m: usize, n: usize, e: usize, scale: f32, o
     }
 }
 
+/// From ∂loss/∂logits to a tower's residual stream: for each of its `m` sequences i,
+/// `dn[i] = s · Σ_j dl(i, j) · other[j]` (the other tower's `k` normalised features), back
+/// through the L2 normalisation (`f`: the raw features), the projection (`proj_t`: its
+/// transposed packing) and the pooling LayerNorm into row `pooled_row(i)` of `tower.dx`, which
+/// is zero elsewhere. `bufs` = (dn, df, dpooled) scratch.
+#[allow(clippy::too_many_arguments)]
+fn head_backward(
+    par: &Parallel,
+    tower: &mut Tower,
+    m: usize,
+    dl: &dyn Fn(usize, usize) -> f32,
+    k: usize,
+    other: &[f32],
+    scale: f32,
+    f: &[f32],
+    proj_t: &PackedMatrix,
+    ln: &LayerNorm,
+    pooled_row: &dyn Fn(usize) -> usize,
+    (dn, df, dpooled): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let e = proj_t.k;
+    let w = tower.d;
+    for i in 0..m {
+        for c in 0..e {
+            let acc: f32 = (0..k).map(|j| dl(i, j) * other[j * e + c]).sum();
+            dn[i * e + c] = scale * acc;
+        }
+        let r = i * e..(i + 1) * e;
+        l2_normalize_backward(&f[r.clone()], &dn[r.clone()], &mut df[r]);
+    }
+    gemm(par, df, e, m, proj_t, dpooled, w, Epilogue::store(None));
+    tower.dx[..m * tower.t * w].fill(0.0);
+    for i in 0..m {
+        let at = pooled_row(i) * w;
+        let dy = &dpooled[i * w..(i + 1) * w];
+        layer_norm_backward_row(
+            &tower.x[at..at + w],
+            dy,
+            &ln.weight,
+            ln.eps,
+            &mut tower.dx[at..at + w],
+        );
+    }
+}
+
 impl Model {
     /// One step's forward and backward: the loss of `labels.len()` preprocessed images
     /// (`pixels`) against all the workspace's classes, and the gradient of the mean loss with
@@ -1016,10 +1044,9 @@ impl Model {
         }
         let n = pr.n_ctx;
         let depth = pr.depth;
-        let want = PromptParams::shapes(cfg, n, depth);
+        let want = &ws.shapes;
         let fits = |p: &PromptParams| {
-            p.tensors.len() == want.len()
-                && p.tensors.iter().zip(&want).all(|(g, (_, s))| g.shape == *s)
+            p.tensors.len() == want.len() && p.tensors.iter().zip(want).all(|(g, s)| g.shape == *s)
         };
         if !fits(grads)
             || !fits(params)
@@ -1124,34 +1151,22 @@ impl Model {
             t.data.fill(0.0);
         }
 
-        // ---- text backward: d txt_n = s · dlogitsᵀ · img_n [C, E] ----
-        for c in 0..nc {
-            for j in 0..e {
-                let acc: f32 = (0..count).map(|b| dl[b * nc + c] * img_n[b * e + j]).sum();
-                ws.dn[c * e + j] = scale * acc;
-            }
-        }
-        for c in 0..nc {
-            let r = c * e..(c + 1) * e;
-            l2_normalize_backward(&ws.txt_f[r.clone()], &ws.dn[r.clone()], &mut ws.df[r]);
-        }
-        gemm(
+        // ---- text backward: d txt_n = s · dlogitsᵀ · img_n [C, E], to the EOT rows ----
+        let eot = &ws.eot;
+        head_backward(
             par,
-            &ws.df,
-            e,
+            &mut ws.txt,
             nc,
+            &|c, b| dl[b * nc + c],
+            count,
+            img_n,
+            scale,
+            &ws.txt_f,
             &ws.tproj_t,
-            &mut ws.pooled,
-            dt,
-            Epilogue::store(None),
+            fl,
+            &|c| c * tt + eot[c],
+            (&mut ws.dn, &mut ws.df, &mut ws.pooled),
         );
-        ws.txt.dx[..nc * tt * dt].fill(0.0);
-        for (c, &eot) in ws.eot.iter().enumerate() {
-            let at = (c * tt + eot) * dt;
-            let x = &ws.txt.x[at..at + dt];
-            let dy = &ws.pooled[c * dt..(c + 1) * dt];
-            layer_norm_backward_row(x, dy, &fl.weight, fl.eps, &mut ws.txt.dx[at..at + dt]);
-        }
         {
             let (head, deep) = grads.tensors.split_at_mut(3);
             let dctx = &mut head[CTX].data;
@@ -1165,34 +1180,21 @@ impl Model {
                 });
         }
 
-        // ---- image backward: d img_n = s · dlogits · txt_n [B, E] ----
-        for b in 0..count {
-            for j in 0..e {
-                let acc: f32 = (0..nc).map(|c| dl[b * nc + c] * txt_n[c * e + j]).sum();
-                ws.dn[b * e + j] = scale * acc;
-            }
-        }
-        for b in 0..count {
-            let r = b * e..(b + 1) * e;
-            l2_normalize_backward(&ws.img_f[r.clone()], &ws.dn[r.clone()], &mut ws.df[r]);
-        }
-        gemm(
+        // ---- image backward: d img_n = s · dlogits · txt_n [B, E], to the CLS rows ----
+        head_backward(
             par,
-            &ws.df,
-            e,
+            &mut ws.vis,
             count,
+            &|b, c| dl[b * nc + c],
+            nc,
+            txt_n,
+            scale,
+            &ws.img_f,
             &ws.vproj_t,
-            &mut ws.pooled,
-            dv,
-            Epilogue::store(None),
+            pl,
+            &|b| b * tv,
+            (&mut ws.dn, &mut ws.df, &mut ws.pooled),
         );
-        ws.vis.dx[..count * tv * dv].fill(0.0);
-        for b in 0..count {
-            let at = b * tv * dv;
-            let x = &ws.vis.x[at..at + dv];
-            let dy = &ws.pooled[b * dv..(b + 1) * dv];
-            layer_norm_backward_row(x, dy, &pl.weight, pl.eps, &mut ws.vis.dx[at..at + dv]);
-        }
         {
             let d_shared = &mut ws.d_shared;
             let d_deep = &mut ws.d_vis_deep;

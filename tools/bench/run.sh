@@ -142,3 +142,5 @@ drawing conclusions.
 open("BENCHMARKS.md", "w").write(doc)
 print(doc)
 PY
+# The training section (its own script, so it can be rerun alone) goes back into the new file.
+PYTHON="$PY" THREADS="$THREADS" bash tools/bench/train.sh > /dev/null

@@ -168,4 +168,5 @@ def main():
     print("wrote", a.out)
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -11,11 +11,11 @@ constant LR, SGD(momentum 0.9, weight_decay 5e-4), the text tower over all class
 Writes `grad0.<name>` (the first step's gradients), `trained.<name>` (the tensors after the last
 step) and `init.<name>`, with the losses in the metadata. Everything float32 on the CPU.
 With --bench: seconds per step (forward + backward + SGD) at the given batch size for each class
-count, one JSON line each (the same synthetic class names as maple-bench's)."""
+count, one JSON line each (maple-bench --train's synthetic class names and pixels pattern)."""
 import argparse
-import importlib.util
 import json
 import pathlib
+import resource
 import sys
 import time
 
@@ -25,32 +25,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from golden import MEAN, STD, openai_tokenizer, run_layer, tokenize  # noqa: E402
 
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
+
 EXT = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-def openai_tokenizer(sdist):
-    import tarfile
-    import tempfile
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    with tarfile.open(sdist) as tf:
-        for m in tf.getmembers():
-            if m.name.endswith(("clip/simple_tokenizer.py", "bpe_simple_vocab_16e6.txt.gz")):
-                (tmp / pathlib.Path(m.name).name).write_bytes(tf.extractfile(m).read())
-    s = importlib.util.spec_from_file_location("simple_tokenizer", tmp / "simple_tokenizer.py")
-    st = importlib.util.module_from_spec(s)
-    s.loader.exec_module(st)
-    return st.SimpleTokenizer(bpe_path=str(tmp / "bpe_simple_vocab_16e6.txt.gz"))
-
-
-def tokenize(tok, texts, L=77):
-    out = torch.zeros(len(texts), L, dtype=torch.long)
-    for i, t in enumerate(texts):
-        ids = [49406] + tok.encode(t) + [49407]
-        out[i, : len(ids)] = torch.tensor(ids)
-    return out
 
 
 def names_of(sd):
@@ -71,11 +50,6 @@ def splice_matrices(P, depth):
         "vis_deep": [lin(P[f"compound_prompts_text.{j}"], P[f"compound_prompt_projections.{j}.weight"],
                          P[f"compound_prompt_projections.{j}.bias"]) for j in range(depth - 1)],
     }
-
-
-def run_layer(layer, x, mask):
-    y = layer(x, mask)
-    return y[0] if isinstance(y, tuple) else y
 
 
 def encode_image(model, px, S):
@@ -156,9 +130,12 @@ def main():
 
     if a.bench:
         for nc in a.classes:
-            labels = [f"synthetic class {i}" for i in range(nc)]
+            sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+            from peer import labels as bench_labels  # maple-bench's synthetic class names
+            labels = bench_labels(nc)
             ids = tokenize(tok, [f"{a.template} {n}." for n in labels])
-            px = px_all[torch.arange(B) % len(items)]
+            S = model.config.vision_config.image_size
+            px = (torch.arange(B * 3 * S * S) * 7919 % 255).float().div(127.5).sub(1.0).reshape(B, 3, S, S)
             y = torch.arange(B) % nc
             times = []
             for _ in range(3):
@@ -168,7 +145,8 @@ def main():
                 opt.step()
                 times.append(time.perf_counter() - t0)
             print(json.dumps({"peer": "pytorch", "classes": nc, "batch": B, "threads": a.threads,
-                              "seconds_per_step": min(times[1:]), "all": times}))
+                              "seconds_per_step": min(times[1:]), "all": times,
+                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
 
     pretty = [" ".join(c.replace("_", " ").split()) for c in classes]

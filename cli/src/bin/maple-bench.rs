@@ -40,6 +40,13 @@ struct Args {
     /// thread) and report the GEMM and the image tower as fractions of it.
     #[arg(long)]
     peak: bool,
+    /// Instead: time maple-train's step (forward, backward, SGD) at --train-batch images
+    /// against each of these class counts (needs --prompts).
+    #[arg(long, value_delimiter = ',')]
+    train: Vec<usize>,
+    /// Images per training step for --train.
+    #[arg(long, default_value_t = 4)]
+    train_batch: usize,
 }
 
 /// GFLOP per image of MaPLe's 199-token ViT-B/16 image tower (as tools/bench/run.sh counts).
@@ -180,6 +187,12 @@ fn main() {
             (2.0 * (m * k * n) as f64 / best / 1e9).into(),
         );
     }
+    if !a.train.is_empty() {
+        let tok = load_tokenizer(&a.model).unwrap();
+        train_bench(&a, model, &par, &tok, &mut out);
+        println!("{}", serde_json::Value::Object(out));
+        return;
+    }
     for &b in &a.batches {
         let px: Vec<f32> = (0..b * 3 * s * s)
             .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
@@ -269,4 +282,71 @@ fn main() {
         );
     }
     println!("{}", serde_json::Value::Object(out));
+}
+
+/// Seconds per training step (best of `reps` after one warm-up) and the peak RSS.
+fn train_bench(
+    a: &Args,
+    model: maple_core::Model,
+    par: &Parallel,
+    tok: &maple::text::ClipTokenizer,
+    out: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    use maple::loader::with_tensors;
+    use maple_core::train::{PromptParams, Sgd, TrainWorkspace};
+    let Some(prompts) = &a.prompts else {
+        eprintln!("maple-bench: --train needs --prompts (the starting prompts)");
+        std::process::exit(1)
+    };
+    let mut model = model;
+    let cfg = model.clip.config;
+    let mut params = with_tensors(prompts, false, |src| PromptParams::load(&cfg, src))
+        .unwrap_or_else(|e| {
+            eprintln!("maple-bench: {e}");
+            std::process::exit(1)
+        });
+    let s = cfg.vision.image_size;
+    let b = a.train_batch.max(1);
+    let px: Vec<f32> = (0..b * 3 * s * s)
+        .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+        .collect();
+    for &nc in &a.train {
+        let rows: Vec<TokenRow> = label_names(nc)
+            .iter()
+            .map(|l| tok.encode(&format!("a photo of a {l}.")).unwrap())
+            .collect();
+        let labels: Vec<usize> = (0..b).map(|i| i % nc).collect();
+        model.prompts = Some(params.prompts());
+        let mut ws = TrainWorkspace::new(&model, &rows, b, par).unwrap();
+        let mut grads = params.zeros_like();
+        let mut opt = Sgd::new(0.9, 5e-4);
+        let mut best = f64::MAX;
+        for _ in 0..a.reps + 1 {
+            let t = Instant::now();
+            model
+                .loss_and_grad(par, &mut ws, &params, &px, &labels, &mut grads)
+                .unwrap();
+            opt.step(&mut params, &grads, 0.0035);
+            model.prompts = Some(params.prompts());
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        out.insert(format!("train_c{nc}_b{b}_s_per_step"), best.into());
+        out.insert(
+            format!("train_c{nc}_b{b}_workspace_mb"),
+            (ws.bytes() as f64 / 1e6).into(),
+        );
+    }
+    out.insert("peak_rss_mb".into(), (peak_rss_kb() as f64 / 1024.0).into());
+}
+
+/// This process's peak resident set (Linux `VmHWM`), in KiB; 0 where unknown.
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
