@@ -1270,8 +1270,6 @@ mod tests {
     use crate::clip::Clip;
     use crate::safetensors::{serialize, Dtype, SafeTensors};
     use crate::synth::{clip_tensors, maple_tensors, tiny_config};
-    use alloc::string::ToString;
-    extern crate std;
 
     fn rand_vec(r: &mut Rng, n: usize, a: f32) -> Vec<f32> {
         (0..n).map(|_| r.uniform(a)).collect()
@@ -1529,9 +1527,10 @@ mod tests {
                 })
                 .sum();
             let name = only.map_or("all", |i| params.tensors[i].name.as_str());
-            std::println!("{name}: directional derivative {an} vs finite difference {fd}");
             if (fd - an).abs() > 2e-3 * an.abs() + 2e-4 {
-                bad.push(name.to_string());
+                bad.push(format!(
+                    "{name}: directional derivative {an} vs finite difference {fd}"
+                ));
             }
         }
         assert!(bad.is_empty(), "gradients off: {bad:?}");
