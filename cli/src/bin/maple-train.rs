@@ -28,7 +28,7 @@ enum ScheduleArg {
     after_help = "Example:\n  maple-train photos/ --model clip-vit-b16 --shots 16 --out my_prompts.safetensors\n  maple-classify new.jpg --model clip-vit-b16 --prompts my_prompts.safetensors --labels cat,dog"
 )]
 struct Args {
-    /// Training images: DATA_DIR/<class>/<image>. Folder names are the classes (`_` reads as
+    /// Training images: DATA_DIR/CLASS/IMAGE. Folder names are the classes (`_` reads as
     /// a space), in sorted order.
     data_dir: PathBuf,
     /// Model directory (config.json, model.safetensors, tokenizer).
