@@ -1271,6 +1271,17 @@ mod tests {
     use crate::safetensors::{serialize, Dtype, SafeTensors};
     use crate::synth::{clip_tensors, maple_tensors, tiny_config};
 
+    /// A thread pool of `threads` (one thread without the `std` feature).
+    fn pool(threads: usize) -> Parallel {
+        #[cfg(feature = "std")]
+        return Parallel::with_threads(threads);
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = threads;
+            Parallel::sequential()
+        }
+    }
+
     fn rand_vec(r: &mut Rng, n: usize, a: f32) -> Vec<f32> {
         (0..n).map(|_| r.uniform(a)).collect()
     }
@@ -1420,7 +1431,7 @@ mod tests {
         ] {
             let qkv = rand_vec(&mut r, b * t * 3 * d, 1.5);
             let dout = rand_vec(&mut r, b * t * d, 1.0);
-            let par = Parallel::with_threads(threads);
+            let par = pool(threads);
             let per = attention_backward_scratch_len(t, d / h).max(attention_scratch_len(t, d / h));
             let mut sc = vec![0.0; par.threads() * per];
             let mut got = vec![f32::NAN; b * t * 3 * d];
@@ -1484,7 +1495,7 @@ mod tests {
         let s = cfg.vision.image_size;
         let px = rand_vec(&mut r, 2 * 3 * s * s, 1.8);
         let labels = [2usize, 0];
-        let par = Parallel::with_threads(2);
+        let par = pool(2);
         let mut ws = TrainWorkspace::new(&model, &classes, 2, &par).unwrap();
         let mut grads = params.zeros_like();
         model
