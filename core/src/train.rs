@@ -952,6 +952,35 @@ fn scaled_dots(a: &[f32], b: &[f32], m: usize, n: usize, e: usize, scale: f32, o
     }
 }
 
+/// A tower's features: row `pooled_row(i)` of each of its `m` sequences through the pooling
+/// LayerNorm and the projection into `f` (`[m, E]`), and L2-normalised into `f_n`.
+#[allow(clippy::too_many_arguments)]
+fn head_forward(
+    par: &Parallel,
+    tower: &Tower,
+    m: usize,
+    pooled_row: &dyn Fn(usize) -> usize,
+    ln: &LayerNorm,
+    proj: &PackedMatrix,
+    pooled: &mut [f32],
+    f: &mut [f32],
+    f_n: &mut [f32],
+) {
+    let w = tower.d;
+    for i in 0..m {
+        let x = &tower.x[pooled_row(i) * w..][..w];
+        layer_norm_row(
+            x,
+            &mut pooled[i * w..(i + 1) * w],
+            &ln.weight,
+            &ln.bias,
+            ln.eps,
+        );
+    }
+    gemm(par, pooled, w, m, proj, f, proj.n, Epilogue::store(None));
+    normalize_rows(f, f_n, proj.n);
+}
+
 /// From ∂loss/∂logits to a tower's residual stream: for each of its `m` sequences i,
 /// `dn[i] = s · Σ_j dl(i, j) · other[j]` (the other tower's `k` normalised features), back
 /// through the L2 normalisation (`f`: the raw features), the projection (`proj_t`: its
@@ -1076,28 +1105,20 @@ impl Model {
         let th = tc.tower.num_attention_heads;
         ws.txt.forward(par, &tm.layers, nc, th, true, &text_splice);
         let fl = &tm.final_layer_norm;
-        for (c, &eot) in ws.eot.iter().enumerate() {
-            let x = &ws.txt.x[(c * tt + eot) * dt..][..dt];
-            layer_norm_row(
-                x,
-                &mut ws.pooled[c * dt..(c + 1) * dt],
-                &fl.weight,
-                &fl.bias,
-                fl.eps,
-            );
-        }
+        let eot = &ws.eot;
         let tproj = &self.clip.text_projection;
-        gemm(
+        let (txt_f, txt_n) = (&mut ws.txt_f[..nc * e], &mut ws.txt_n[..nc * e]);
+        head_forward(
             par,
-            &ws.pooled,
-            dt,
+            &ws.txt,
             nc,
+            &|c| c * tt + eot[c],
+            fl,
             tproj,
-            &mut ws.txt_f,
-            e,
-            Epilogue::store(None),
+            &mut ws.pooled,
+            txt_f,
+            txt_n,
         );
-        normalize_rows(&ws.txt_f, &mut ws.txt_n, e);
 
         // ---- image tower: x [B·T, Dv] → img_n [B, E] ----
         let tv = ws.vis.t;
@@ -1118,28 +1139,19 @@ impl Model {
         ws.vis
             .forward(par, &vm.layers, count, vh, false, &vis_splice);
         let pl = &vm.post_layernorm;
-        for b in 0..count {
-            let x = &ws.vis.x[b * tv * dv..][..dv];
-            layer_norm_row(
-                x,
-                &mut ws.pooled[b * dv..(b + 1) * dv],
-                &pl.weight,
-                &pl.bias,
-                pl.eps,
-            );
-        }
         let vproj = &self.clip.visual_projection;
-        gemm(
+        let (img_f, img_n) = (&mut ws.img_f[..count * e], &mut ws.img_n[..count * e]);
+        head_forward(
             par,
-            &ws.pooled,
-            dv,
+            &ws.vis,
             count,
+            &|b| b * tv,
+            pl,
             vproj,
-            &mut ws.img_f,
-            e,
-            Epilogue::store(None),
+            &mut ws.pooled,
+            img_f,
+            img_n,
         );
-        normalize_rows(&ws.img_f[..count * e], &mut ws.img_n[..count * e], e);
 
         // ---- logits = s · img_n · txt_nᵀ [B, C], loss, dlogits ----
         let scale = libm::expf(self.clip.logit_scale);
