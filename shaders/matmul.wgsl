@@ -1,8 +1,17 @@
 // C[m, n] (+)= alpha · Σ_k A[m, k] · W[n, k] + bias[n], then optional QuickGELU.
-// W is a PyTorch Linear weight [n, k] (y = x·Wᵀ), stored as WT (f32, or f16 with `enable f16`);
-// the host prepends `alias WT = …;`. Register-blocked: each invocation computes a 4×4 tile of C,
-// reading 4 rows of A and 4 rows of W per step of 4 along k (no shared memory: it is the
-// fastest layout on CPU-emulated devices and fine on GPUs for these sizes).
+// W is a PyTorch Linear weight [n, k] (y = x·Wᵀ), stored as WT (f32, or f16 with `enable f16`).
+// The host prepends `alias WT = …;` and the tile constants BM, BN, BK, TM, TN (u32).
+//
+// Two entry points:
+// - `main`: register-blocked, no workgroup memory. Each invocation computes a 4×4 tile of C from
+//   4 rows of A and 4 rows of W, 4 values of k at a time. Fastest on CPU-emulated adapters
+//   (lavapipe, SwiftShader), where barriers are expensive; load-bound on real GPUs.
+// - `tiled`: a workgroup computes a BM×BN tile of C. Per step of BK along k it stages an
+//   A tile [BM, BK] and a W tile [BN, BK] in workgroup memory (global reads: consecutive
+//   invocations read consecutive k of one row, so they coalesce), stored k-major so that each
+//   invocation then reads TM values of A and TN of W per k and does TM·TN FMAs in registers.
+//   Invocation (x, y) owns rows y + i·WY and columns x + j·WX of the tile: neighbours read
+//   neighbouring words of workgroup memory and write neighbouring columns of C.
 
 struct Params {
     m: u32, n: u32, k: u32,
@@ -22,6 +31,22 @@ struct Params {
 
 fn quick_gelu(x: f32) -> f32 {
     return x / (1.0 + exp(-1.702 * x));
+}
+
+// The epilogue shared by both entry points: scale, bias, QuickGELU, residual, store.
+fn store(r: u32, col: u32, acc: f32) {
+    var v = p.alpha * acc;
+    if ((p.flags & 1u) != 0u) {
+        v += bias[col];
+    }
+    if ((p.flags & 2u) != 0u) {
+        v = quick_gelu(v);
+    }
+    let o = p.c_off + r * p.ldc + col;
+    if ((p.flags & 4u) != 0u) {
+        v += c[o];
+    }
+    c[o] = v;
 }
 
 @compute @workgroup_size(8, 8)
@@ -68,18 +93,74 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (col >= p.n) {
                 break;
             }
-            var v = p.alpha * acc[i][j];
-            if ((p.flags & 1u) != 0u) {
-                v += bias[col];
+            store(r, col, acc[i][j]);
+        }
+    }
+}
+
+const WX: u32 = BN / TN;       // invocations along n
+const WY: u32 = BM / TM;       // invocations along m
+const THREADS: u32 = WX * WY;
+const SA: u32 = BM + 4u;       // row pitch of the k-major tiles (padded against bank conflicts)
+const SW: u32 = BN + 4u;
+
+var<workgroup> a_tile: array<f32, BK * SA>;   // a_tile[kk · SA + r] = A[m0 + r, k0 + kk]
+var<workgroup> w_tile: array<f32, BK * SW>;   // w_tile[kk · SW + j] = W[n0 + j, k0 + kk]
+
+@compute @workgroup_size(WX, WY)
+fn tiled(@builtin(workgroup_id) wg: vec3<u32>,
+         @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(local_invocation_index) li: u32) {
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    var acc: array<array<f32, TN>, TM>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = li; e < BM * BK; e += THREADS) {
+            let r = e / BK;
+            let kk = e % BK;
+            var v = 0.0;
+            if (m0 + r < p.m && k0 + kk < p.k) {
+                v = a[p.a_off + (m0 + r) * p.lda + k0 + kk];
             }
-            if ((p.flags & 2u) != 0u) {
-                v = quick_gelu(v);
+            a_tile[kk * SA + r] = v;
+        }
+        for (var e = li; e < BN * BK; e += THREADS) {
+            let j = e / BK;
+            let kk = e % BK;
+            var v = 0.0;
+            if (n0 + j < p.n && k0 + kk < p.k) {
+                v = f32(w[(n0 + j) * p.k + k0 + kk]);
             }
-            let o = p.c_off + r * p.ldc + col;
-            if ((p.flags & 4u) != 0u) {
-                v += c[o];
+            w_tile[kk * SW + j] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<f32, TM>;
+            var wv: array<f32, TN>;
+            for (var i = 0u; i < TM; i++) {
+                av[i] = a_tile[kk * SA + lid.y + i * WY];
             }
-            c[o] = v;
+            for (var j = 0u; j < TN; j++) {
+                wv[j] = w_tile[kk * SW + lid.x + j * WX];
+            }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) {
+                    acc[i][j] = fma(av[i], wv[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < TM; i++) {
+        let r = m0 + lid.y + i * WY;
+        if (r >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < TN; j++) {
+            let col = n0 + lid.x + j * WX;
+            if (col < p.n) {
+                store(r, col, acc[i][j]);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
+    let i = gid.x + gid.y * 65535u * 256u;
     if (i >= p.seqs * p.n * p.d) {
         return;
     }

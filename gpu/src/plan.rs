@@ -1,44 +1,142 @@
 //! A forward pass recorded once per batch size: activation buffers, bind groups and the
-//! dispatch list. Running it writes the inputs, submits one command buffer, reads one buffer.
+//! dispatch list ([`Recorder`]). Running it ([`Plan::run_async`]) writes the inputs, submits one
+//! command buffer and reads one buffer back; [`Plan::profile`] runs it with a GPU timestamp
+//! before and after every dispatch and sums the times per kernel.
 
-use crate::weights::{GLayer, GLinear, GLn, GTower, GpuModel, Precision};
+use crate::oneshot::Oneshot;
+use crate::weights::Precision;
 use crate::{Gpu, GpuError, Result};
 use wgpu::util::DeviceExt;
 
-#[derive(Clone, Copy)]
-enum K {
-    Matmul,
-    MatmulF16,
-    Attention,
-    LayerNorm,
-    Im2col,
-    Assemble,
-    Gather,
-    AddPos,
-    Splice,
-    L2norm,
-}
-
-impl K {
-    fn pipeline(self, kn: &crate::Kernels) -> &wgpu::ComputePipeline {
-        match self {
-            K::Matmul => &kn.matmul,
-            K::MatmulF16 => kn.matmul_f16.as_ref().unwrap_or(&kn.matmul),
-            K::Attention => &kn.attention,
-            K::LayerNorm => &kn.layernorm,
-            K::Im2col => &kn.im2col,
-            K::Assemble => &kn.assemble,
-            K::Gather => &kn.gather,
-            K::AddPos => &kn.add_pos,
-            K::Splice => &kn.splice,
-            K::L2norm => &kn.l2norm,
-        }
-    }
+/// One recorded dispatch: what it runs, on what, and the work it does (for the profile).
+pub(crate) struct Dispatch {
+    /// Kernel family and variant, e.g. `matmul tiled 64×64` (the profile's row).
+    pub name: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+    /// Floating-point operations (a multiply-add is 2).
+    pub flops: f64,
+    /// Bytes the kernel must read and write at least (each input and output once).
+    pub bytes: f64,
 }
 
 enum Op {
-    Dispatch(K, wgpu::BindGroup, [u32; 3]),
+    Dispatch(Dispatch),
     Copy(wgpu::Buffer, wgpu::Buffer, u64),
+}
+
+/// Bytes per f32.
+pub(crate) const F: u64 = 4;
+
+/// Workgroup counts for `items` items of `size` per workgroup, as (x ≤ 65535, y).
+pub(crate) fn groups(items: u32, size: u32) -> [u32; 3] {
+    let g = items.div_ceil(size).max(1);
+    [g.min(65535), g.div_ceil(65535), 1]
+}
+
+/// Records a dispatch list; the kernels' host code (`kernels/*.rs`) adds to it.
+pub(crate) struct Recorder<'a> {
+    pub gpu: &'a Gpu,
+    /// Bound in place of an absent optional input.
+    pub dummy: &'a wgpu::Buffer,
+    pub precision: Precision,
+    ops: Vec<Op>,
+}
+
+impl<'a> Recorder<'a> {
+    pub(crate) fn new(gpu: &'a Gpu, dummy: &'a wgpu::Buffer, precision: Precision) -> Self {
+        Recorder {
+            gpu,
+            dummy,
+            precision,
+            ops: Vec::new(),
+        }
+    }
+
+    pub(crate) fn dev(&self) -> &wgpu::Device {
+        &self.gpu.device
+    }
+
+    /// An activation buffer of `floats` f32 values.
+    pub(crate) fn buf(&self, label: &str, floats: usize) -> wgpu::Buffer {
+        self.dev().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (floats.max(4) as u64) * F,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A uniform buffer holding a kernel's parameter struct.
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
+        self.dev()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Binds `entries` (binding number, buffer) to `pipeline`'s group 0 and records the dispatch.
+    pub(crate) fn dispatch(
+        &mut self,
+        name: String,
+        pipeline: wgpu::ComputePipeline,
+        entries: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+        flops: f64,
+        bytes: f64,
+    ) {
+        let e: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .map(|(b, buf)| wgpu::BindGroupEntry {
+                binding: *b,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.dev().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &e,
+        });
+        self.ops.push(Op::Dispatch(Dispatch {
+            name,
+            pipeline,
+            bind_group,
+            groups,
+            flops,
+            bytes,
+        }));
+    }
+
+    /// Ends the list with a copy of `out` into a mappable buffer.
+    pub(crate) fn finish(
+        mut self,
+        input: wgpu::Buffer,
+        eot: Option<wgpu::Buffer>,
+        out: wgpu::Buffer,
+        out_len: usize,
+    ) -> Result<Plan> {
+        let readback = self.dev().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: out_len as u64 * F,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.ops
+            .push(Op::Copy(out, readback.clone(), out_len as u64 * F));
+        self.gpu.check()?;
+        Ok(Plan {
+            ops: self.ops,
+            input,
+            eot,
+            readback,
+            out_len,
+        })
+    }
 }
 
 /// Everything one batch size needs, built once: activation buffers, bind groups, the dispatch list.
@@ -57,347 +155,94 @@ pub(crate) struct TextInput<'a> {
     pub eot_rows: &'a [u32],
 }
 
-const F: u64 = 4;
-
-/// Workgroup counts for `items` invocations of `size`-wide workgroups, as (x ≤ 65535, y).
-fn groups(items: u32, size: u32) -> [u32; 3] {
-    let g = items.div_ceil(size).max(1);
-    [g.min(65535), g.div_ceil(65535), 1]
+/// GPU time of one kernel (family and variant) summed over a forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    /// Kernel family and variant, e.g. `matmul tiled 64×64`.
+    pub name: String,
+    /// Dispatches of it in the forward pass.
+    pub dispatches: usize,
+    /// Seconds between the timestamps around its dispatches, summed.
+    pub seconds: f64,
+    /// Floating-point operations it did (a multiply-add is 2).
+    pub flops: f64,
+    /// Bytes it had to move at least (inputs and outputs once each).
+    pub bytes: f64,
 }
 
-pub(crate) struct Builder<'a> {
-    gpu: &'a Gpu,
-    dummy: &'a wgpu::Buffer,
-    precision: Precision,
-    ops: Vec<Op>,
+/// Per-kernel GPU times of one forward pass ([`Plan::profile`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// One row per kernel, in the order first dispatched.
+    pub kernels: Vec<KernelTime>,
+    /// Dispatches in the forward pass.
+    pub dispatches: usize,
 }
 
-impl<'a> Builder<'a> {
-    pub(crate) fn new(gpu: &'a Gpu, dummy: &'a wgpu::Buffer, precision: Precision) -> Self {
-        Builder {
-            gpu,
-            dummy,
-            precision,
-            ops: Vec::new(),
-        }
-    }
-
-    fn dev(&self) -> &wgpu::Device {
-        &self.gpu.device
-    }
-
-    pub(crate) fn buf(&self, label: &str, floats: usize) -> wgpu::Buffer {
-        self.dev().create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: (floats.max(4) as u64) * F,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        })
-    }
-
-    fn params(&self, words: &[u32]) -> wgpu::Buffer {
-        let mut w = words.to_vec();
-        w.resize(12, 0);
-        self.dev()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&w),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
-    }
-
-    fn dispatch(&mut self, k: K, entries: &[(u32, &wgpu::Buffer)], g: [u32; 3]) {
-        let pipe = k.pipeline(&self.gpu.kernels);
-        let e: Vec<wgpu::BindGroupEntry> = entries
-            .iter()
-            .map(|(b, buf)| wgpu::BindGroupEntry {
-                binding: *b,
-                resource: buf.as_entire_binding(),
-            })
-            .collect();
-        let bg = self.dev().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipe.get_bind_group_layout(0),
-            entries: &e,
-        });
-        self.ops.push(Op::Dispatch(k, bg, g));
-    }
-
-    /// c[c_off + r·ldc + j] (+)= alpha · a[a_off + r·lda ..] · W[j]ᵀ (+ bias) (QuickGELU)
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn matmul(
-        &mut self,
-        a: &wgpu::Buffer,
-        lda: u32,
-        m: u32,
-        w: &GLinear,
-        c: &wgpu::Buffer,
-        ldc: u32,
-        gelu: bool,
-        acc: bool,
-    ) {
-        let flags = u32::from(w.b.is_some()) | if gelu { 2 } else { 0 } | if acc { 4 } else { 0 };
-        let p = self.params(&[m, w.n, w.k, lda, ldc, 0, 0, flags, 1.0f32.to_bits()]);
-        let bias = w.b.as_ref().unwrap_or(self.dummy);
-        let k = if self.precision == Precision::F16 {
-            K::MatmulF16
-        } else {
-            K::Matmul
-        };
-        self.dispatch(
-            k,
-            &[(0, &p), (1, a), (2, &w.w), (3, bias), (4, c)],
-            [w.n.div_ceil(32), m.div_ceil(32), 1],
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ln(
-        &mut self,
-        x: &wgpu::Buffer,
-        rows: u32,
-        d: u32,
-        first: u32,
-        stride: u32,
-        l: &GLn,
-        out: &wgpu::Buffer,
-    ) {
-        let p = self.params(&[rows, d, first, stride, l.eps.to_bits()]);
-        self.dispatch(
-            K::LayerNorm,
-            &[(0, &p), (1, x), (2, &l.w), (3, &l.b), (4, out)],
-            groups(rows, 64),
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn splice(
-        &mut self,
-        prompt: &wgpu::Buffer,
-        x: &wgpu::Buffer,
-        seqs: u32,
-        t: u32,
-        start: u32,
-        n: u32,
-        d: u32,
-    ) {
-        let p = self.params(&[seqs, t, start, n, d]);
-        self.dispatch(
-            K::Splice,
-            &[(0, &p), (1, prompt), (2, x)],
-            groups(seqs * n * d, 256),
-        );
-    }
-
-    /// The blocks of one tower over `seqs` sequences of `t` rows; prompts spliced at `start`.
-    #[allow(clippy::too_many_arguments)]
-    fn tower(
-        &mut self,
-        tw: &GTower,
-        deep: Option<(&[wgpu::Buffer], usize, u32)>,
-        start: u32,
-        bufs: &Acts,
-        seqs: u32,
-        t: u32,
-        causal: bool,
-    ) {
-        let rows = seqs * t;
-        let d = tw.d;
-        for (l, layer) in tw.layers.iter().enumerate() {
-            if let Some((deep, depth, n)) = deep {
-                if l >= 1 && l < depth {
-                    self.splice(&deep[l - 1], &bufs.x, seqs, t, start, n, d);
-                }
-            }
-            self.block(layer, tw, bufs, seqs, t, rows, causal);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention(
-        &mut self,
-        qkv: &wgpu::Buffer,
-        out: &wgpu::Buffer,
-        seqs: u32,
-        t: u32,
-        d: u32,
-        heads: u32,
-        causal: bool,
-    ) {
-        let scale = 1.0 / ((d / heads) as f32).sqrt();
-        let p = self.params(&[seqs, t, d, heads, u32::from(causal), scale.to_bits()]);
-        self.dispatch(
-            K::Attention,
-            &[(0, &p), (1, qkv), (2, out)],
-            groups(seqs * heads * t, 64),
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn block(
-        &mut self,
-        l: &GLayer,
-        tw: &GTower,
-        b: &Acts,
-        seqs: u32,
-        t: u32,
-        rows: u32,
-        causal: bool,
-    ) {
-        let d = tw.d;
-        self.ln(&b.x, rows, d, 0, 1, &l.ln1, &b.h);
-        self.matmul(&b.h, d, rows, &l.qkv, &b.qkv, 3 * d, false, false);
-        self.attention(&b.qkv, &b.attn, seqs, t, d, tw.heads, causal);
-        self.matmul(&b.attn, d, rows, &l.out, &b.x, d, false, true);
-        self.ln(&b.x, rows, d, 0, 1, &l.ln2, &b.h);
-        self.matmul(&b.h, d, rows, &l.fc1, &b.mlp, tw.f, true, false);
-        self.matmul(&b.mlp, tw.f, rows, &l.fc2, &b.x, d, false, true);
-    }
-}
-
-/// Activations of one tower.
-struct Acts {
-    x: wgpu::Buffer,
-    h: wgpu::Buffer,
-    qkv: wgpu::Buffer,
-    attn: wgpu::Buffer,
-    mlp: wgpu::Buffer,
-}
-
-impl Acts {
-    fn new(b: &Builder, rows: usize, d: usize, f: usize) -> Self {
-        Acts {
-            x: b.buf("x", rows * d),
-            h: b.buf("h", rows * d),
-            qkv: b.buf("qkv", rows * 3 * d),
-            attn: b.buf("attn", rows * d),
-            mlp: b.buf("mlp", rows * f),
-        }
+impl Profile {
+    /// GPU seconds of all dispatches (pass boundaries included, idle gaps not).
+    pub fn seconds(&self) -> f64 {
+        self.kernels.iter().map(|k| k.seconds).sum()
     }
 }
 
 impl Plan {
-    pub(crate) fn vision(m: &GpuModel, batch: usize) -> Result<Plan> {
-        let v = &m.cfg.vision;
-        let (s, p, g) = (v.image_size as u32, v.patch_size as u32, v.grid() as u32);
-        let pd = 3 * p * p;
-        let np = g * g + 1;
-        let n = m.prompts.as_ref().map_or(0, |p| p.n);
-        let t = np + n;
-        let (d, e) = (m.vision.d, m.cfg.projection_dim as u32);
-        let bsz = batch as u32;
-        let mut b = Builder::new(&m.gpu, &m.dummy, m.precision);
-        let pixels = b.buf("pixels", batch * 3 * (s * s) as usize);
-        let patches = b.buf("patches", (bsz * g * g * pd) as usize);
-        let pemb = b.buf("patch_embeddings", (bsz * g * g * d) as usize);
-        let acts = Acts::new(&b, (bsz * t) as usize, d as usize, m.vision.f as usize);
-        let pooled = b.buf("pooled", (bsz * d) as usize);
-        let feats = b.buf("features", (bsz * e) as usize);
-
-        let pr = b.params(&[bsz, s, p, g]);
-        b.dispatch(
-            K::Im2col,
-            &[(0, &pr), (1, &pixels), (4, &patches)],
-            groups(bsz * g * g * pd, 256),
-        );
-        b.matmul(&patches, pd, bsz * g * g, &m.patch, &pemb, d, false, false);
-        let pr = b.params(&[bsz, t, g * g, d]);
-        b.dispatch(
-            K::Assemble,
-            &[(0, &pr), (1, &pemb), (2, &m.cls_pos), (4, &acts.x)],
-            groups(bsz * np * d, 256),
-        );
-        if let Some(pp) = &m.prompts {
-            b.splice(&pp.shared, &acts.x, bsz, t, np, n, d);
-        }
-        b.ln(&acts.x, bsz * t, d, 0, 1, &m.pre_ln, &acts.h);
-        b.ops.push(Op::Copy(
-            acts.h.clone(),
-            acts.x.clone(),
-            (bsz * t * d) as u64 * F,
-        ));
-        let deep = m
-            .prompts
-            .as_ref()
-            .map(|p| (p.vis_deep.as_slice(), p.depth, p.n));
-        b.tower(&m.vision, deep, np, &acts, bsz, t, false);
-        b.ln(&acts.x, bsz, d, 0, t, &m.post_ln, &pooled);
-        b.matmul(&pooled, d, bsz, &m.vproj, &feats, e, false, false);
-        let pr = b.params(&[bsz, e]);
-        b.dispatch(K::L2norm, &[(0, &pr), (1, &feats)], groups(bsz, 64));
-        Plan::finish(b, pixels, None, feats, (bsz * e) as usize)
+    /// Dispatches per forward pass.
+    pub fn dispatches(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Dispatch(_)))
+            .count()
     }
 
-    pub(crate) fn text(m: &GpuModel, batch: usize, t: usize) -> Result<Plan> {
-        let (d, e) = (m.text.d, m.cfg.projection_dim as u32);
-        let (bsz, t) = (batch as u32, t as u32);
-        let n = m.prompts.as_ref().map_or(0, |p| p.n);
-        let mut b = Builder::new(&m.gpu, &m.dummy, m.precision);
-        let ids = b.buf("ids", (bsz * t) as usize);
-        let eot = b.buf("eot_rows", batch);
-        let acts = Acts::new(&b, (bsz * t) as usize, d as usize, m.text.f as usize);
-        let eot_x = b.buf("eot_x", (bsz * d) as usize);
-        let pooled = b.buf("pooled", (bsz * d) as usize);
-        let feats = b.buf("features", (bsz * e) as usize);
-
-        let pr = b.params(&[bsz * t, 0, 0, d]);
-        b.dispatch(
-            K::Gather,
-            &[(0, &pr), (1, &m.tok_emb), (3, &ids), (4, &acts.x)],
-            groups(bsz * t * d, 256),
-        );
-        if let Some(pp) = &m.prompts {
-            b.splice(&pp.ctx, &acts.x, bsz, t, 1, n, d);
+    fn write_inputs(&self, gpu: &Gpu, pixels: Option<&[u8]>, text: Option<TextInput>) {
+        if let Some(px) = pixels {
+            gpu.queue.write_buffer(&self.input, 0, px);
         }
-        let pr = b.params(&[bsz, t, t, d]);
-        b.dispatch(
-            K::AddPos,
-            &[(0, &pr), (2, &m.tpos), (4, &acts.x)],
-            groups(bsz * t * d, 256),
-        );
-        let deep = m
-            .prompts
-            .as_ref()
-            .map(|p| (p.text_deep.as_slice(), p.depth, p.n));
-        b.tower(&m.text, deep, 1, &acts, bsz, t, true);
-        let pr = b.params(&[bsz, 0, 0, d]);
-        b.dispatch(
-            K::Gather,
-            &[(0, &pr), (1, &acts.x), (3, &eot), (4, &eot_x)],
-            groups(bsz * d, 256),
-        );
-        b.ln(&eot_x, bsz, d, 0, 1, &m.final_ln, &pooled);
-        b.matmul(&pooled, d, bsz, &m.tproj, &feats, e, false, false);
-        let pr = b.params(&[bsz, e]);
-        b.dispatch(K::L2norm, &[(0, &pr), (1, &feats)], groups(bsz, 64));
-        Plan::finish(b, ids, Some(eot), feats, (bsz * e) as usize)
+        if let Some(t) = text {
+            gpu.queue
+                .write_buffer(&self.input, 0, bytemuck::cast_slice(t.ids));
+            if let Some(e) = &self.eot {
+                gpu.queue
+                    .write_buffer(e, 0, bytemuck::cast_slice(t.eot_rows));
+            }
+        }
     }
 
-    pub(crate) fn finish(
-        mut b: Builder,
-        input: wgpu::Buffer,
-        eot: Option<wgpu::Buffer>,
-        out: wgpu::Buffer,
-        out_len: usize,
-    ) -> Result<Plan> {
-        let readback = b.dev().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: out_len as u64 * F,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        b.ops
-            .push(Op::Copy(out, readback.clone(), out_len as u64 * F));
-        b.gpu.check()?;
-        Ok(Plan {
-            ops: b.ops,
-            input,
-            eot,
-            readback,
-            out_len,
-        })
+    /// Records the ops into `enc`: consecutive dispatches share one compute pass, or with
+    /// `timestamps` each gets its own pass with a timestamp at its start and end.
+    fn encode(&self, enc: &mut wgpu::CommandEncoder, timestamps: Option<&wgpu::QuerySet>) {
+        let mut i = 0;
+        let mut d = 0u32;
+        while i < self.ops.len() {
+            match &self.ops[i] {
+                Op::Copy(src, dst, size) => {
+                    enc.copy_buffer_to_buffer(src, 0, dst, 0, *size);
+                    i += 1;
+                }
+                Op::Dispatch(_) => {
+                    let tw = timestamps.map(|q| wgpu::ComputePassTimestampWrites {
+                        query_set: q,
+                        beginning_of_pass_write_index: Some(2 * d),
+                        end_of_pass_write_index: Some(2 * d + 1),
+                    });
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: tw,
+                    });
+                    while let Some(Op::Dispatch(x)) = self.ops.get(i) {
+                        pass.set_pipeline(&x.pipeline);
+                        pass.set_bind_group(0, &x.bind_group, &[]);
+                        pass.dispatch_workgroups(x.groups[0], x.groups[1], x.groups[2]);
+                        i += 1;
+                        d += 1;
+                        if timestamps.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -416,68 +261,132 @@ impl Plan {
         pixels: Option<&[u8]>,
         text: Option<TextInput<'_>>,
     ) -> Result<Vec<f32>> {
-        if let Some(px) = pixels {
-            gpu.queue.write_buffer(&self.input, 0, px);
-        }
-        if let Some(t) = text {
-            gpu.queue
-                .write_buffer(&self.input, 0, bytemuck::cast_slice(t.ids));
-            if let Some(e) = &self.eot {
-                gpu.queue
-                    .write_buffer(e, 0, bytemuck::cast_slice(t.eot_rows));
-            }
-        }
-        let kn = &gpu.kernels;
+        self.write_inputs(gpu, pixels, text);
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("maple forward"),
             });
-        let mut i = 0;
-        while i < self.ops.len() {
-            match &self.ops[i] {
-                Op::Copy(src, dst, size) => {
-                    enc.copy_buffer_to_buffer(src, 0, dst, 0, *size);
-                    i += 1;
-                }
-                Op::Dispatch(..) => {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: None,
-                    });
-                    while let Some(Op::Dispatch(k, bg, g)) = self.ops.get(i) {
-                        let pipe = k.pipeline(kn);
-                        pass.set_pipeline(pipe);
-                        pass.set_bind_group(0, bg, &[]);
-                        pass.dispatch_workgroups(g[0], g[1], g[2]);
-                        i += 1;
-                    }
-                }
-            }
-        }
+        self.encode(&mut enc, None);
         gpu.queue.submit([enc.finish()]);
-        let slice = self.readback.slice(..);
-        let done = crate::oneshot::Oneshot::default();
-        let tx = done.clone();
-        slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
-        // Natively the map completes inside poll; in a browser the event loop completes it.
-        #[cfg(not(target_arch = "wasm32"))]
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError(format!("GPU wait failed: {e}")))?;
-        let mapped = done.await;
-        gpu.check()?;
-        mapped.map_err(|e| GpuError(format!("readback failed: {e}")))?;
-        let out: Vec<f32> = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| GpuError(format!("readback failed: {e}")))?;
-            view.chunks_exact(4)
-                .take(self.out_len)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        self.readback.unmap();
+        let out = read_f32(gpu, &self.readback, self.out_len).await?;
         Ok(out)
     }
+
+    /// Runs the forward pass once more on the inputs last written, with a GPU timestamp around
+    /// every dispatch, and sums the times per kernel (needs [`Gpu::timestamps`]). Each
+    /// dispatch gets a compute pass of its own, so the sum is a little above a plain run's time.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self, gpu: &Gpu) -> Result<Profile> {
+        if !gpu.timestamps {
+            return Err(GpuError(format!(
+                "{} offers no timestamp queries (TIMESTAMP_QUERY): cannot profile",
+                gpu.describe()
+            )));
+        }
+        let n = self.dispatches();
+        let count = (2 * n).max(2) as u32;
+        if count > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(GpuError(format!(
+                "{n} dispatches: more than one query set holds"
+            )));
+        }
+        let qs = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("maple profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = count as u64 * 8;
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let host = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("maple forward (profiled)"),
+            });
+        self.encode(&mut enc, Some(&qs));
+        enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &host, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        pollster::block_on(read_f32(gpu, &self.readback, self.out_len))?;
+        let words = pollster::block_on(read_u32(gpu, &host, 2 * count as usize))?;
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        let mut p = Profile {
+            kernels: Vec::new(),
+            dispatches: n,
+        };
+        let ticks = |i: usize| words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32;
+        let mut d = 0;
+        for op in &self.ops {
+            let Op::Dispatch(x) = op else { continue };
+            let secs = ticks(2 * d + 1).saturating_sub(ticks(2 * d)) as f64 * period;
+            d += 1;
+            let row = match p.kernels.iter_mut().position(|k| k.name == x.name) {
+                Some(i) => &mut p.kernels[i],
+                None => {
+                    p.kernels.push(KernelTime {
+                        name: x.name.clone(),
+                        dispatches: 0,
+                        seconds: 0.0,
+                        flops: 0.0,
+                        bytes: 0.0,
+                    });
+                    p.kernels.last_mut().expect("just pushed")
+                }
+            };
+            row.dispatches += 1;
+            row.seconds += secs;
+            row.flops += x.flops;
+            row.bytes += x.bytes;
+        }
+        Ok(p)
+    }
+}
+
+/// Maps `buf`, waits, and copies out its first `len` words.
+async fn read_words(gpu: &Gpu, buf: &wgpu::Buffer, len: usize) -> Result<Vec<[u8; 4]>> {
+    let slice = buf.slice(..);
+    let done = Oneshot::default();
+    let tx = done.clone();
+    slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+    // Natively the map completes inside poll; in a browser the event loop completes it.
+    #[cfg(not(target_arch = "wasm32"))]
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| GpuError(format!("GPU wait failed: {e}")))?;
+    let mapped = done.await;
+    gpu.check()?;
+    mapped.map_err(|e| GpuError(format!("readback failed: {e}")))?;
+    let out = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| GpuError(format!("readback failed: {e}")))?;
+        view.chunks_exact(4)
+            .take(len)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect()
+    };
+    buf.unmap();
+    Ok(out)
+}
+
+async fn read_f32(gpu: &Gpu, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    let w = read_words(gpu, buf, len).await?;
+    Ok(w.into_iter().map(f32::from_le_bytes).collect())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn read_u32(gpu: &Gpu, buf: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
+    let w = read_words(gpu, buf, len).await?;
+    Ok(w.into_iter().map(u32::from_le_bytes).collect())
 }

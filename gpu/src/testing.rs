@@ -1,24 +1,23 @@
-//! Single kernels on plain slices, for tests that check each GPU op against its CPU twin.
+//! Single kernels on plain slices, for tests that check each GPU op against its CPU twin. Each
+//! records one dispatch with the kernel set of `gpu` ([`Gpu::set_kernels`]).
 #![cfg(not(target_arch = "wasm32"))]
 
-use crate::plan::{Builder, Plan};
-use crate::weights::{f32_buffer, GLinear, GLn, Precision};
+use crate::plan::{Plan, Recorder};
+use crate::weights::{f32_buffer, weight_buffer, GLinear, GLn, Precision};
 use crate::{Gpu, Result};
-use wgpu::util::DeviceExt;
 
-fn weight(gpu: &Gpu, w: &[f32], f16: bool) -> wgpu::Buffer {
-    if !f16 {
-        return f32_buffer(gpu, "w", w);
-    }
-    let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
-    let mut bytes: Vec<u8> = bytemuck::cast_slice(&h).to_vec();
-    bytes.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
-    gpu.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("w16"),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+/// Records with `f` on a fresh recorder and returns the `len` floats of the buffer it names.
+fn run_one(
+    gpu: &Gpu,
+    precision: Precision,
+    len: usize,
+    f: impl FnOnce(&mut Recorder) -> Result<wgpu::Buffer>,
+) -> Result<Vec<f32>> {
+    let dummy = f32_buffer(gpu, "dummy", &[0.0; 4]);
+    let mut r = Recorder::new(gpu, &dummy, precision);
+    let out = f(&mut r)?;
+    let plan: Plan = r.finish(dummy.clone(), None, out, len)?;
+    plan.run(gpu, None, None)
 }
 
 /// `C (+)= A[m, k] · W[n, k]ᵀ (+ bias) (QuickGELU)`; `c0` given = residual accumulate.
@@ -35,34 +34,31 @@ pub fn matmul(
     c0: Option<&[f32]>,
     f16: bool,
 ) -> Result<Vec<f32>> {
-    let dummy = f32_buffer(gpu, "dummy", &[0.0; 4]);
-    let mut b = Builder::new(
-        gpu,
-        &dummy,
-        if f16 { Precision::F16 } else { Precision::F32 },
-    );
-    let ab = f32_buffer(gpu, "a", a);
-    let lin = GLinear {
-        w: weight(gpu, w, f16),
-        b: bias.map(|b| f32_buffer(gpu, "b", b)),
-        n: n as u32,
-        k: k as u32,
-    };
-    let c = match c0 {
-        Some(c0) => f32_buffer(gpu, "c", c0),
-        None => b.buf("c", m * n),
-    };
-    b.matmul(
-        &ab,
-        k as u32,
-        m as u32,
-        &lin,
-        &c,
-        n as u32,
-        gelu,
-        c0.is_some(),
-    );
-    Plan::finish(b, dummy.clone(), None, c, m * n)?.run(gpu, None, None)
+    let precision = if f16 { Precision::F16 } else { Precision::F32 };
+    run_one(gpu, precision, m * n, |r| {
+        let ab = f32_buffer(gpu, "a", a);
+        let lin = GLinear {
+            w: weight_buffer(gpu, "w", w, precision),
+            b: bias.map(|b| f32_buffer(gpu, "b", b)),
+            n: n as u32,
+            k: k as u32,
+        };
+        let c = match c0 {
+            Some(c0) => f32_buffer(gpu, "c", c0),
+            None => r.buf("c", m * n),
+        };
+        r.matmul(
+            &ab,
+            k as u32,
+            m as u32,
+            &lin,
+            &c,
+            n as u32,
+            gelu,
+            c0.is_some(),
+        );
+        Ok(c)
+    })
 }
 
 /// Attention on a fused `qkv [seqs·t, 3d]` buffer.
@@ -75,41 +71,108 @@ pub fn attention(
     heads: usize,
     causal: bool,
 ) -> Result<Vec<f32>> {
-    let dummy = f32_buffer(gpu, "dummy", &[0.0; 4]);
-    let mut b = Builder::new(gpu, &dummy, Precision::F32);
-    let q = f32_buffer(gpu, "qkv", qkv);
-    let out = b.buf("out", seqs * t * d);
-    b.attention(
-        &q,
-        &out,
-        seqs as u32,
-        t as u32,
-        d as u32,
-        heads as u32,
-        causal,
-    );
-    Plan::finish(b, dummy.clone(), None, out, seqs * t * d)?.run(gpu, None, None)
+    run_one(gpu, Precision::F32, seqs * t * d, |r| {
+        let q = f32_buffer(gpu, "qkv", qkv);
+        let out = r.buf("out", seqs * t * d);
+        let (s, t, d, h) = (seqs as u32, t as u32, d as u32, heads as u32);
+        r.attention(&q, &out, s, t, d, h, causal)?;
+        Ok(out)
+    })
 }
 
-/// LayerNorm of `rows` rows of width `d`.
+/// LayerNorm of `rows` rows of width `d`, taken from row `first + r·stride` of `x`.
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     gpu: &Gpu,
     x: &[f32],
     rows: usize,
     d: usize,
+    first: usize,
+    stride: usize,
     w: &[f32],
     bias: &[f32],
     eps: f32,
 ) -> Result<Vec<f32>> {
-    let dummy = f32_buffer(gpu, "dummy", &[0.0; 4]);
-    let mut b = Builder::new(gpu, &dummy, Precision::F32);
-    let xb = f32_buffer(gpu, "x", x);
-    let l = GLn {
-        w: f32_buffer(gpu, "w", w),
-        b: f32_buffer(gpu, "b", bias),
-        eps,
-    };
-    let out = b.buf("out", rows * d);
-    b.ln(&xb, rows as u32, d as u32, 0, 1, &l, &out);
-    Plan::finish(b, dummy.clone(), None, out, rows * d)?.run(gpu, None, None)
+    run_one(gpu, Precision::F32, rows * d, |r| {
+        let xb = f32_buffer(gpu, "x", x);
+        let l = GLn {
+            w: f32_buffer(gpu, "w", w),
+            b: f32_buffer(gpu, "b", bias),
+            eps,
+        };
+        let out = r.buf("out", rows * d);
+        r.ln(
+            &xb,
+            rows as u32,
+            d as u32,
+            first as u32,
+            stride as u32,
+            &l,
+            &out,
+        );
+        Ok(out)
+    })
+}
+
+/// im2col of `images` images `[3, s, s]` into patches `[images·g², 3·p²]` (g = s / p).
+pub fn im2col(gpu: &Gpu, pixels: &[f32], images: usize, s: usize, p: usize) -> Result<Vec<f32>> {
+    let g = s / p;
+    let len = images * g * g * 3 * p * p;
+    run_one(gpu, Precision::F32, len, |r| {
+        let px = f32_buffer(gpu, "pixels", pixels);
+        let out = r.buf("patches", len);
+        r.im2col(&px, &out, images as u32, s as u32, p as u32, g as u32);
+        Ok(out)
+    })
+}
+
+/// The first `patches + 1` rows of each of `images` sequences of `t` rows: CLS + position 0,
+/// then each patch embedding + its position (`cls_pos` = class embedding ++ positions); the
+/// other rows stay zero.
+pub fn assemble(
+    gpu: &Gpu,
+    patch_emb: &[f32],
+    cls_pos: &[f32],
+    images: usize,
+    t: usize,
+    d: usize,
+) -> Result<Vec<f32>> {
+    let patches = patch_emb.len() / (images * d);
+    run_one(gpu, Precision::F32, images * t * d, |r| {
+        let pe = f32_buffer(gpu, "patch_emb", patch_emb);
+        let cp = f32_buffer(gpu, "cls_pos", cls_pos);
+        let x = r.buf("x", images * t * d);
+        let (i, t, p, d) = (images as u32, t as u32, patches as u32, d as u32);
+        r.assemble(&pe, &cp, &x, i, t, p, d);
+        Ok(x)
+    })
+}
+
+/// `x` with rows `start..start + n` of each of `seqs` sequences of `t` rows replaced by `prompt`.
+pub fn splice(
+    gpu: &Gpu,
+    prompt: &[f32],
+    x: &[f32],
+    seqs: usize,
+    t: usize,
+    start: usize,
+    d: usize,
+) -> Result<Vec<f32>> {
+    let n = prompt.len() / d;
+    run_one(gpu, Precision::F32, x.len(), |r| {
+        let pb = f32_buffer(gpu, "prompt", prompt);
+        let xb = f32_buffer(gpu, "x", x);
+        let (s, t, st, n, d) = (seqs as u32, t as u32, start as u32, n as u32, d as u32);
+        r.splice(&pb, &xb, s, t, st, n, d);
+        Ok(xb)
+    })
+}
+
+/// Each row of width `d` of `x` scaled to unit L2 norm.
+pub fn l2norm(gpu: &Gpu, x: &[f32], d: usize) -> Result<Vec<f32>> {
+    run_one(gpu, Precision::F32, x.len(), |r| {
+        let xb = f32_buffer(gpu, "x", x);
+        r.l2norm(&xb, (x.len() / d) as u32, d as u32);
+        Ok(xb)
+    })
 }

@@ -1,13 +1,12 @@
 //! Weights on the device: one buffer per tensor, mirroring the core's structs. Linear weights
-//! keep PyTorch's `[out, in]` layout (the matmul kernel reads rows of W), in f32 or f16.
+//! keep PyTorch's `[out, in]` layout (the matmul kernels read rows of W), in f32 or f16.
+//! A leaf module: it knows buffers, not kernels or plans.
 
-use crate::plan::{Plan, TextInput};
 use crate::{Gpu, GpuError, Result};
 use maple_core::clip::{EncoderLayer, LayerNorm, Linear};
 use maple_core::config::TowerConfig;
 use maple_core::gemm::PackedMatrix;
-use maple_core::{ClipConfig, Model, TextFeatures, TokenRow};
-use std::collections::HashMap;
+use maple_core::{ClipConfig, Model};
 use wgpu::util::DeviceExt;
 
 /// Storage type of the matmul weights (the math is f32 either way).
@@ -19,6 +18,7 @@ pub enum Precision {
     F16,
 }
 
+/// A Linear: `W [n, k]` (f32 or f16, as the model's precision says) and an optional bias `[n]`.
 pub(crate) struct GLinear {
     pub w: wgpu::Buffer,
     pub b: Option<wgpu::Buffer>,
@@ -57,29 +57,28 @@ pub(crate) struct GPrompts {
     pub vis_deep: Vec<wgpu::Buffer>,
 }
 
-/// CLIP (+ MaPLe prompts) resident on a GPU.
-pub struct GpuModel {
-    /// The device the weights live on.
-    pub gpu: Gpu,
-    /// How the matmul weights are stored.
+/// Every tensor of CLIP (+ MaPLe prompts) on the device.
+pub(crate) struct Weights {
     pub precision: Precision,
-    pub(crate) cfg: ClipConfig,
-    pub(crate) patch: GLinear,
-    pub(crate) cls_pos: wgpu::Buffer,
-    pub(crate) pre_ln: GLn,
-    pub(crate) vision: GTower,
-    pub(crate) post_ln: GLn,
-    pub(crate) vproj: GLinear,
-    pub(crate) tok_emb: wgpu::Buffer,
-    pub(crate) tpos: wgpu::Buffer,
-    pub(crate) text: GTower,
-    pub(crate) final_ln: GLn,
-    pub(crate) tproj: GLinear,
-    pub(crate) prompts: Option<GPrompts>,
-    pub(crate) dummy: wgpu::Buffer,
-    plans: HashMap<usize, Plan>,
+    pub cfg: ClipConfig,
+    pub patch: GLinear,
+    /// class_embedding `[D]` followed by position_embedding `[1 + G², D]`.
+    pub cls_pos: wgpu::Buffer,
+    pub pre_ln: GLn,
+    pub vision: GTower,
+    pub post_ln: GLn,
+    pub vproj: GLinear,
+    pub tok_emb: wgpu::Buffer,
+    pub tpos: wgpu::Buffer,
+    pub text: GTower,
+    pub final_ln: GLn,
+    pub tproj: GLinear,
+    pub prompts: Option<GPrompts>,
+    /// Bound where a kernel's optional input is absent (no bias).
+    pub dummy: wgpu::Buffer,
 }
 
+/// A storage buffer holding `data` (at least 4 bytes, as wgpu wants).
 pub(crate) fn f32_buffer(gpu: &Gpu, label: &str, data: &[f32]) -> wgpu::Buffer {
     let bytes: &[u8] = if data.is_empty() {
         &[0; 4]
@@ -96,9 +95,27 @@ pub(crate) fn f32_buffer(gpu: &Gpu, label: &str, data: &[f32]) -> wgpu::Buffer {
         })
 }
 
-impl GpuModel {
+/// A storage buffer of `W [n, k]` values stored as f32 or f16 (two per word, zero-padded).
+pub(crate) fn weight_buffer(gpu: &Gpu, label: &str, w: &[f32], p: Precision) -> wgpu::Buffer {
+    match p {
+        Precision::F32 => f32_buffer(gpu, label, w),
+        Precision::F16 => {
+            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let mut bytes: Vec<u8> = bytemuck::cast_slice(&h).to_vec();
+            bytes.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            gpu.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: &bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                })
+        }
+    }
+}
+
+impl Weights {
     /// Uploads every weight of `model` once. `F16` needs an adapter with `SHADER_F16`.
-    pub fn upload(gpu: Gpu, model: &Model, precision: Precision) -> Result<Self> {
+    pub(crate) fn upload(gpu: &Gpu, model: &Model, precision: Precision) -> Result<Self> {
         if precision == Precision::F16 && !gpu.shader_f16 {
             return Err(GpuError(format!(
                 "{} has no SHADER_F16: use f32 weights",
@@ -112,35 +129,16 @@ impl GpuModel {
         }
         let c = &model.clip;
         let cfg = c.config;
-        let lin_raw = |label: &str, w: &PackedMatrix, b: Option<&[f32]>| -> GLinear {
-            let raw = w.to_out_in();
-            let wb = match precision {
-                Precision::F32 => f32_buffer(&gpu, label, &raw),
-                Precision::F16 => {
-                    let h: Vec<half::f16> = raw.iter().map(|&v| half::f16::from_f32(v)).collect();
-                    let mut bytes: Vec<u8> = bytemuck::cast_slice(&h).to_vec();
-                    while !bytes.len().is_multiple_of(4) {
-                        bytes.push(0);
-                    }
-                    gpu.device
-                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some(label),
-                            contents: &bytes,
-                            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                        })
-                }
-            };
-            GLinear {
-                w: wb,
-                b: b.map(|b| f32_buffer(&gpu, label, b)),
-                n: w.n as u32,
-                k: w.k as u32,
-            }
+        let lin_raw = |label: &str, w: &PackedMatrix, b: Option<&[f32]>| GLinear {
+            w: weight_buffer(gpu, label, &w.to_out_in(), precision),
+            b: b.map(|b| f32_buffer(gpu, label, b)),
+            n: w.n as u32,
+            k: w.k as u32,
         };
         let lin = |label: &str, l: &Linear| lin_raw(label, &l.weight, Some(&l.bias));
         let ln = |label: &str, l: &LayerNorm| GLn {
-            w: f32_buffer(&gpu, label, &l.weight),
-            b: f32_buffer(&gpu, label, &l.bias),
+            w: f32_buffer(gpu, label, &l.weight),
+            b: f32_buffer(gpu, label, &l.bias),
             eps: l.eps,
         };
         let layer = |l: &EncoderLayer| GLayer {
@@ -161,118 +159,35 @@ impl GpuModel {
         let tm = &c.text_model;
         let mut cls_pos = vm.class_embedding.clone();
         cls_pos.extend_from_slice(&vm.position_embedding);
+        let deep = |v: &[Vec<f32>], label: &str| -> Vec<wgpu::Buffer> {
+            v.iter().map(|t| f32_buffer(gpu, label, t)).collect()
+        };
         let prompts = model.prompts.as_ref().map(|p| GPrompts {
             n: p.n_ctx as u32,
             depth: p.depth,
-            ctx: f32_buffer(&gpu, "ctx", &p.ctx),
-            shared: f32_buffer(&gpu, "shared_ctx", &p.shared_ctx),
-            text_deep: p
-                .text_deep
-                .iter()
-                .map(|t| f32_buffer(&gpu, "text_deep", t))
-                .collect(),
-            vis_deep: p
-                .vis_deep
-                .iter()
-                .map(|t| f32_buffer(&gpu, "vis_deep", t))
-                .collect(),
+            ctx: f32_buffer(gpu, "ctx", &p.ctx),
+            shared: f32_buffer(gpu, "shared_ctx", &p.shared_ctx),
+            text_deep: deep(&p.text_deep, "text_deep"),
+            vis_deep: deep(&p.vis_deep, "vis_deep"),
         });
-        let m = GpuModel {
+        let w = Weights {
             precision,
             cfg,
             patch: lin_raw("patch_embedding", &vm.patch_embedding, None),
-            cls_pos: f32_buffer(&gpu, "cls_pos", &cls_pos),
+            cls_pos: f32_buffer(gpu, "cls_pos", &cls_pos),
             pre_ln: ln("pre_layrnorm", &vm.pre_layrnorm),
             vision: tower(&vm.layers, &cfg.vision.tower),
             post_ln: ln("post_layernorm", &vm.post_layernorm),
             vproj: lin_raw("visual_projection", &c.visual_projection, None),
-            tok_emb: f32_buffer(&gpu, "token_embedding", &tm.token_embedding.to_f32()),
-            tpos: f32_buffer(&gpu, "text_position_embedding", &tm.position_embedding),
+            tok_emb: f32_buffer(gpu, "token_embedding", &tm.token_embedding.to_f32()),
+            tpos: f32_buffer(gpu, "text_position_embedding", &tm.position_embedding),
             text: tower(&tm.layers, &cfg.text.tower),
             final_ln: ln("final_layer_norm", &tm.final_layer_norm),
             tproj: lin_raw("text_projection", &c.text_projection, None),
             prompts,
-            dummy: f32_buffer(&gpu, "dummy", &[0.0; 4]),
-            plans: HashMap::new(),
-            gpu,
+            dummy: f32_buffer(gpu, "dummy", &[0.0; 4]),
         };
-        m.gpu.check()?;
-        Ok(m)
-    }
-
-    /// L2-normalised image features `[count, E]` for `count` preprocessed images (blocking).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn encode_images(&mut self, pixels: &[f32], count: usize) -> Result<Vec<f32>> {
-        pollster::block_on(self.encode_images_async(pixels, count))
-    }
-
-    /// Text features for token rows (blocking).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn encode_texts(&mut self, rows: &[TokenRow]) -> Result<TextFeatures> {
-        pollster::block_on(self.encode_texts_async(rows))
-    }
-
-    /// L2-normalised image features `[count, E]` for `count` preprocessed images.
-    pub async fn encode_images_async(&mut self, pixels: &[f32], count: usize) -> Result<Vec<f32>> {
-        let s = self.cfg.vision.image_size;
-        if count == 0 || pixels.len() != count * 3 * s * s {
-            return Err(GpuError(format!(
-                "expected {count} images of 3×{s}×{s} pixels"
-            )));
-        }
-        if !self.plans.contains_key(&count) {
-            let p = Plan::vision(self, count)?;
-            self.plans.insert(count, p);
-        }
-        let plan = &self.plans[&count];
-        plan.run_async(&self.gpu, Some(bytemuck::cast_slice(pixels)), None)
-            .await
-    }
-
-    /// L2-normalised text features for token rows (computed once per label list).
-    pub async fn encode_texts_async(&mut self, rows: &[TokenRow]) -> Result<TextFeatures> {
-        let e = self.cfg.projection_dim;
-        let l = self.cfg.text.max_position_embeddings;
-        let n = self.prompts.as_ref().map_or(0, |p| p.n as usize);
-        let mut data = Vec::with_capacity(rows.len() * e);
-        for chunk in rows.chunks(64) {
-            // Causal attention: running only up to the longest EOT is exact (spec §7).
-            let mut eots = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                if r.len() < 2
-                    || r.len() > l
-                    || r.iter().any(|&id| id as usize >= self.cfg.text.vocab_size)
-                {
-                    return Err(GpuError("token row out of range".into()));
-                }
-                let eot = r
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &v)| if v > r[b] { i } else { b });
-                if eot <= n {
-                    return Err(GpuError("end-of-text token inside the prompt slots".into()));
-                }
-                eots.push(eot);
-            }
-            let t = eots.iter().max().copied().unwrap_or(1) + 1;
-            let mut ids = vec![0u32; chunk.len() * t];
-            for (b, r) in chunk.iter().enumerate() {
-                let k = r.len().min(t);
-                ids[b * t..b * t + k].copy_from_slice(&r[..k]);
-            }
-            let eot_rows: Vec<u32> = eots
-                .iter()
-                .enumerate()
-                .map(|(b, &e)| (b * t + e) as u32)
-                .collect();
-            let plan = Plan::text(self, chunk.len(), t)?;
-            let input = TextInput {
-                ids: &ids,
-                eot_rows: &eot_rows,
-            };
-            let f = plan.run_async(&self.gpu, None, Some(input)).await?;
-            data.extend_from_slice(&f[..chunk.len() * e]);
-        }
-        Ok(TextFeatures { dim: e, data })
+        gpu.check()?;
+        Ok(w)
     }
 }
