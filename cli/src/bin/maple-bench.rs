@@ -1,6 +1,7 @@
-//! maple-bench: CPU throughput of the towers on a model directory, as one JSON line.
+//! maple-bench: throughput of the towers on a model directory, as one JSON line.
 //! Image tower images/s at the given batch sizes; text tower seconds for N labels.
 //! Run side by side with tools/bench/torch_bench.py (tools/bench/run.sh does both).
+//! `--device gpu` times the wgpu path instead; `--profile` adds a table of GPU time per kernel.
 
 use clap::Parser;
 use maple::loader::{load_model, load_tokenizer};
@@ -47,6 +48,20 @@ struct Args {
     /// Images per training step for --train.
     #[arg(long, default_value_t = 4)]
     train_batch: usize,
+    /// cpu, or gpu: the wgpu path on the first adapter (software ones included; WGPU_BACKEND
+    /// picks the backend).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    device: String,
+    /// GPU matmul weights: f32, or f16 (needs SHADER_F16; math stays f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    precision: String,
+    /// GPU kernel set: simple, tiled or coopmat (default: the adapter's, or MAPLE_GPU_KERNELS).
+    #[arg(long)]
+    kernels: Option<String>,
+    /// With --device gpu: also print, per batch size, the GPU time of each kernel (timestamp
+    /// queries), its share of the forward pass, GFLOP/s and GB/s, and the dispatch count.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// GFLOP per image of MaPLe's 199-token ViT-B/16 image tower (as tools/bench/run.sh counts).
@@ -138,6 +153,10 @@ fn main() {
         eprintln!("maple-bench: {e}");
         std::process::exit(1)
     });
+    if a.device == "gpu" {
+        gpu_bench(&a, &model);
+        return;
+    }
     let par = Parallel::with_threads(a.threads);
     let s = model.clip.config.vision.image_size;
     let mut out = serde_json::Map::new();
@@ -349,4 +368,123 @@ fn peak_rss_kb() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The same synthetic pixels as the CPU measurement, for `b` images of `s`×`s`.
+fn bench_pixels(b: usize, s: usize) -> Vec<f32> {
+    (0..b * 3 * s * s)
+        .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+        .collect()
+}
+
+/// `--device gpu`: images/s of the wgpu image tower per batch size (best of `reps` after a
+/// warm-up), text seconds per label count, and with `--profile` the per-kernel table.
+#[cfg(feature = "gpu")]
+fn gpu_bench(a: &Args, model: &maple_core::Model) {
+    use maple_gpu::{AdapterChoice, Gpu, GpuModel, KernelSet, Precision};
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("maple-bench: {e}");
+        std::process::exit(1)
+    };
+    if let Some(k) = &a.kernels {
+        if KernelSet::from_name(k).is_none() {
+            let names = KernelSet::ALL.map(|k| k.name()).join(", ");
+            fail(&format!(
+                "--kernels {k}: not a kernel set; use one of: {names}"
+            ));
+        }
+        // Through the environment, so that the device is opened with what the set needs
+        // (cooperative matrices are requested only then).
+        std::env::set_var(maple_gpu::KERNELS_ENV, k);
+    }
+    let gpu = Gpu::open(AdapterChoice::Any).unwrap_or_else(|e| fail(&e));
+    let precision = if a.precision == "f16" {
+        Precision::F16
+    } else {
+        Precision::F32
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("engine".into(), "maple-gpu".into());
+    out.insert("adapter".into(), gpu.describe().into());
+    out.insert("kernels".into(), gpu.kernels().name().into());
+    out.insert("precision".into(), a.precision.clone().into());
+    let mut gm = GpuModel::upload(gpu, model, precision).unwrap_or_else(|e| fail(&e));
+    let s = model.clip.config.vision.image_size;
+    for &b in &a.batches {
+        let px = bench_pixels(b, s);
+        gm.encode_images(&px, b).unwrap_or_else(|e| fail(&e)); // warm-up: plan + pipelines
+        let mut best = f64::MAX;
+        for _ in 0..a.reps {
+            let t = Instant::now();
+            gm.encode_images(&px, b).unwrap_or_else(|e| fail(&e));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        out.insert(format!("image_b{b}_images_per_s"), (b as f64 / best).into());
+        if a.profile {
+            let p = gm.profile_images(&px, b).unwrap_or_else(|e| fail(&e));
+            print_profile(&format!("image tower, batch {b}"), &gm, &p, best);
+            out.insert(format!("image_b{b}_dispatches"), p.dispatches.into());
+            out.insert(format!("image_b{b}_gpu_ms"), (p.seconds() * 1e3).into());
+        }
+    }
+    let tok = load_tokenizer(&a.model).unwrap_or_else(|e| fail(&e));
+    for &n in &a.labels {
+        let rows: Vec<TokenRow> = label_names(n)
+            .iter()
+            .map(|l| tok.encode(&format!("a photo of a {l}.")).unwrap())
+            .collect();
+        let t = Instant::now();
+        gm.encode_texts(&rows).unwrap_or_else(|e| fail(&e));
+        out.insert(
+            format!("text_{n}_labels_s"),
+            t.elapsed().as_secs_f64().into(),
+        );
+    }
+    println!("{}", serde_json::Value::Object(out));
+}
+
+/// The per-kernel table of one profiled forward pass, on stdout before the JSON line.
+#[cfg(feature = "gpu")]
+fn print_profile(what: &str, gm: &maple_gpu::GpuModel, p: &maple_gpu::Profile, wall: f64) {
+    let total = p.seconds();
+    println!(
+        "{what}: {} kernels on {}, {} dispatches; GPU {:.3} ms (timestamps, one pass per dispatch), wall {:.3} ms (plain run)",
+        gm.gpu.kernels().name(),
+        gm.gpu.describe(),
+        p.dispatches,
+        total * 1e3,
+        wall * 1e3
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>7} {:>9} {:>8}",
+        "kernel", "dispatches", "ms", "share", "GFLOP/s", "GB/s"
+    );
+    for k in &p.kernels {
+        let rate = |x: f64| {
+            if k.seconds > 0.0 {
+                x / k.seconds / 1e9
+            } else {
+                0.0
+            }
+        };
+        println!(
+            "{:<28} {:>10} {:>10.3} {:>6.1}% {:>9.1} {:>8.1}",
+            k.name,
+            k.dispatches,
+            k.seconds * 1e3,
+            if total > 0.0 {
+                100.0 * k.seconds / total
+            } else {
+                0.0
+            },
+            rate(k.flops),
+            rate(k.bytes)
+        );
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_bench(_: &Args, _: &maple_core::Model) {
+    eprintln!("maple-bench: this build has no GPU backend (cargo feature `gpu`)");
+    std::process::exit(1)
 }
