@@ -310,6 +310,7 @@ pub fn fingerprint(src: &dyn TensorSource, select: impl Fn(&str) -> bool) -> u12
 /// holds the file and the packed model at once (peak RSS ≈ the model, not model + file).
 struct Tap<'a> {
     inner: &'a dyn TensorSource,
+    #[cfg_attr(not(unix), allow(dead_code))] // pages are dropped with madvise, a unix call
     map: Option<&'a Mmap>,
 }
 

