@@ -54,19 +54,16 @@ pub fn default_dir() -> Option<PathBuf> {
 
 /// What the key is made of. `model` is [`crate::loader::load_model_fingerprinted`]'s fingerprint;
 /// `backend` names what computed the features (`cpu`, `gpu-f32`, `gpu-f16`): they differ in the
-/// last bits, so each keeps its own file.
-pub fn key(
-    model: u128,
-    backend: &str,
-    template: &str,
-    labels: &[String],
-    ids: &[Vec<u32>],
-) -> u128 {
+/// last bits, so each keeps its own file. `tokenizer` identifies the tokenizer
+/// ([`crate::loader::TokenizerSource::id`]): with the template and the labels' names it fixes
+/// every token, so a hit needs no tokenizer at all.
+pub fn key(model: u128, backend: &str, template: &str, labels: &[String], tokenizer: u128) -> u128 {
     let mut h = Xxh3::new();
     h.update(MAGIC);
     h.update(&VERSION.to_le_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(&model.to_le_bytes());
+    h.update(&tokenizer.to_le_bytes());
     let mut field = |b: &[u8]| {
         h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
@@ -75,10 +72,6 @@ pub fn key(
     field(template.as_bytes());
     for l in labels {
         field(l.as_bytes());
-    }
-    for row in ids {
-        let bytes: Vec<u8> = row.iter().flat_map(|t| t.to_le_bytes()).collect();
-        field(&bytes);
     }
     h.digest128()
 }
@@ -238,18 +231,14 @@ mod tests {
     #[test]
     fn key_changes_with_each_part() {
         let l = vec!["cat".to_string(), "dog".to_string()];
-        let ids = vec![vec![1, 2], vec![1, 3]];
-        let k = key(1, "cpu", "a photo of a", &l, &ids);
-        assert_ne!(k, key(2, "cpu", "a photo of a", &l, &ids));
-        assert_ne!(k, key(1, "gpu-f32", "a photo of a", &l, &ids));
-        assert_ne!(k, key(1, "cpu", "a photo of", &l, &ids));
-        assert_ne!(k, key(1, "cpu", "a photo of a", &l[..1], &ids));
-        assert_ne!(
-            k,
-            key(1, "cpu", "a photo of a", &l, &[vec![1, 2], vec![1, 4]])
-        );
+        let k = key(1, "cpu", "a photo of a", &l, 7);
+        assert_ne!(k, key(2, "cpu", "a photo of a", &l, 7));
+        assert_ne!(k, key(1, "gpu-f32", "a photo of a", &l, 7));
+        assert_ne!(k, key(1, "cpu", "a photo of", &l, 7));
+        assert_ne!(k, key(1, "cpu", "a photo of a", &l[..1], 7));
+        assert_ne!(k, key(1, "cpu", "a photo of a", &l, 8));
         // Field boundaries are part of the key: "ab"+"c" is not "a"+"bc".
-        let a = key(1, "cpu", "t", &["ab".into(), "c".into()], &[]);
-        assert_ne!(a, key(1, "cpu", "t", &["a".into(), "bc".into()], &[]));
+        let a = key(1, "cpu", "t", &["ab".into(), "c".into()], 7);
+        assert_ne!(a, key(1, "cpu", "t", &["a".into(), "bc".into()], 7));
     }
 }

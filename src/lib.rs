@@ -27,7 +27,7 @@
 //!
 //! The pieces are public for programs that need them: [`loader`] (model directories, MaPLe
 //! checkpoints, safetensors), [`imageio`] (Pillow-exact decoding), [`hub`] (the Hugging Face
-//! cache), [`cache`] (the text-feature cache), [`convert`] and [`synth`] (writing model files),
+//! cache), [`cache`] (the text-feature cache), [`packcache`] (the packed-weight cache), [`convert`] and [`synth`] (writing model files),
 //! [`text`] (tokenizer and labels), and the `no_std` engine itself, [`engine`].
 #![warn(missing_docs)]
 
@@ -39,6 +39,7 @@ pub mod hub;
 pub mod imageio;
 pub mod loader;
 pub mod outfile;
+pub mod packcache;
 pub mod synth;
 pub mod train;
 

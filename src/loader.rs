@@ -5,6 +5,7 @@ use crate::error::path_display;
 use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::checkpoint::{is_zip, TorchCheckpoint};
+use maple_core::clip::PanelSource;
 use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TensorSource, TensorView};
 use maple_text::ClipTokenizer;
 use memmap2::Mmap;
@@ -396,12 +397,37 @@ pub fn load_model_fingerprinted(
     prompts: Option<&Path>,
     text: bool,
 ) -> Result<(Model, u128), Error> {
+    load_model_packed(dir, prompts, text, None, None)
+}
+
+/// [`load_model_fingerprinted`], taking the Linear weights `packed` has (a packed-weight cache,
+/// [`crate::packcache`]) instead of packing them from the checkpoint. With `weights_id` (the
+/// packed-weight cache's key: the weights file's path, size, times and inode), the fingerprint
+/// uses it in place of hashing the text tower's bytes, which a warm run then never reads.
+pub fn load_model_packed(
+    dir: &Path,
+    prompts: Option<&Path>,
+    text: bool,
+    packed: Option<&dyn PanelSource>,
+    weights_id: Option<u128>,
+) -> Result<(Model, u128), Error> {
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
     let ((clip, weights_fp), usage) = with_tensors_used(&wp, MAX_WEIGHTS_BYTES, true, |src| {
-        let fp = fingerprint(src, text_side);
-        Clip::load_parts(&config, src, text).map(|c| (c, fp))
+        let fp = match weights_id {
+            Some(id) => {
+                // Not hashed, but looked up (the unused-tensor check counts what was asked for).
+                for name in src.names().into_iter().filter(|n| text_side(n)) {
+                    if let Some(v) = src.tensor(name) {
+                        src.release(name, &v);
+                    }
+                }
+                id
+            }
+            None => fingerprint(src, text_side),
+        };
+        Clip::load_packed(&config, src, text, packed).map(|c| (c, fp))
     })?;
     let unused = unused_weights(&config, &usage);
     if let Some(first) = unused.first() {
@@ -438,23 +464,63 @@ pub fn load_model_fingerprinted(
 
 /// Adds the text tower to a model loaded without it.
 pub fn load_text_tower(dir: &Path, model: &mut Model) -> Result<(), Error> {
+    load_text_tower_packed(dir, model, None)
+}
+
+/// [`load_text_tower`], taking the Linear weights `packed` has.
+pub fn load_text_tower_packed(
+    dir: &Path,
+    model: &mut Model,
+    packed: Option<&dyn PanelSource>,
+) -> Result<(), Error> {
     if model.clip.has_text() {
         return Ok(());
     }
     let wp = weights_file(dir)?;
-    with_tensors(&wp, true, |src| model.clip.load_text(src))
+    with_tensors(&wp, true, |src| model.clip.load_text_packed(src, packed))
 }
 
 /// `DIR/tokenizer.json` when the model directory has one, else the built-in CLIP tokenizer.
 pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, Error> {
+    tokenizer_source(dir)?.load()
+}
+
+/// A tokenizer not built yet (building CLIP's BPE tables takes about 0.1 s): its
+/// `tokenizer.json` bytes and where they came from.
+pub struct TokenizerSource {
+    bytes: std::borrow::Cow<'static, [u8]>,
+    path: Option<PathBuf>,
+}
+
+impl TokenizerSource {
+    /// An XXH3-128 of the `tokenizer.json` bytes: what the text-feature cache key names.
+    pub fn id(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(&self.bytes)
+    }
+
+    /// Builds the tokenizer.
+    pub fn load(&self) -> Result<ClipTokenizer, Error> {
+        Ok(match &self.path {
+            Some(p) => ClipTokenizer::from_bytes(&self.bytes, &p.display().to_string()),
+            None => ClipTokenizer::builtin(),
+        }?)
+    }
+}
+
+/// `DIR/tokenizer.json`'s bytes when the model directory has one, else the built-in ones.
+pub fn tokenizer_source(dir: &Path) -> Result<TokenizerSource, Error> {
     let p: PathBuf = dir.join("tokenizer.json");
-    let tok = if p.is_file() {
+    if p.is_file() {
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        ClipTokenizer::from_bytes(&bytes, &p.display().to_string())
-    } else {
-        ClipTokenizer::builtin()
-    };
-    Ok(tok?)
+        return Ok(TokenizerSource {
+            bytes: bytes.into(),
+            path: Some(p),
+        });
+    }
+    Ok(TokenizerSource {
+        bytes: maple_text::tokenizer::BUILTIN_TOKENIZER_JSON.into(),
+        path: None,
+    })
 }
 
 /// The first tensor of a weights or prompts file holding a NaN or an infinity, as

@@ -65,6 +65,9 @@ enum PrecisionArg {
     F16,
     /// int8 image-tower Linears on the CPU, about twice as fast; logits within ~0.1 of f32.
     Int8,
+    /// bf16 image-tower Linears on CPUs with AVX-512 BF16, about 1.3× as fast; logits within
+    /// ~0.05 of f32.
+    Bf16,
 }
 
 /// Classify images against your own labels with CLIP ViT-B/16 and MaPLe's learned prompts.
@@ -132,7 +135,7 @@ struct Args {
     /// Where to run the model.
     #[arg(long, value_enum, env = "MAPLE_DEVICE", default_value = "auto")]
     device: DeviceArg,
-    /// Weights: f32; f16 (GPU storage); int8 (CPU image tower).
+    /// Weights: f32; f16 (GPU storage); int8 or bf16 (CPU image tower).
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
     /// CPU threads (0 = all cores; more than the cores are not started).
@@ -141,7 +144,8 @@ struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// Do not read or write the text-feature cache (MAPLE_CACHE_DIR, else ~/.cache/maple).
+    /// Do not read or write the caches: text features and packed weights (MAPLE_CACHE_DIR, else
+    /// ~/.cache/maple)
     #[arg(long)]
     no_cache: bool,
     /// No progress bar and no per-image error lines on stderr.
@@ -408,17 +412,22 @@ fn run(a: Args) -> Result<usize, Fatal> {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::F16 => Precision::F16,
         PrecisionArg::Int8 => Precision::Int8,
+        PrecisionArg::Bf16 => Precision::Bf16,
     };
     if precision == Precision::F16 && device == Device::Cpu {
         return Err(Fatal(
             "--precision f16 is for GPUs (f16 weight storage); the CPU computes in f32".into(),
         ));
     }
-    if precision == Precision::Int8 && device == Device::Gpu {
-        return Err(Fatal(
-            "--precision int8 runs on the CPU (give --device cpu or auto); the GPU has f32 and f16"
-                .into(),
-        ));
+    if matches!(precision, Precision::Int8 | Precision::Bf16) && device == Device::Gpu {
+        let name = if precision == Precision::Int8 {
+            "int8"
+        } else {
+            "bf16"
+        };
+        return Err(Fatal(format!(
+            "--precision {name} runs on the CPU (give --device cpu or auto); the GPU has f32 and f16"
+        )));
     }
     let cache_dir = if a.no_cache {
         None

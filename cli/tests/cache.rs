@@ -31,10 +31,15 @@ fn with_classes(cache_dir: &Path) -> Output {
     let labels = fixtures().join("labels.txt");
     classify(cache_dir, &["--classes", labels.to_str().unwrap()])
 }
+/// The text-feature cache files in `dir`.
 fn files(dir: &Path) -> Vec<PathBuf> {
+    files_named(dir, "text-")
+}
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| r.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
+    v.retain(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix));
     v.sort();
     v
 }
@@ -146,7 +151,8 @@ fn unwritable_cache_dir_is_a_warning() {
     let o = with_classes(&d.join("plain-file/cache"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.starts_with("maple-classify: warning: cannot write the text-feature cache"),
+        err.starts_with("maple-classify: warning: cannot use the cache directory")
+            && err.contains("plain-file/cache"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -157,4 +163,108 @@ fn unwritable_cache_dir_is_a_warning() {
     {
         assert!((a - b).abs() < 1e-4);
     }
+}
+
+/// The packed-weight cache: written by the first run, then read silently; a damaged, cut-off,
+/// foreign or stale file is one warning, the same output and a rebuilt file; a directory in
+/// its place is a warning too.
+#[test]
+fn packed_weight_cache_is_read_and_rebuilt() {
+    let d = scratch("packed-cache");
+    // A copy of the tiny model, so that its weights file can be rewritten.
+    let model = d.join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixtures().join("tiny")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let cdir = d.join("cache");
+    let run = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
+            .env("MAPLE_DEVICE", "cpu")
+            .env("MAPLE_CACHE_DIR", &cdir)
+            .arg(fixtures().join("images/rgb_451x300.png"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--prompts")
+            .arg(model.join("maple_prompts.safetensors"))
+            .arg("--classes")
+            .arg(fixtures().join("labels.txt"))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (o.stdout, String::from_utf8(o.stderr).unwrap())
+    };
+    let (cold, err) = run();
+    assert!(err.is_empty(), "{err}");
+    let got = &logits(&Output {
+        status: std::process::ExitStatus::default(),
+        stdout: cold.clone(),
+        stderr: Vec::new(),
+    })[0];
+    for (a, b) in got.iter().zip(golden_logits(&golden(), "rgb_451x300.png")) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let packed = files_named(&cdir, "packed-");
+    assert_eq!(packed.len(), 1, "{packed:?}");
+    let file = packed[0].clone();
+    let good = std::fs::read(&file).unwrap();
+
+    // Warm: silent, the same output, the file untouched.
+    let (warm, err) = run();
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(warm, cold);
+    assert_eq!(std::fs::read(&file).unwrap(), good);
+
+    // The first panel block (the patch embedding, which every run reads) starts at the first
+    // 4096-byte boundary after the 48-byte header and the table.
+    let table = u64::from_ne_bytes(good[32..40].try_into().unwrap()) as usize;
+    let first = (48 + table).next_multiple_of(4096);
+    let mut flipped = good.clone();
+    flipped[first + 5] ^= 0x40;
+    let mut foreign = good.clone();
+    foreign[..8].copy_from_slice(b"NOTMAPLE");
+    for (bad, why) in [
+        (
+            flipped,
+            "checksum mismatch in vision_model.embeddings.patch_embedding.weight",
+        ),
+        (good[..good.len() / 2].to_vec(), "out of bounds"),
+        (foreign, "not a maple packed-weight cache"),
+    ] {
+        std::fs::write(&file, &bad).unwrap();
+        let (out, err) = run();
+        assert_eq!(out, cold, "{why}");
+        assert!(
+            err.contains("warning: ignoring packed-weight cache") && err.contains(why),
+            "{why}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let (out, err) = run();
+        assert_eq!(out, cold);
+        assert!(err.is_empty(), "not rebuilt after {why}: {err}");
+    }
+
+    // Stale: the weights file rewritten (same bytes, new times): rebuilt, once.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let w = model.join("model.safetensors");
+    std::fs::write(&w, std::fs::read(&w).unwrap()).unwrap();
+    let (out, err) = run();
+    assert_eq!(out, cold);
+    assert!(err.contains("stale") && err.lines().count() == 1, "{err}");
+    let (_, err) = run();
+    assert!(err.is_empty(), "{err}");
+
+    // A directory where the file goes: read and written around, with warnings, same output.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let (out, err) = run();
+    assert_eq!(out, cold);
+    assert!(
+        err.contains("not a regular file") && err.contains("cannot write the packed-weight cache"),
+        "{err}"
+    );
 }

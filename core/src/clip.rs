@@ -31,6 +31,8 @@ pub struct Linear {
     pub bias: Vec<f32>,
     /// An int8 copy of W, used instead when present ([`crate::Model::quantize_image_tower`]).
     pub q8: Option<Q8Matrix>,
+    /// A bf16 copy of W, used instead when present ([`crate::Model::bf16_image_tower`]).
+    pub bf16: Option<crate::bf16::Bf16Matrix>,
 }
 
 /// `…encoder.layers.{i}`; q, k and v are fused into one `[3D]` Linear (order q, k, v).
@@ -152,11 +154,21 @@ pub struct Clip {
     pub logit_scale: f32,
 }
 
+/// Linear weights already packed (a packed-weight cache): asked for each Linear, by the name
+/// of its first checkpoint tensor (`….q_proj.weight` for the fused q, k, v), with the shape
+/// `[k, n]` and storage (`f16`) the checkpoint would give. `None` = pack it from the tensors.
+/// The checkpoint's shapes are checked either way; a Linear answered here is never read.
+pub trait PanelSource {
+    /// The packed `[k, n]` matrix for the weight named `name`, if there is a matching one.
+    fn panels(&self, name: &str, k: usize, n: usize, f16: bool) -> Option<PackedMatrix>;
+}
+
 /// Reads tensors by name, checking shapes.
 pub(crate) struct Reader<'a> {
     pub src: &'a dyn TensorSource,
     pub prefix: String,
     pub staging: RefCell<Vec<f32>>,
+    pub packed: Option<&'a dyn PanelSource>,
 }
 
 impl<'a> Reader<'a> {
@@ -165,6 +177,7 @@ impl<'a> Reader<'a> {
             src,
             prefix: String::from(prefix),
             staging: RefCell::new(Vec::new()),
+            packed: None,
         }
     }
 
@@ -204,7 +217,15 @@ impl<'a> Reader<'a> {
 
     /// Packs row-major `[n, k]` data given as consecutive parts.
     fn pack(&self, views: &[(String, TensorView<'_>)], n: usize, k: usize) -> Result<PackedMatrix> {
-        if views.iter().all(|(_, t)| t.dtype == Dtype::F16) {
+        let f16 = views.iter().all(|(_, t)| t.dtype == Dtype::F16);
+        if let (Some(cache), Some((name, _))) = (self.packed, views.first()) {
+            if let Some(m) = cache.panels(name, k, n, f16) {
+                if (m.k, m.n, m.is_f16()) == (k, n, f16) {
+                    return Ok(m);
+                }
+            }
+        }
+        if f16 {
             let mut bits = Vec::with_capacity(n * k);
             for (full, t) in views {
                 bits.extend(f16_bits(t));
@@ -258,6 +279,7 @@ impl<'a> Reader<'a> {
             weight: self.weight(&[format!("{name}.weight")], n_out, k_in)?,
             bias: self.get(&format!("{name}.bias"), &[n_out])?,
             q8: None,
+            bf16: None,
         })
     }
 
@@ -275,6 +297,7 @@ impl<'a> Reader<'a> {
                 weight: self.weight(&w, d, d)?,
                 bias: b,
                 q8: None,
+                bf16: None,
             },
             out_proj: self.linear(&format!("{name}.self_attn.out_proj"), d, d)?,
             layer_norm2: self.layer_norm(&format!("{name}.layer_norm2"), d, t.layer_norm_eps)?,
@@ -294,8 +317,20 @@ impl Clip {
     /// out (a run whose text features come from a cache never needs them) and can be added later
     /// with [`load_text`](Self::load_text).
     pub fn load_parts(config: &ClipConfig, src: &dyn TensorSource, text: bool) -> Result<Self> {
+        Self::load_packed(config, src, text, None)
+    }
+
+    /// As [`load_parts`](Self::load_parts), taking each Linear that `packed` has instead of
+    /// packing it from `src` (whose shapes are still checked).
+    pub fn load_packed(
+        config: &ClipConfig,
+        src: &dyn TensorSource,
+        text: bool,
+        packed: Option<&dyn PanelSource>,
+    ) -> Result<Self> {
         config.validate()?;
-        let r = Reader::new(src, "");
+        let mut r = Reader::new(src, "");
+        r.packed = packed;
         let v = &config.vision;
         let dv = v.tower.hidden_size;
         let pd = v.patch_dim();
@@ -361,9 +396,52 @@ impl Clip {
 
     /// Adds the text tower and text projection to a model loaded without them.
     pub fn load_text(&mut self, src: &dyn TensorSource) -> Result<()> {
-        let r = Reader::new(src, "");
+        self.load_text_packed(src, None)
+    }
+
+    /// As [`load_text`](Self::load_text), taking the Linears `packed` has (see
+    /// [`load_packed`](Self::load_packed)).
+    pub fn load_text_packed(
+        &mut self,
+        src: &dyn TensorSource,
+        packed: Option<&dyn PanelSource>,
+    ) -> Result<()> {
+        let mut r = Reader::new(src, "");
+        r.packed = packed;
         (self.text_model, self.text_projection) = Self::text_parts(&self.config, &r)?;
         Ok(())
+    }
+
+    /// Every packed Linear weight the model holds (not released), named as
+    /// [`PanelSource::panels`] is asked for them: what a packed-weight cache saves.
+    pub fn packed_weights(&self) -> Vec<(String, &PackedMatrix)> {
+        let mut list: Vec<(String, &PackedMatrix)> = Vec::new();
+        list.push((
+            "vision_model.embeddings.patch_embedding.weight".into(),
+            &self.vision_model.patch_embedding,
+        ));
+        let towers: [(&str, &[EncoderLayer]); 2] = [
+            ("vision_model", &self.vision_model.layers),
+            ("text_model", &self.text_model.layers),
+        ];
+        for (tower, layers) in towers {
+            for (i, l) in layers.iter().enumerate() {
+                let at = format!("{tower}.encoder.layers.{i}");
+                list.push((format!("{at}.self_attn.q_proj.weight"), &l.qkv_proj.weight));
+                list.push((
+                    format!("{at}.self_attn.out_proj.weight"),
+                    &l.out_proj.weight,
+                ));
+                list.push((format!("{at}.mlp.fc1.weight"), &l.fc1.weight));
+                list.push((format!("{at}.mlp.fc2.weight"), &l.fc2.weight));
+            }
+        }
+        list.push(("visual_projection.weight".into(), &self.visual_projection));
+        if self.has_text() {
+            list.push(("text_projection.weight".into(), &self.text_projection));
+        }
+        list.retain(|(_, m)| !m.is_released() && m.k * m.n > 0);
+        list
     }
 
     /// Whether the text tower is loaded.

@@ -13,6 +13,7 @@
 
 use crate::par::{split, Parallel, SyncPtr};
 use crate::simd::{self, Isa};
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -24,11 +25,36 @@ const MC: usize = 120;
 /// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
 const ALIGN_F32: usize = 16;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Store {
     F32(Vec<f32>),
     /// IEEE half bits.
     F16(Vec<u16>),
+    /// Panels another owner keeps (a mapped packed-weight cache file): `len` elements of f32, or
+    /// of f16 bits, from byte `at`, which is 64-byte aligned in memory.
+    Shared {
+        bytes: Arc<dyn SharedBytes>,
+        at: usize,
+        f16: bool,
+    },
+}
+
+impl core::fmt::Debug for Store {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Store::F32(v) => write!(f, "F32({} floats)", v.len()),
+            Store::F16(v) => write!(f, "F16({} halves)", v.len()),
+            Store::Shared { at, f16, .. } => write!(f, "Shared(at {at}, f16 {f16})"),
+        }
+    }
+}
+
+/// Bytes that outlive every [`PackedMatrix`] made from them with
+/// [`PackedMatrix::from_shared`]: in the std crate, a read-only memory map of a packed-weight
+/// cache file.
+pub trait SharedBytes: Send + Sync {
+    /// The whole buffer; the same slice on every call.
+    fn bytes(&self) -> &[u8];
 }
 
 /// A weight matrix B [k, n] packed into column panels.
@@ -113,20 +139,77 @@ impl PackedMatrix {
         match &self.data {
             Store::F32(v) => v.is_empty(),
             Store::F16(v) => v.is_empty(),
+            Store::Shared { .. } => false,
         }
     }
 
     /// Whether the panels are stored as f16.
     pub fn is_f16(&self) -> bool {
-        matches!(self.data, Store::F16(_))
+        matches!(self.data, Store::F16(_) | Store::Shared { f16: true, .. })
     }
 
-    /// Bytes held.
+    /// Bytes held (a shared matrix holds none of its own).
     pub fn bytes(&self) -> usize {
         match &self.data {
             Store::F32(v) => v.len() * 4,
             Store::F16(v) => v.len() * 2,
+            Store::Shared { .. } => 0,
         }
+    }
+
+    /// Whether the panels live in a buffer shared with others ([`Self::from_shared`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.data, Store::Shared { .. })
+    }
+
+    /// Bytes the panels of a `[k, n]` matrix take: what [`Self::panel_bytes`] returns and
+    /// [`Self::from_shared`] reads.
+    pub fn panel_byte_len(k: usize, n: usize, f16: bool) -> usize {
+        panel_len(k, n) * if f16 { 2 } else { 4 }
+    }
+
+    /// The packed panels as native-endian bytes (f32, or f16 bits when [`Self::is_f16`]), to be
+    /// saved and handed back to [`Self::from_shared`]; `None` once released.
+    pub fn panel_bytes(&self) -> Option<&[u8]> {
+        if self.is_released() {
+            return None;
+        }
+        Some(match self.view().data {
+            // SAFETY: f32 and u16 have no padding and every byte pattern of them is a valid u8;
+            // the byte slice covers exactly the same memory for the same lifetime.
+            PanelData::F32(d) => unsafe {
+                core::slice::from_raw_parts(d.as_ptr().cast::<u8>(), core::mem::size_of_val(d))
+            },
+            PanelData::F16(d) => unsafe {
+                core::slice::from_raw_parts(d.as_ptr().cast::<u8>(), core::mem::size_of_val(d))
+            },
+        })
+    }
+
+    /// A `[k, n]` matrix whose panels are `bytes.bytes()[at..]` as laid out by
+    /// [`Self::panel_bytes`], used in place (no copy). Refused unless the panels fit inside the
+    /// buffer and start on a 64-byte boundary in memory.
+    pub fn from_shared(
+        k: usize,
+        n: usize,
+        f16: bool,
+        bytes: Arc<dyn SharedBytes>,
+        at: usize,
+    ) -> Result<Self, &'static str> {
+        let len = Self::panel_byte_len(k, n, f16);
+        let buf = bytes.bytes();
+        if at.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return Err("panels run past the end of the buffer");
+        }
+        if !(buf.as_ptr() as usize + at).is_multiple_of(64) {
+            return Err("panels are not 64-byte aligned");
+        }
+        Ok(PackedMatrix {
+            k,
+            n,
+            off: 0,
+            data: Store::Shared { bytes, at, f16 },
+        })
     }
 
     /// The weight back in PyTorch Linear layout `[n, k]`, widened to f32 (for uploading to
@@ -155,6 +238,19 @@ impl PackedMatrix {
             data: match &self.data {
                 Store::F32(v) => PanelData::F32(&v[self.off..self.off + len]),
                 Store::F16(v) => PanelData::F16(&v[self.off..self.off + len]),
+                Store::Shared { bytes, at, f16 } => {
+                    let b = &bytes.bytes()[*at..];
+                    // SAFETY: from_shared checked that `len` elements fit from `at` and that
+                    // they start 64-byte aligned (so aligned for f32 and u16); every bit pattern
+                    // is a valid f32 or u16; the bytes live as long as `self` holds the Arc.
+                    unsafe {
+                        if *f16 {
+                            PanelData::F16(core::slice::from_raw_parts(b.as_ptr().cast(), len))
+                        } else {
+                            PanelData::F32(core::slice::from_raw_parts(b.as_ptr().cast(), len))
+                        }
+                    }
+                }
             },
         }
     }

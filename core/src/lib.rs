@@ -11,6 +11,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod bf16;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;

@@ -3,6 +3,7 @@
 //! Shapes (ViT-B/16, MaPLe n = 2): vision rows T = 1 + 196 + n = 199, width Dv = 768;
 //! text rows ≤ 77, width Dt = 512; joint E = 512. `B` is the batch held by a workspace.
 
+use crate::bf16::{gemm_bf16, Bf16Matrix, Bf16Scratch};
 use crate::clip::{Clip, EncoderLayer, LayerNorm, Linear};
 use crate::config::TowerConfig;
 use crate::error::{Error, Result};
@@ -27,17 +28,40 @@ pub struct Model {
 
 /// Activations of one transformer tower for up to `batch` sequences of up to `t` rows.
 struct TowerBuffers {
-    x: Vec<f32>,           // [B·T, D] residual stream
-    h: Vec<f32>,           // [B·T, D] LayerNorm output
-    qkv: Vec<f32>,         // [B·T, 3D]
-    attn: Vec<f32>,        // [B·T, D]
-    mlp: Vec<f32>,         // [B·T, F]
-    scratch: Vec<f32>,     // [threads · (T² + packed Kᵀ + packed V)] attention
-    q8: Option<Q8Scratch>, // [B·T, F] u8 activations + scales, for int8 Linears
+    x: Vec<f32>,            // [B·T, D] residual stream
+    h: Vec<f32>,            // [B·T, D] LayerNorm output
+    qkv: Vec<f32>,          // [B·T, 3D]
+    attn: Vec<f32>,         // [B·T, D]
+    mlp: Vec<f32>,          // [B·T, F]
+    scratch: Vec<f32>,      // [threads · (T² + packed Kᵀ + packed V)] attention
+    q8: Option<LowScratch>, // [B·T, F] int8 or bf16 activations, for reduced-precision Linears
+}
+
+/// Activations rounded for the image tower's reduced-precision Linears.
+enum LowScratch {
+    Int8(Q8Scratch),
+    Bf16(Bf16Scratch),
+}
+
+/// What the image tower's Linears compute in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearPrecision {
+    /// f32 weights (or f16 storage widened to f32).
+    F32,
+    /// Int8 weights per column, u8 activations per row ([`Model::quantize_image_tower`]).
+    Int8,
+    /// Bf16 weights and activations, f32 accumulation ([`Model::bf16_image_tower`]).
+    Bf16,
 }
 
 impl TowerBuffers {
-    fn new(rows: usize, t: usize, tower: &TowerConfig, threads: usize, int8: bool) -> Self {
+    fn new(
+        rows: usize,
+        t: usize,
+        tower: &TowerConfig,
+        threads: usize,
+        low: LinearPrecision,
+    ) -> Self {
         let (d, f) = (tower.hidden_size, tower.intermediate_size);
         TowerBuffers {
             x: vec![0.0; rows * d],
@@ -46,7 +70,11 @@ impl TowerBuffers {
             attn: vec![0.0; rows * d],
             mlp: vec![0.0; rows * f],
             scratch: vec![0.0; threads * attention_scratch_len(t, tower.head_dim())],
-            q8: int8.then(|| Q8Scratch::new(rows, f.max(d))),
+            q8: match low {
+                LinearPrecision::F32 => None,
+                LinearPrecision::Int8 => Some(LowScratch::Int8(Q8Scratch::new(rows, f.max(d)))),
+                LinearPrecision::Bf16 => Some(LowScratch::Bf16(Bf16Scratch::new(rows, f.max(d)))),
+            },
         }
     }
 }
@@ -95,7 +123,7 @@ impl TextFeatures {
     }
 }
 
-/// `c = a·Wᵀ (+ epilogue)` through the int8 copy of W when it has one.
+/// `c = a·Wᵀ (+ epilogue)` through the int8 or bf16 copy of W when it has one.
 #[allow(clippy::too_many_arguments)]
 fn linear(
     par: &Parallel,
@@ -106,10 +134,11 @@ fn linear(
     c: &mut [f32],
     ldc: usize,
     ep: Epilogue<'_>,
-    q8: &mut Option<Q8Scratch>,
+    q8: &mut Option<LowScratch>,
 ) {
-    match (&l.q8, q8) {
-        (Some(w), Some(s)) => gemm_q8(par, a, lda, rows, w, c, ldc, ep, s),
+    match (&l.q8, &l.bf16, q8) {
+        (Some(w), _, Some(LowScratch::Int8(s))) => gemm_q8(par, a, lda, rows, w, c, ldc, ep, s),
+        (_, Some(w), Some(LowScratch::Bf16(s))) => gemm_bf16(par, a, lda, rows, w, c, ldc, ep, s),
         _ => gemm(par, a, lda, rows, &l.weight, c, ldc, ep),
     }
 }
@@ -221,13 +250,43 @@ impl Model {
         }
     }
 
+    /// Replaces the image tower's Linear weights by bf16 copies; from then on image workspaces
+    /// (made after this call) run them through [`gemm_bf16`], rounding activations to bf16 on
+    /// the way. Each f32 weight is freed once its copy exists. The text tower stays f32. A
+    /// measured experiment (`maple-bench --bf16`), not offered by `maple-classify`.
+    pub fn bf16_image_tower(&mut self) {
+        for l in &mut self.clip.vision_model.layers {
+            for lin in [&mut l.qkv_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2] {
+                if lin.bf16.is_none() && lin.q8.is_none() {
+                    lin.bf16 = Some(Bf16Matrix::from_packed(&lin.weight));
+                    lin.weight.release();
+                }
+            }
+        }
+    }
+
     /// Whether the image tower runs int8 Linears.
     pub fn is_int8(&self) -> bool {
-        self.clip.vision_model.layers.iter().any(|l| {
-            [&l.qkv_proj, &l.out_proj, &l.fc1, &l.fc2]
-                .iter()
-                .any(|w| w.q8.is_some())
-        })
+        self.image_precision() == LinearPrecision::Int8
+    }
+
+    /// What the image tower's Linears compute in.
+    pub fn image_precision(&self) -> LinearPrecision {
+        let lins = self
+            .clip
+            .vision_model
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkv_proj, &l.out_proj, &l.fc1, &l.fc2]);
+        for w in lins {
+            if w.q8.is_some() {
+                return LinearPrecision::Int8;
+            }
+            if w.bf16.is_some() {
+                return LinearPrecision::Bf16;
+            }
+        }
+        LinearPrecision::F32
     }
 
     fn n_ctx(&self) -> usize {
@@ -252,7 +311,13 @@ impl Model {
             t,
             threads: par.threads(),
             patches: vec![0.0; v.grid() * v.grid() * v.patch_dim()],
-            buf: TowerBuffers::new(batch * t, t, &v.tower, par.threads(), self.is_int8()),
+            buf: TowerBuffers::new(
+                batch * t,
+                t,
+                &v.tower,
+                par.threads(),
+                self.image_precision(),
+            ),
             pooled: vec![0.0; batch * v.tower.hidden_size],
             feats: vec![0.0; batch * self.clip.config.projection_dim],
         }
@@ -269,7 +334,7 @@ impl Model {
         TextWorkspace {
             batch,
             threads: par.threads(),
-            buf: TowerBuffers::new(batch * l, l, &tc.tower, par.threads(), false),
+            buf: TowerBuffers::new(batch * l, l, &tc.tower, par.threads(), LinearPrecision::F32),
             pooled: vec![0.0; batch * tc.tower.hidden_size],
             feats: vec![0.0; batch * self.clip.config.projection_dim],
             eot: Vec::with_capacity(batch),
@@ -301,7 +366,12 @@ impl Model {
                 "workspace was built for another model or thread count".into(),
             ));
         }
-        if ws.buf.q8.is_some() != self.is_int8() {
+        let low = match &ws.buf.q8 {
+            None => LinearPrecision::F32,
+            Some(LowScratch::Int8(_)) => LinearPrecision::Int8,
+            Some(LowScratch::Bf16(_)) => LinearPrecision::Bf16,
+        };
+        if low != self.image_precision() {
             return Err(Error::Input(
                 "workspace was built before the image tower was quantized".into(),
             ));

@@ -1,9 +1,12 @@
 """The ONNX Runtime peer of maple-bench's image rows: the same MaPLe image tower as
 torch_bench.py (HF CLIPModel + the golden MaPLe hooks), exported once to ONNX (dynamic batch)
 and run by ONNX Runtime's CPU provider, fp32, intra-op threads equal to maple's. Checks the
-ONNX features against PyTorch's before timing. Prints one JSON line.
+ONNX features against PyTorch's before timing. With --int8, also ORT's dynamic int8
+quantization of that graph (quantize_dynamic, QInt8 weights) per tensor and per channel, timed
+the same way, with max |Δlogit| against PyTorch fp32 on maple-bench's 8 synthetic images × 100
+labels. Prints one JSON line.
 
-    python tools/bench/ort_bench.py MODEL_DIR --threads 2 --onnx target/bench/maple_vision.onnx"""
+    python tools/bench/ort_bench.py MODEL_DIR --threads 2 --onnx target/bench/maple_vision.onnx [--int8]"""
 import argparse
 import json
 import pathlib
@@ -14,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from peer import golden, load, timed as _timed  # noqa: E402
+from peer import golden, load, max_dlogit, pattern_images, text_features, timed as _timed  # noqa: E402
 
 
 class ImageTower(torch.nn.Module):
@@ -33,6 +36,8 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--onnx", default="target/bench/maple_vision.onnx")
+    ap.add_argument("--openai-clip", default="/tmp/oc/openai-clip-1.0.1.tar.gz")
+    ap.add_argument("--int8", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, P = load(a.model_dir)
@@ -44,22 +49,43 @@ def main():
         torch.onnx.export(tower, (torch.randn(2, 3, s, s),), str(path), input_names=["pixels"],
                           output_names=["features"], dynamic_axes={"pixels": {0: "batch"}},
                           opset_version=17, dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = a.threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    def session(p):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+
+    def rates(sess, prefix):
+        for b in [int(x) for x in a.batches.split(",")]:
+            x = np.random.default_rng(0).standard_normal((b, 3, s, s), dtype=np.float32)
+            sess.run(None, {"pixels": x})
+            best = min(_timed(lambda: sess.run(None, {"pixels": x})) for _ in range(a.reps))
+            out[f"{prefix}image_b{b}_images_per_s"] = b / best
+
+    sess = session(path)
     out = {"engine": "onnxruntime", "onnxruntime": ort.__version__, "threads": a.threads}
     px = torch.randn(3, 3, s, s)
     with torch.inference_mode():
         want = tower(px).numpy()
     got = sess.run(None, {"pixels": px.numpy()})[0]
     out["max_abs_diff_vs_torch"] = float(np.abs(got - want).max())
-    for b in [int(x) for x in a.batches.split(",")]:
-        x = np.random.default_rng(0).standard_normal((b, 3, s, s), dtype=np.float32)
-        sess.run(None, {"pixels": x})
-        best = min(_timed(lambda: sess.run(None, {"pixels": x})) for _ in range(a.reps))
-        out[f"image_b{b}_images_per_s"] = b / best
+    rates(sess, "")
+    if a.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        bmax = max(int(x) for x in a.batches.split(","))
+        px = pattern_images(bmax, s)
+        with torch.inference_mode():
+            txt = text_features(model, P, 100, a.openai_clip)
+            ref = tower(torch.from_numpy(px))
+        for name, per_channel in [("per_tensor", False), ("per_channel", True)]:
+            q = path.with_name(f"{path.stem}_int8_{name}.onnx")
+            quantize_dynamic(str(path), str(q), per_channel=per_channel, weight_type=QuantType.QInt8)
+            qs = session(q)
+            got = qs.run(None, {"pixels": px})[0]
+            out[f"int8_{name}_max_abs_dlogit"] = max_dlogit(model, ref, got, txt)
+            rates(qs, f"int8_{name}_")
     print(json.dumps(out))
 
 

@@ -30,6 +30,31 @@ def load(model_dir):
     return model, (golden.load_prompts(p) if p.exists() else None)
 
 
+def pattern_images(b, s):
+    """maple-bench's synthetic pixels (cli/src/bin/maple-bench.rs): pixel i of the flattened
+    [b, 3, s, s] batch is (i·7919 mod 255) / 127.5 − 1."""
+    import numpy as np
+
+    i = np.arange(b * 3 * s * s, dtype=np.int64)
+    return ((i * 7919 % 255).astype(np.float32) / np.float32(127.5) - np.float32(1.0)).reshape(b, 3, s, s)
+
+
+def text_features(model, P, n, openai_clip):
+    """The features of maple-bench's first n synthetic labels ("a photo of a {label}.")."""
+    tok = golden.openai_tokenizer(openai_clip)
+    ids = golden.tokenize(tok, [f"a photo of a {l}." for l in labels(n)])
+    return golden.encode_text(model, ids, P)
+
+
+def max_dlogit(model, img_ref, img, txt):
+    """max |Δlogit| between two sets of image features against the same text features."""
+    import torch
+
+    a = golden.logits_of(model, torch.as_tensor(img_ref), txt)
+    b = golden.logits_of(model, torch.as_tensor(img), txt)
+    return float((a - b).abs().max())
+
+
 def timed(f):
     t = time.perf_counter()
     f()

@@ -1,8 +1,11 @@
 """The PyTorch peer of maple-bench: HF CLIPModel (fp32, eager) + the MaPLe hooks of
 tools/reference/golden.py, torch.set_num_threads equal to maple's, same synthetic labels,
-text at MaPLe's 77 tokens. Prints one JSON line.
+text at MaPLe's 77 tokens. With --compile, also the image tower through torch.compile
+(inductor); with --int8, also PyTorch's dynamic int8 quantization of every Linear
+(quantize_dynamic, qint8 weights per tensor) and its max |Δlogit| against fp32 on maple-bench's
+8 synthetic images × 100 labels. Prints one JSON line.
 
-    python tools/bench/torch_bench.py MODEL_DIR --threads 2"""
+    python tools/bench/torch_bench.py MODEL_DIR --threads 2 [--compile] [--int8]"""
 import argparse
 import json
 import pathlib
@@ -11,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from peer import golden, load, labels, timed as _timed  # noqa: E402
+from peer import golden, load, labels, max_dlogit, pattern_images, text_features, timed as _timed  # noqa: E402
 
 
 def main():
@@ -22,6 +25,8 @@ def main():
     ap.add_argument("--labels", default="10,100,1000")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--openai-clip", default="/tmp/oc/openai-clip-1.0.1.tar.gz")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--int8", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, P = load(a.model_dir)
@@ -43,6 +48,33 @@ def main():
             ids = golden.tokenize(tok, [f"a photo of a {l}." for l in labels(n)])
             # MaPLe encodes all labels at 77 tokens; batch them 100 at a time like its evaluation.
             out[f"text_{n}_labels_s"] = _timed(lambda: [golden.encode_text(model, ids[i:i + 100], P) for i in range(0, n, 100)])
+        batches = [int(x) for x in a.batches.split(",")]
+        if a.compile:
+            # The same tower through inductor; the first call compiles (timed apart), a batch
+            # size it has not seen recompiles once, so each is warmed before timing.
+            tower = torch.compile(lambda px: golden.encode_image(model, px, P))
+            try:
+                px = torch.randn(batches[0], 3, s, s)
+                out["compile_s"] = _timed(lambda: tower(px))
+                for b in batches:
+                    px = torch.randn(b, 3, s, s)
+                    tower(px)
+                    best = min(_timed(lambda: tower(px)) for _ in range(a.reps))
+                    out[f"compile_image_b{b}_images_per_s"] = b / best
+            except Exception as e:  # an inductor that cannot build here is a column of "–"
+                out["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+        if a.int8:
+            bmax = max(batches)
+            txt = text_features(model, P, 100, a.openai_clip)
+            px = torch.from_numpy(pattern_images(bmax, s))
+            ref = golden.encode_image(model, px, P)
+            q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            out["int8_max_abs_dlogit"] = max_dlogit(model, ref, golden.encode_image(q, px, P), txt)
+            for b in batches:
+                x = px[:b]
+                golden.encode_image(q, x, P)
+                best = min(_timed(lambda: golden.encode_image(q, x, P)) for _ in range(a.reps))
+                out[f"int8_image_b{b}_images_per_s"] = b / best
     print(json.dumps(out))
 
 

@@ -37,6 +37,10 @@ struct Args {
     /// over the batch-8 images × 100 labels.
     #[arg(long)]
     int8: bool,
+    /// Instead of --int8: the image tower with bf16 Linears (bf16 weights and activations, f32
+    /// accumulation; AVX-512 BF16 where the CPU has it), timed and checked the same way.
+    #[arg(long, conflicts_with = "int8")]
+    bf16: bool,
     /// Also measure the CPU's f32 FMA peak (a loop of independent FMAs in registers on every
     /// thread) and report the GEMM and the image tower as fractions of it.
     #[arg(long)]
@@ -239,7 +243,12 @@ fn main() {
         out.insert("gemm_fraction_of_fma_peak".into(), f.into());
     }
     let tok = load_tokenizer(&a.model).unwrap();
-    if a.int8 {
+    if a.int8 || a.bf16 {
+        let (name, convert): (&str, fn(&mut maple_core::Model)) = if a.int8 {
+            ("int8", maple_core::Model::quantize_image_tower)
+        } else {
+            ("bf16", maple_core::Model::bf16_image_tower)
+        };
         let mut model = model;
         let b = *a.batches.iter().max().unwrap_or(&8);
         let px: Vec<f32> = (0..b * 3 * s * s)
@@ -262,14 +271,15 @@ fn main() {
             out
         };
         let want = logits(&model);
-        model.quantize_image_tower();
+        convert(&mut model);
         let got = logits(&model);
         let diff = want
             .iter()
             .zip(&got)
             .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        out.insert("int8_max_abs_dlogit".into(), diff.into());
+        out.insert(format!("{name}_max_abs_dlogit"), diff.into());
         out.insert("int8_vnni".into(), maple_core::q8::has_vnni().into());
+        out.insert("bf16_hw".into(), maple_core::bf16::has_bf16().into());
         for &bb in &a.batches {
             let px: Vec<f32> = px[..bb * 3 * s * s].to_vec();
             let mut ws = model.vision_workspace(bb, &par);
@@ -281,7 +291,7 @@ fn main() {
                 best = best.min(t.elapsed().as_secs_f64());
             }
             out.insert(
-                format!("int8_image_b{bb}_images_per_s"),
+                format!("{name}_image_b{bb}_images_per_s"),
                 (bb as f64 / best).into(),
             );
         }
