@@ -155,20 +155,17 @@ pub(crate) fn gemm_q8_with(
         let (lo, hi) = split(m, t, nt);
         for i in lo..hi {
             let row = &a[i * lda..i * lda + k];
-            let (lo_v, hi_v) = row
-                .iter()
-                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-            let sc = if hi_v > lo_v {
-                (hi_v - lo_v) / 255.0
-            } else {
-                1.0
-            };
-            let inv = 1.0 / sc;
             // SAFETY: row i of the u8 buffer and (scale, min) i belong to this thread alone.
             let q = unsafe { core::slice::from_raw_parts_mut((ap as *mut u8).add(i * k4), k4) };
-            for (d, &v) in q.iter_mut().zip(row) {
-                *d = libm::roundf((v - lo_v) * inv).clamp(0.0, 255.0) as u8;
-            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: VNNI detected implies AVX-512F and BW.
+            let (sc, lo_v) = if vnni {
+                unsafe { x86::quantize_row(row, q) }
+            } else {
+                quantize_row(row, q)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (sc, lo_v) = quantize_row(row, q);
             q[k..].fill(0);
             unsafe {
                 *qp.get().add(2 * i) = sc;
@@ -212,6 +209,16 @@ pub(crate) fn gemm_q8_with(
                             core::slice::from_raw_parts_mut(cp.get().add((i0 + i) * ldc + n0), nv)
                         };
                         let (si, mi) = (sa[2 * (i0 + i)], sa[2 * (i0 + i) + 1]);
+                        #[cfg(target_arch = "x86_64")]
+                        if vnni && nv == NR {
+                            // SAFETY: AVX-512F (with VNNI); a whole panel: scale and colsum hold
+                            // NR values from n0, bias (len ≥ n) too.
+                            unsafe { x86::epilogue_row(out, row, si, mi, b, n0, &ep) };
+                            if ep.act == Act::QuickGelu {
+                                simd::quick_gelu_slice(simd::isa(), out);
+                            }
+                            continue;
+                        }
                         for (j, o) in out.iter_mut().enumerate() {
                             let col = n0 + j;
                             let mut v =
@@ -232,6 +239,27 @@ pub(crate) fn gemm_q8_with(
     });
 }
 
+/// Quantizes one row of A into `q` (asymmetric u8); returns (scale, minimum).
+fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
+    let (lo, hi) = row
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    let sc = row_scale(lo, hi);
+    let inv = 1.0 / sc;
+    for (d, &v) in q.iter_mut().zip(row) {
+        *d = libm::roundf((v - lo) * inv).clamp(0.0, 255.0) as u8;
+    }
+    (sc, lo)
+}
+
+fn row_scale(lo: f32, hi: f32) -> f32 {
+    if hi > lo {
+        (hi - lo) / 255.0
+    } else {
+        1.0
+    }
+}
+
 /// `acc[i][j] = Σ_k a[i·k4 + k] · b[(k/4)·NR·4 + j·4 + k%4]`.
 fn tile_portable(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
     for (i, row) in acc.iter_mut().enumerate().take(mr) {
@@ -250,8 +278,81 @@ fn tile_portable(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR];
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{row_scale, Epilogue, Q8Matrix, MR, NR};
     use core::arch::x86_64::*;
+
+    /// [`super::quantize_row`], 16 lanes at a time, bit for bit the same: the same f32
+    /// operations, and `roundf` (half away from zero) as truncation plus one where the
+    /// fraction is ≥ ½ (exact for the non-negative values quantized here).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
+        let (n, p) = (row.len(), row.as_ptr());
+        let (mut vlo, mut vhi) = (_mm512_set1_ps(f32::MAX), _mm512_set1_ps(f32::MIN));
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_loadu_ps(p.add(i));
+            vlo = _mm512_min_ps(vlo, v);
+            vhi = _mm512_max_ps(vhi, v);
+            i += 16;
+        }
+        let (mut lo, mut hi) = (_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi));
+        for &v in &row[i..] {
+            (lo, hi) = (lo.min(v), hi.max(v));
+        }
+        let sc = row_scale(lo, hi);
+        let inv = 1.0 / sc;
+        let (l, s) = (_mm512_set1_ps(lo), _mm512_set1_ps(inv));
+        let (half, one, top) = (
+            _mm512_set1_ps(0.5),
+            _mm512_set1_ps(1.0),
+            _mm512_set1_ps(255.0),
+        );
+        i = 0;
+        while i + 16 <= n {
+            let x = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), l), s);
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(x, t), half);
+            let r = _mm512_mask_add_ps(t, up, t, one);
+            // max(r, 0) first: a NaN becomes 0, as `NaN.clamp(..) as u8` does.
+            let r = _mm512_min_ps(_mm512_max_ps(r, _mm512_setzero_ps()), top);
+            let b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r));
+            _mm_storeu_si128(q.as_mut_ptr().add(i) as *mut __m128i, b);
+            i += 16;
+        }
+        for (d, &v) in q[i..n].iter_mut().zip(&row[i..]) {
+            *d = libm::roundf((v - lo) * inv).clamp(0.0, 255.0) as u8;
+        }
+        (sc, lo)
+    }
+
+    /// The scalar epilogue for a whole panel (NR columns from `n0`), 16 lanes at once, bit for
+    /// bit the same (the same multiplications and additions, no fused multiply-add).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn epilogue_row(
+        out: &mut [f32],
+        acc: &[i32; NR],
+        si: f32,
+        mi: f32,
+        b: &Q8Matrix,
+        n0: usize,
+        ep: &Epilogue<'_>,
+    ) {
+        debug_assert!(out.len() == NR && b.scale.len() >= n0 + NR && b.colsum.len() >= n0 + NR);
+        let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc.as_ptr() as *const _));
+        let cs = _mm512_cvtepi32_ps(_mm512_loadu_si512(b.colsum.as_ptr().add(n0) as *const _));
+        let t = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_set1_ps(si), a),
+            _mm512_mul_ps(_mm512_set1_ps(mi), cs),
+        );
+        let mut v = _mm512_mul_ps(_mm512_loadu_ps(b.scale.as_ptr().add(n0)), t);
+        if let Some(bias) = ep.bias {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(bias.as_ptr().add(n0)));
+        }
+        if ep.accumulate {
+            v = _mm512_add_ps(_mm512_loadu_ps(out.as_ptr()), v);
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), v);
+    }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
@@ -365,6 +466,30 @@ mod tests {
                 outs.push(c);
             }
             assert_eq!(outs[0], outs[1], "VNNI and portable kernels differ");
+        }
+    }
+
+    /// Values whose scaled position falls exactly on a half (range 0..255, so scale 1): the
+    /// vector quantizer must round them away from zero, as `roundf` does, not to even.
+    #[test]
+    fn vector_quantizer_rounds_halves_like_roundf() {
+        let k = 40;
+        let row: Vec<f32> = (0..k)
+            .map(|i| match i {
+                0 => 0.0,
+                1 => 255.0,
+                _ => i as f32 * 6.0 + 0.5,
+            })
+            .collect();
+        let mut want = vec![0u8; k];
+        assert_eq!(quantize_row(&row, &mut want), (1.0, 0.0));
+        assert_eq!(want[2], 13, "roundf(12.5) = 13");
+        if has_vnni() {
+            let mut got = vec![0u8; k];
+            // SAFETY: VNNI detected (AVX-512F and BW with it).
+            let r = unsafe { x86::quantize_row(&row, &mut got) };
+            assert_eq!(r, (1.0, 0.0));
+            assert_eq!(got, want);
         }
     }
 }
