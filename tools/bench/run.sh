@@ -142,7 +142,7 @@ Best of 3 after a warm-up; higher is better. "maple vs it" = how many times fast
 its f32 tower against fp32 peers and its int8 tower against int8 peers. Max |Δlogit|: each int8
 tower against its own engine's fp32 on maple-bench's 8 synthetic images × 100 labels (the same
 pixels and labels for every engine; logits = 100 · cosine). `torch.compile` took
-{f(t.get('compile_s'), 0)} s to compile. Same run, AVX-512 f32 kernels forced
+{f(t.get('compile_s'), 0)} s to compile (less when inductor's on-disk cache is warm from an earlier run). Same run, AVX-512 f32 kernels forced
 (`MAPLE_SIMD=avx512`): {m512['image_b1_images_per_s']:.3f} / {m512['image_b8_images_per_s']:.3f} images/s.
 
 maple int8: every Linear of the image tower (q/k/v, out, fc1, fc2) with weights per output
