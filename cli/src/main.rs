@@ -63,7 +63,7 @@ enum PrecisionArg {
     F32,
     /// f16 weight storage on GPUs with shader-f16 (f32 math); logits within ~1e-2.
     F16,
-    /// int8 image-tower Linears on the CPU, about twice as fast; logits within ~0.1 of f32.
+    /// int8 image-tower Linears on the CPU, about three times as fast; logits within ~0.1 of f32.
     Int8,
     /// bf16 image-tower Linears on CPUs with AVX-512 BF16, about 1.3× as fast; logits within
     /// ~0.05 of f32.
