@@ -9,14 +9,11 @@
 //! The products of two bf16 values are exact in f32, so the portable twin (same pairs, same order
 //! of f32 additions) differs from the hardware only by its rounding of the pair sums.
 
-use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
-use crate::par::{split, Parallel, SyncPtr};
-use crate::simd;
+use crate::gemm::{Epilogue, PackedMatrix, NR};
+use crate::lowp::{for_each_tile, MR};
+use crate::par::{split, Parallel};
 use alloc::vec;
 use alloc::vec::Vec;
-
-const MC: usize = 120;
-const MR: usize = 12;
 
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays NaN.
 pub fn to_bf16(x: f32) -> u16 {
@@ -150,56 +147,31 @@ pub(crate) fn gemm_bf16_with(
             q[k..].fill(0);
         }
     });
-    // 2. Products per (row tile, column panel); threads split the panels.
+    // 2. Products per (row tile, column panel), then bias and accumulation per row.
     let ua: &[u16] = &s.a;
-    let cp = SyncPtr(c.as_mut_ptr());
-    let panels = n.div_ceil(NR);
-    par.run(&|t, nt| {
-        let (p_lo, p_hi) = split(panels, t, nt);
-        let mut acc = [[0.0f32; NR]; MR];
-        for m0 in (0..m).step_by(MC) {
-            let m1 = (m0 + MC).min(m);
-            for p in p_lo..p_hi {
-                let bp = &b.data[p * kp * NR..(p + 1) * kp * NR];
-                let mut i0 = m0;
-                while i0 < m1 {
-                    let mr = MR.min(m1 - i0);
-                    let arows = &ua[i0 * kp..(i0 + mr) * kp];
-                    #[cfg(target_arch = "x86_64")]
-                    if hw {
-                        // SAFETY: AVX-512 BF16 detected; slices sized above.
-                        unsafe { x86::tile(mr, k2, arows, bp, &mut acc) };
-                    } else {
-                        tile_portable(mr, k2, arows, bp, &mut acc);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    {
-                        let _ = hw;
-                        tile_portable(mr, k2, arows, bp, &mut acc);
-                    }
-                    let n0 = p * NR;
-                    let nv = NR.min(n - n0);
-                    for (i, row) in acc.iter().enumerate().take(mr) {
-                        // SAFETY: row i0+i, columns n0..n0+nv belong to this thread's panels.
-                        let out = unsafe {
-                            core::slice::from_raw_parts_mut(cp.get().add((i0 + i) * ldc + n0), nv)
-                        };
-                        for (j, o) in out.iter_mut().enumerate() {
-                            let mut v = row[j];
-                            if let Some(bias) = ep.bias {
-                                v += bias[n0 + j];
-                            }
-                            *o = if ep.accumulate { *o + v } else { v };
-                        }
-                        if ep.act == Act::QuickGelu {
-                            simd::quick_gelu_slice(simd::isa(), out);
-                        }
-                    }
-                    i0 += mr;
-                }
-            }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = hw; // one kernel off x86
+    let tile = |i0: usize, mr: usize, p: usize, acc: &mut [[f32; NR]; MR]| {
+        let bp = &b.data[p * kp * NR..(p + 1) * kp * NR];
+        let arows = &ua[i0 * kp..(i0 + mr) * kp];
+        #[cfg(target_arch = "x86_64")]
+        if hw {
+            // SAFETY: AVX-512 BF16 detected; slices sized above.
+            unsafe { x86::tile(mr, k2, arows, bp, acc) };
+            return;
         }
-    });
+        tile_portable(mr, k2, arows, bp, acc);
+    };
+    let finish = |_i: usize, n0: usize, row: &[f32; NR], out: &mut [f32]| {
+        for (j, o) in out.iter_mut().enumerate() {
+            let mut v = row[j];
+            if let Some(bias) = ep.bias {
+                v += bias[n0 + j];
+            }
+            *o = if ep.accumulate { *o + v } else { v };
+        }
+    };
+    for_each_tile(par, m, n, c, ldc, ep.act, tile, finish);
 }
 
 /// `acc[i][j] = Σ_q (a[i,2q]·b[q,j,0] + a[i,2q+1]·b[q,j,1])`, pair by pair as `vdpbf16ps`.

@@ -17,6 +17,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod gemm;
+mod lowp;
 pub mod maple;
 pub mod model;
 pub mod ops;

@@ -11,14 +11,11 @@
 //! The integer sums are exact, so the VNNI kernel and the portable one give identical results.
 //! |sum| ≤ K·255·127 < 2³¹ for K < 66 000.
 
-use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
+use crate::gemm::{Epilogue, PackedMatrix, NR};
+use crate::lowp::{for_each_tile, MR};
 use crate::par::{split, Parallel, SyncPtr};
-use crate::simd;
 use alloc::vec;
 use alloc::vec::Vec;
-
-const MC: usize = 120;
-const MR: usize = 12;
 
 /// A weight `B [k, n]` as int8 panels `[panel][k/4][NR][4]` with per-column scales.
 #[derive(Debug, Clone)]
@@ -173,70 +170,41 @@ pub(crate) fn gemm_q8_with(
             }
         }
     });
-    // 2. Integer products per (row tile, column panel); threads split the panels.
+    // 2. Integer products per (row tile, column panel), then back to f32 per row.
     let ua: &[u8] = &s.a;
     let sa: &[f32] = &s.scale;
-    let cp = SyncPtr(c.as_mut_ptr());
-    let panels = n.div_ceil(NR);
-    par.run(&|t, nt| {
-        let (p_lo, p_hi) = split(panels, t, nt);
-        let mut acc = [[0i32; NR]; MR];
-        for m0 in (0..m).step_by(MC) {
-            let m1 = (m0 + MC).min(m);
-            for p in p_lo..p_hi {
-                let bp = &b.data[p * k4 * NR..(p + 1) * k4 * NR];
-                let mut i0 = m0;
-                while i0 < m1 {
-                    let mr = MR.min(m1 - i0);
-                    let arows = &ua[i0 * k4..(i0 + mr) * k4];
-                    #[cfg(target_arch = "x86_64")]
-                    if vnni {
-                        // SAFETY: VNNI detected; slices sized above.
-                        unsafe { x86::tile(mr, k4, arows, bp, &mut acc) };
-                    } else {
-                        tile_portable(mr, k4, arows, bp, &mut acc);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    {
-                        let _ = vnni;
-                        tile_portable(mr, k4, arows, bp, &mut acc);
-                    }
-                    let n0 = p * NR;
-                    let nv = NR.min(n - n0);
-                    for (i, row) in acc.iter().enumerate().take(mr) {
-                        // SAFETY: row i0+i, columns n0..n0+nv belong to this thread's panels.
-                        let out = unsafe {
-                            core::slice::from_raw_parts_mut(cp.get().add((i0 + i) * ldc + n0), nv)
-                        };
-                        let (si, mi) = (sa[2 * (i0 + i)], sa[2 * (i0 + i) + 1]);
-                        #[cfg(target_arch = "x86_64")]
-                        if vnni && nv == NR {
-                            // SAFETY: AVX-512F (with VNNI); a whole panel: scale and colsum hold
-                            // NR values from n0, bias (len ≥ n) too.
-                            unsafe { x86::epilogue_row(out, row, si, mi, b, n0, &ep) };
-                            if ep.act == Act::QuickGelu {
-                                simd::quick_gelu_slice(simd::isa(), out);
-                            }
-                            continue;
-                        }
-                        for (j, o) in out.iter_mut().enumerate() {
-                            let col = n0 + j;
-                            let mut v =
-                                b.scale[col] * (si * row[j] as f32 + mi * b.colsum[col] as f32);
-                            if let Some(bias) = ep.bias {
-                                v += bias[col];
-                            }
-                            *o = if ep.accumulate { *o + v } else { v };
-                        }
-                        if ep.act == Act::QuickGelu {
-                            simd::quick_gelu_slice(simd::isa(), out);
-                        }
-                    }
-                    i0 += mr;
-                }
-            }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = vnni; // one kernel off x86
+    let tile = |i0: usize, mr: usize, p: usize, acc: &mut [[i32; NR]; MR]| {
+        let bp = &b.data[p * k4 * NR..(p + 1) * k4 * NR];
+        let arows = &ua[i0 * k4..(i0 + mr) * k4];
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: VNNI detected; slices sized above.
+            unsafe { x86::tile(mr, k4, arows, bp, acc) };
+            return;
         }
-    });
+        tile_portable(mr, k4, arows, bp, acc);
+    };
+    let finish = |i: usize, n0: usize, row: &[i32; NR], out: &mut [f32]| {
+        let (si, mi) = (sa[2 * i], sa[2 * i + 1]);
+        #[cfg(target_arch = "x86_64")]
+        if vnni && out.len() == NR {
+            // SAFETY: AVX-512F (with VNNI); a whole panel: scale and colsum hold NR values
+            // from n0, bias (len ≥ n) too.
+            unsafe { x86::epilogue_row(out, row, si, mi, b, n0, &ep) };
+            return;
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            let col = n0 + j;
+            let mut v = b.scale[col] * (si * row[j] as f32 + mi * b.colsum[col] as f32);
+            if let Some(bias) = ep.bias {
+                v += bias[col];
+            }
+            *o = if ep.accumulate { *o + v } else { v };
+        }
+    };
+    for_each_tile(par, m, n, c, ldc, ep.act, tile, finish);
 }
 
 /// Quantizes one row of A into `q` (asymmetric u8); returns (scale, minimum).
