@@ -7,7 +7,7 @@ use crate::bf16::{gemm_bf16, Bf16Matrix, Bf16Scratch};
 use crate::clip::{Clip, EncoderLayer, LayerNorm, Linear};
 use crate::config::TowerConfig;
 use crate::error::{Error, Result};
-use crate::gemm::{gemm, Epilogue};
+use crate::gemm::{gemm, Epilogue, PackedMatrix};
 use crate::maple::MaplePrompts;
 use crate::ops::{
     attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
@@ -26,15 +26,20 @@ pub struct Model {
     pub prompts: Option<MaplePrompts>,
 }
 
-/// Activations of one transformer tower for up to `batch` sequences of up to `t` rows.
-struct TowerBuffers {
-    x: Vec<f32>,            // [B·T, D] residual stream
-    h: Vec<f32>,            // [B·T, D] LayerNorm output
-    qkv: Vec<f32>,          // [B·T, 3D]
-    attn: Vec<f32>,         // [B·T, D]
-    mlp: Vec<f32>,          // [B·T, F]
-    scratch: Vec<f32>,      // [threads · (T² + packed Kᵀ + packed V)] attention
-    q8: Option<LowScratch>, // [B·T, F] int8 or bf16 activations, for reduced-precision Linears
+/// Activations of one transformer tower for up to `B` sequences of up to `T` rows (`R = B·T`).
+struct Activations {
+    x: Vec<f32>,    // [R, D]  residual stream
+    h: Vec<f32>,    // [R, D]  LayerNorm output
+    qkv: Vec<f32>,  // [R, 3D] fused q, k, v
+    attn: Vec<f32>, // [R, D]  attention output, heads concatenated
+    mlp: Vec<f32>,  // [R, F]  QuickGELU(fc1)
+}
+
+/// Per-call scratch of one tower's ops: attention's per-thread buffers and the rounded
+/// activations of reduced-precision Linears.
+struct Scratch {
+    attn: Vec<f32>,          // [threads · (T² + packed Kᵀ + packed V)]
+    low: Option<LowScratch>, // [R, max(D, F)] int8 or bf16 activations
 }
 
 /// Activations rounded for the image tower's reduced-precision Linears.
@@ -54,6 +59,12 @@ pub enum LinearPrecision {
     Bf16,
 }
 
+/// One tower's buffers: its activations and its ops' scratch, allocated once.
+struct TowerBuffers {
+    act: Activations,
+    scratch: Scratch,
+}
+
 impl TowerBuffers {
     fn new(
         rows: usize,
@@ -64,19 +75,198 @@ impl TowerBuffers {
     ) -> Self {
         let (d, f) = (tower.hidden_size, tower.intermediate_size);
         TowerBuffers {
-            x: vec![0.0; rows * d],
-            h: vec![0.0; rows * d],
-            qkv: vec![0.0; rows * 3 * d],
-            attn: vec![0.0; rows * d],
-            mlp: vec![0.0; rows * f],
-            scratch: vec![0.0; threads * attention_scratch_len(t, tower.head_dim())],
-            q8: match low {
-                LinearPrecision::F32 => None,
-                LinearPrecision::Int8 => Some(LowScratch::Int8(Q8Scratch::new(rows, f.max(d)))),
-                LinearPrecision::Bf16 => Some(LowScratch::Bf16(Bf16Scratch::new(rows, f.max(d)))),
+            act: Activations {
+                x: vec![0.0; rows * d],
+                h: vec![0.0; rows * d],
+                qkv: vec![0.0; rows * 3 * d],
+                attn: vec![0.0; rows * d],
+                mlp: vec![0.0; rows * f],
+            },
+            scratch: Scratch {
+                attn: vec![0.0; threads * attention_scratch_len(t, tower.head_dim())],
+                low: match low {
+                    LinearPrecision::F32 => None,
+                    LinearPrecision::Int8 => Some(LowScratch::Int8(Q8Scratch::new(rows, f.max(d)))),
+                    LinearPrecision::Bf16 => {
+                        Some(LowScratch::Bf16(Bf16Scratch::new(rows, f.max(d))))
+                    }
+                },
             },
         }
     }
+
+    fn precision(&self) -> LinearPrecision {
+        match &self.scratch.low {
+            None => LinearPrecision::F32,
+            Some(LowScratch::Int8(_)) => LinearPrecision::Int8,
+            Some(LowScratch::Bf16(_)) => LinearPrecision::Bf16,
+        }
+    }
+
+    /// The ops' context and the activations they work on, borrowed apart.
+    fn split<'a>(&'a mut self, par: &'a Parallel) -> (Ctx<'a>, &'a mut Activations) {
+        let cx = Ctx {
+            par,
+            scratch: &mut self.scratch,
+        };
+        (cx, &mut self.act)
+    }
+}
+
+/// What every op of a forward pass takes besides its tensors: the thread pool and the scratch.
+/// Each op is one call on it, so a block reads as its list of ops.
+struct Ctx<'a> {
+    par: &'a Parallel,
+    scratch: &'a mut Scratch,
+}
+
+/// What a Linear does with `a·Wᵀ + b` (b is always the Linear's own bias).
+#[derive(Clone, Copy)]
+enum Then {
+    /// `c = a·Wᵀ + b`.
+    Store,
+    /// `c = QuickGELU(a·Wᵀ + b)`.
+    Gelu,
+    /// `c += a·Wᵀ + b`.
+    AddTo,
+}
+
+impl Ctx<'_> {
+    /// `c[R, N] (=|+=) a[R, K]·Wᵀ + b`, through W's int8 or bf16 copy when it has one and the
+    /// workspace was made for it. `R` is `a.len() / K`.
+    fn linear(&mut self, a: &[f32], l: &Linear, c: &mut [f32], then: Then) {
+        let (k, n, par) = (l.weight.k, l.weight.n, self.par);
+        let rows = a.len() / k;
+        let ep = match then {
+            Then::Store => Epilogue::store(Some(&l.bias)),
+            Then::Gelu => Epilogue::gelu(&l.bias),
+            Then::AddTo => Epilogue::residual(&l.bias),
+        };
+        match (&l.q8, &l.bf16, &mut self.scratch.low) {
+            (Some(w), _, Some(LowScratch::Int8(s))) => gemm_q8(par, a, k, rows, w, c, n, ep, s),
+            (_, Some(w), Some(LowScratch::Bf16(s))) => gemm_bf16(par, a, k, rows, w, c, n, ep, s),
+            _ => gemm(par, a, k, rows, &l.weight, c, n, ep),
+        }
+    }
+
+    /// `out = LayerNorm(x)` row by row; `x` and `out` hold the same `[R, D]`.
+    fn ln(&self, p: &LayerNorm, x: &[f32], out: &mut [f32]) {
+        ln(self.par, p, x, out, p.weight.len());
+    }
+
+    /// Multi-head self-attention within each sequence: `qkv [R, 3D]` → `out [R, D]`.
+    fn attention(&mut self, qkv: &[f32], out: &mut [f32], s: Shape) {
+        let d = out.len() / (s.seqs * s.t);
+        let scratch = &mut self.scratch.attn;
+        attention(
+            self.par, qkv, out, s.seqs, s.t, d, s.heads, s.causal, scratch,
+        );
+    }
+}
+
+/// Where MaPLe's deep prompts go in a tower: before layer `l` (1 ≤ l < depth) rows
+/// `at..at + n` of every sequence are replaced by `deep[l − 1]` (`[n, D]`; spec §5–§6).
+#[derive(Clone, Copy)]
+struct Splice<'p> {
+    deep: &'p [Vec<f32>],
+    at: usize,
+}
+
+impl Splice<'_> {
+    fn apply(&self, layer: usize, x: &mut [f32], seqs: usize, t: usize, d: usize) {
+        let Some(p) = layer.checked_sub(1).and_then(|i| self.deep.get(i)) else {
+            return;
+        };
+        for s in 0..seqs {
+            x[(s * t + self.at) * d..][..p.len()].copy_from_slice(p);
+        }
+    }
+}
+
+/// The shape of one tower call: `seqs` sequences of `t` rows, `heads` heads, causal or not.
+#[derive(Clone, Copy)]
+struct Shape {
+    seqs: usize,
+    t: usize,
+    heads: usize,
+    causal: bool,
+}
+
+/// Runs every layer of a tower over `a.x` (`[B·T, D]`), splicing prompts before each layer.
+fn tower(
+    cx: &mut Ctx,
+    layers: &[EncoderLayer],
+    a: &mut Activations,
+    s: Shape,
+    splice: Option<Splice>,
+) {
+    for (l, layer) in layers.iter().enumerate() {
+        if let Some(sp) = splice {
+            sp.apply(l, &mut a.x, s.seqs, s.t, layer.layer_norm1.weight.len());
+        }
+        block(cx, layer, a, s);
+    }
+}
+
+/// One pre-LN block (spec §4) on `R = seqs·t` rows, in place on `x`.
+fn block(cx: &mut Ctx, l: &EncoderLayer, a: &mut Activations, s: Shape) {
+    let (d, f, r) = (l.layer_norm1.weight.len(), l.fc1.bias.len(), s.seqs * s.t);
+    let Activations {
+        x,
+        h,
+        qkv,
+        attn,
+        mlp,
+    } = a;
+    let (x, h, qkv, attn, mlp) = (
+        &mut x[..r * d],
+        &mut h[..r * d],
+        &mut qkv[..r * 3 * d],
+        &mut attn[..r * d],
+        &mut mlp[..r * f],
+    );
+    cx.ln(&l.layer_norm1, x, h); //                 h = ln1(x)                    [R, D]
+    cx.linear(h, &l.qkv_proj, qkv, Then::Store); //  qkv = h·Wᵀ + b                [R, 3D]
+    cx.attention(qkv, attn, s); //                   attn = softmax(q·kᵀ/√dh)·v    [R, D]
+    cx.linear(attn, &l.out_proj, x, Then::AddTo); // x += attn·Wᵀ + b              [R, D]
+    cx.ln(&l.layer_norm2, x, h); //                 h = ln2(x)                    [R, D]
+    cx.linear(h, &l.fc1, mlp, Then::Gelu); //        mlp = QuickGELU(h·Wᵀ + b)     [R, F]
+    cx.linear(mlp, &l.fc2, x, Then::AddTo); //       x += mlp·Wᵀ + b               [R, D]
+}
+
+/// `feats[b] = l2(ln(x[row(b)])·projᵀ)` for `count` pooled rows of `x` (`[·, D]` → `[count, E]`).
+fn pool_project(
+    par: &Parallel,
+    x: &[f32],
+    rows: impl Iterator<Item = usize>,
+    p: &LayerNorm,
+    proj: &PackedMatrix,
+    pooled: &mut [f32],
+    feats: &mut [f32],
+) -> usize {
+    let (d, e) = (proj.k, proj.n);
+    let mut count = 0;
+    for (row, out) in rows.zip(pooled.chunks_exact_mut(d)) {
+        layer_norm_row(&x[row * d..][..d], out, &p.weight, &p.bias, p.eps);
+        count += 1;
+    }
+    gemm(par, pooled, d, count, proj, feats, e, Epilogue::store(None));
+    for f in feats[..count * e].chunks_exact_mut(e) {
+        l2_normalize(f);
+    }
+    count
+}
+
+/// LayerNorm of every row, rows split across the threads.
+pub(crate) fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
+    let rows = x.len() / d;
+    let op = SyncPtr(out.as_mut_ptr());
+    par.run(&|t, nt| {
+        let (lo, hi) = split(rows, t, nt);
+        // SAFETY: thread t writes only rows lo..hi of `out` (same length as `x`).
+        let o = unsafe { core::slice::from_raw_parts_mut(op.get().add(lo * d), (hi - lo) * d) };
+        layer_norm(&x[lo * d..hi * d], o, d, &p.weight, &p.bias, p.eps);
+    });
 }
 
 /// Everything an image forward pass writes, sized from the config once.
@@ -121,112 +311,6 @@ impl TextFeatures {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
-}
-
-/// `c = a·Wᵀ (+ epilogue)` through the int8 or bf16 copy of W when it has one.
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    par: &Parallel,
-    a: &[f32],
-    lda: usize,
-    rows: usize,
-    l: &Linear,
-    c: &mut [f32],
-    ldc: usize,
-    ep: Epilogue<'_>,
-    q8: &mut Option<LowScratch>,
-) {
-    match (&l.q8, &l.bf16, q8) {
-        (Some(w), _, Some(LowScratch::Int8(s))) => gemm_q8(par, a, lda, rows, w, c, ldc, ep, s),
-        (_, Some(w), Some(LowScratch::Bf16(s))) => gemm_bf16(par, a, lda, rows, w, c, ldc, ep, s),
-        _ => gemm(par, a, lda, rows, &l.weight, c, ldc, ep),
-    }
-}
-
-/// Runs one pre-LN block (spec §4) on `rows` rows laid out as `seqs` sequences of `t`.
-fn block(
-    par: &Parallel,
-    l: &EncoderLayer,
-    b: &mut TowerBuffers,
-    seqs: usize,
-    t: usize,
-    heads: usize,
-    causal: bool,
-) {
-    let d = l.layer_norm1.weight.len();
-    let f = l.fc1.bias.len();
-    let rows = seqs * t;
-    let TowerBuffers {
-        x,
-        h,
-        qkv,
-        attn,
-        mlp,
-        scratch,
-        q8,
-    } = b;
-    let (x, h) = (&mut x[..rows * d], &mut h[..rows * d]);
-    ln(par, &l.layer_norm1, x, h, d);
-    let qb = &l.qkv_proj.bias;
-    linear(
-        par,
-        h,
-        d,
-        rows,
-        &l.qkv_proj,
-        qkv,
-        3 * d,
-        Epilogue::store(Some(qb)),
-        q8,
-    );
-    attention(par, qkv, attn, seqs, t, d, heads, causal, scratch);
-    let ob = &l.out_proj.bias;
-    linear(
-        par,
-        attn,
-        d,
-        rows,
-        &l.out_proj,
-        x,
-        d,
-        Epilogue::residual(ob),
-        q8,
-    );
-    ln(par, &l.layer_norm2, x, h, d);
-    linear(
-        par,
-        h,
-        d,
-        rows,
-        &l.fc1,
-        mlp,
-        f,
-        Epilogue::gelu(&l.fc1.bias),
-        q8,
-    );
-    linear(
-        par,
-        mlp,
-        f,
-        rows,
-        &l.fc2,
-        x,
-        d,
-        Epilogue::residual(&l.fc2.bias),
-        q8,
-    );
-}
-
-/// LayerNorm of every row, rows split across the threads.
-pub(crate) fn ln(par: &Parallel, p: &LayerNorm, x: &[f32], out: &mut [f32], d: usize) {
-    let rows = x.len() / d;
-    let op = SyncPtr(out.as_mut_ptr());
-    par.run(&|t, nt| {
-        let (lo, hi) = split(rows, t, nt);
-        // SAFETY: thread t writes only rows lo..hi of `out` (same length as `x`).
-        let o = unsafe { core::slice::from_raw_parts_mut(op.get().add(lo * d), (hi - lo) * d) };
-        layer_norm(&x[lo * d..hi * d], o, d, &p.weight, &p.bias, p.eps);
-    });
 }
 
 impl Model {
@@ -350,11 +434,37 @@ impl Model {
         pixels: &[f32],
         count: usize,
     ) -> Result<&'w [f32]> {
-        let cfg = &self.clip.config;
-        let v = &cfg.vision;
-        let (dv, e) = (v.tower.hidden_size, cfg.projection_dim);
-        let s = v.image_size;
-        let img_len = 3 * s * s;
+        self.check_images(par, ws, pixels, count)?;
+        let vm = &self.clip.vision_model;
+        let t = ws.t;
+        let shape = Shape {
+            seqs: count,
+            t,
+            heads: self.clip.config.vision.tower.num_attention_heads,
+            causal: false,
+        };
+        let splice = self.prompts.as_ref().map(|p| Splice {
+            deep: &p.vis_deep,
+            at: self.clip.config.vision.num_positions(),
+        });
+        self.embed_images(par, ws, pixels, count); //    x = ln_pre([CLS; patches·W] + pos; ctx)  [B·T, Dv]
+        let (mut cx, a) = ws.buf.split(par);
+        tower(&mut cx, &vm.layers, a, shape, splice); // x = blocks(x), deep prompts spliced [B·T, Dv]
+        let cls = (0..count).map(|b| b * t); //          row 0 (CLS) of each image
+        let (pl, proj) = (&vm.post_layernorm, &self.clip.visual_projection);
+        let n = pool_project(par, &a.x, cls, pl, proj, &mut ws.pooled, &mut ws.feats);
+        Ok(&ws.feats[..n * proj.n]) //                   l2(ln_post(x_cls)·proj)          [B, E]
+    }
+
+    /// The checks `encode_images` makes before touching the workspace.
+    fn check_images(
+        &self,
+        par: &Parallel,
+        ws: &VisionWorkspace,
+        pixels: &[f32],
+        count: usize,
+    ) -> Result<()> {
+        let s = self.clip.config.vision.image_size;
         if count == 0 || count > ws.batch {
             return Err(Error::Input(format!(
                 "{count} images for a workspace of {}",
@@ -366,74 +476,29 @@ impl Model {
                 "workspace was built for another model or thread count".into(),
             ));
         }
-        let low = match &ws.buf.q8 {
-            None => LinearPrecision::F32,
-            Some(LowScratch::Int8(_)) => LinearPrecision::Int8,
-            Some(LowScratch::Bf16(_)) => LinearPrecision::Bf16,
-        };
-        if low != self.image_precision() {
+        if ws.buf.precision() != self.image_precision() {
             return Err(Error::Input(
                 "workspace was built before the image tower was quantized".into(),
             ));
         }
-        if pixels.len() != count * img_len {
+        if pixels.len() != count * 3 * s * s {
             return Err(Error::Input(format!(
                 "expected {count} × 3×{s}×{s} pixels, got {} values",
                 pixels.len()
             )));
         }
-        let t = ws.t;
-        let np = v.num_positions();
-        let vm = &self.clip.vision_model;
-        for b in 0..count {
-            let img = &pixels[b * img_len..(b + 1) * img_len];
-            let x = &mut ws.buf.x[b * t * dv..(b + 1) * t * dv];
+        Ok(())
+    }
+
+    /// Input rows of `count` images into the workspace's residual stream (`[B·T, Dv]`).
+    fn embed_images(&self, par: &Parallel, ws: &mut VisionWorkspace, pixels: &[f32], count: usize) {
+        let dv = self.clip.config.vision.tower.hidden_size;
+        let img_len = pixels.len() / count;
+        let rows = ws.t * dv;
+        let x = ws.buf.act.x.chunks_exact_mut(rows);
+        for (img, x) in pixels.chunks_exact(img_len).zip(x) {
             self.embed_image(par, &mut ws.patches, img, x);
         }
-        for (l, layer) in vm.layers.iter().enumerate() {
-            if let Some(pr) = &self.prompts {
-                if l >= 1 && l < pr.depth {
-                    for b in 0..count {
-                        let x = &mut ws.buf.x[b * t * dv..(b + 1) * t * dv];
-                        x[np * dv..t * dv].copy_from_slice(&pr.vis_deep[l - 1]);
-                    }
-                }
-            }
-            block(
-                par,
-                layer,
-                &mut ws.buf,
-                count,
-                t,
-                v.tower.num_attention_heads,
-                false,
-            );
-        }
-        for b in 0..count {
-            let x = &ws.buf.x[b * t * dv..][..dv];
-            let pl = &vm.post_layernorm;
-            layer_norm_row(
-                x,
-                &mut ws.pooled[b * dv..(b + 1) * dv],
-                &pl.weight,
-                &pl.bias,
-                pl.eps,
-            );
-        }
-        gemm(
-            par,
-            &ws.pooled,
-            dv,
-            count,
-            &self.clip.visual_projection,
-            &mut ws.feats,
-            e,
-            Epilogue::store(None),
-        );
-        for f in ws.feats[..count * e].chunks_exact_mut(e) {
-            l2_normalize(f);
-        }
-        Ok(&ws.feats[..count * e])
     }
 
     /// One image's input rows `x [T, Dv]` (spec §2–§5): patch embedding of `img` (`[3, S, S]`,
@@ -590,59 +655,30 @@ impl Model {
         Ok(())
     }
 
+    /// One batch of text rows, each run up to `t` (the batch's longest EOT + 1), into `ws.feats`.
     fn text_batch(&self, par: &Parallel, ws: &mut TextWorkspace, rows: &[TokenRow], t: usize) {
-        let cfg = &self.clip.config;
-        let tc = &cfg.text;
-        let (dt, e) = (tc.tower.hidden_size, cfg.projection_dim);
         let tm = &self.clip.text_model;
-        let n = self.n_ctx();
-        let bsz = rows.len();
-        for (b, row) in rows.iter().enumerate() {
-            self.embed_text(row, t, &mut ws.buf.x[b * t * dt..(b + 1) * t * dt]);
+        let dt = self.clip.config.text.tower.hidden_size;
+        let shape = Shape {
+            seqs: rows.len(),
+            t,
+            heads: self.clip.config.text.tower.num_attention_heads,
+            causal: true,
+        };
+        let splice = self.prompts.as_ref().map(|p| Splice {
+            deep: &p.text_deep,
+            at: 1,
+        });
+        let x = ws.buf.act.x.chunks_exact_mut(t * dt);
+        for (row, x) in rows.iter().zip(x) {
+            self.embed_text(row, t, x); //                    x = [SOT; ctx; tokens] + pos   [t, Dt]
         }
-        for (l, layer) in tm.layers.iter().enumerate() {
-            if let Some(pr) = &self.prompts {
-                if l >= 1 && l < pr.depth {
-                    for b in 0..bsz {
-                        let x = &mut ws.buf.x[b * t * dt..(b + 1) * t * dt];
-                        x[dt..(1 + n) * dt].copy_from_slice(&pr.text_deep[l - 1]);
-                    }
-                }
-            }
-            block(
-                par,
-                layer,
-                &mut ws.buf,
-                bsz,
-                t,
-                tc.tower.num_attention_heads,
-                true,
-            );
-        }
-        for (b, &eot) in ws.eot.iter().enumerate() {
-            let fl = &tm.final_layer_norm;
-            let x = &ws.buf.x[(b * t + eot) * dt..][..dt];
-            layer_norm_row(
-                x,
-                &mut ws.pooled[b * dt..(b + 1) * dt],
-                &fl.weight,
-                &fl.bias,
-                fl.eps,
-            );
-        }
-        gemm(
-            par,
-            &ws.pooled,
-            dt,
-            bsz,
-            &self.clip.text_projection,
-            &mut ws.feats,
-            e,
-            Epilogue::store(None),
-        );
-        for f in ws.feats[..bsz * e].chunks_exact_mut(e) {
-            l2_normalize(f);
-        }
+        let (mut cx, a) = ws.buf.split(par);
+        tower(&mut cx, &tm.layers, a, shape, splice); // x = causal blocks(x), prompts spliced [B·t, Dt]
+        let eot = ws.eot.iter().enumerate().map(|(b, &e)| b * t + e); // each label's EOT row
+        let (fl, proj) = (&tm.final_layer_norm, &self.clip.text_projection);
+        // feats = l2(ln_final(x_eot)·proj)                                                  [B, E]
+        pool_project(par, &a.x, eot, fl, proj, &mut ws.pooled, &mut ws.feats);
     }
 
     /// Text features for a label list (allocates its own workspace; call once per list).
