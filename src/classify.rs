@@ -9,7 +9,7 @@ use crate::loader::{
     find_non_finite, load_model_packed, load_text_tower_packed, tokenizer_source, weights_file,
     TokenizerSource,
 };
-use crate::packcache::PackCache;
+use crate::packcache::{Holds, PackCache, PackSet};
 use maple_core::ops::softmax;
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{Model, Parallel, TextFeatures, TokenRow, VisionWorkspace};
@@ -330,12 +330,23 @@ impl ClassifierBuilder {
         // With a cache directory, the Linear weights come packed from the packed-weight cache
         // (written at the end of the first build that misses).
         // (A directory without weights has none: the loader then says what is missing.)
-        let packs = match (&self.cache_dir, weights_file(&model_dir)) {
+        // An int8 or bf16 run also keeps its image tower's Linears converted, in a second file.
+        let low_holds = match self.precision {
+            Precision::Int8 => Some(Holds::Int8),
+            Precision::Bf16 => Some(Holds::Bf16),
+            Precision::F32 | Precision::F16 => None,
+        };
+        let (packs, low_packs) = match (&self.cache_dir, weights_file(&model_dir)) {
             (Some(dir), Ok(weights)) => {
                 let config = std::fs::read(model_dir.join("config.json")).unwrap_or_default();
-                Some(PackCache::open(dir, &weights, &config))
+                let low = low_holds.map(|h| PackCache::open_holding(dir, &weights, &config, h));
+                (Some(PackCache::open(dir, &weights, &config)), low)
             }
-            _ => None,
+            _ => (None, None),
+        };
+        let pack_set = PackSet {
+            panels: packs.as_ref(),
+            low: low_packs.as_ref(),
         };
         // The tokenizer (building its BPE tables takes about as long as loading a cached model)
         // is only needed when the text features are not cached. Without a cache it is needed
@@ -347,7 +358,7 @@ impl ClassifierBuilder {
                 &model_dir,
                 self.prompts.as_deref(),
                 !lazy_text,
-                packs.as_ref().map(|p| p as _),
+                packs.as_ref().map(|_| &pack_set as _),
                 packs.as_ref().map(PackCache::key),
             );
             let tok = tok.map(|t| {
@@ -397,10 +408,23 @@ impl ClassifierBuilder {
         // (Its end writes the packed-weight cache: before quantizing, so it holds the f32
         // panels whatever the precision.)
         c.compute_text()?;
+        // (Each converts only the Linears the int8/bf16 cache file did not have.)
         match c.precision {
             Precision::Int8 => c.model.quantize_image_tower(),
             Precision::Bf16 => c.model.bf16_image_tower(),
             Precision::F32 | Precision::F16 => {}
+        }
+        if let Some(low) = &low_packs {
+            c.warnings.extend(low.take_warnings());
+            if low.needs_store() {
+                if let Err(e) = low.store(&c.model.clip) {
+                    c.warnings.push(format!(
+                        "cannot write the packed-weight cache {} ({e}); continuing without it",
+                        low.path().display()
+                    ));
+                }
+                low.stored();
+            }
         }
         Ok(c)
     }

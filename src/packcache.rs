@@ -14,7 +14,8 @@
 //! 8   u32 version (1), u32 entries
 //! 16  u128 key
 //! 32  u64 table bytes, u64 XXH3-64 of the table
-//! 48  table: per entry  u32 name bytes, name, u64 k, u64 n, u64 f16 (0/1),
+//! 48  table: per entry  u32 name bytes, name, u64 k, u64 n,
+//!                       u64 kind (0 f32 panels, 1 f16 panels, 2 int8, 3 bf16),
 //!                       u64 offset, u64 bytes, u64 XXH3-64 of the bytes
 //! …   panels, each at a 4096-byte aligned offset
 //! ```
@@ -24,12 +25,20 @@
 //! that needs only the image tower never reads the text tower's panels). Anything that fails
 //! costs a warning and a rebuild, never the run; a directory that cannot be written costs a
 //! warning.
+//!
+//! A run at `--precision int8` or `bf16` keeps a second file beside it, `packed-<hash>.int8.bin`
+//! or `.bf16.bin`, in the same format: the image tower's Linears as [`Q8Matrix::to_bytes`] or
+//! [`Bf16Matrix::to_bytes`] give them (kinds 2 and 3), so a warm run neither converts nor reads
+//! the f32 panels of those Linears. Its key is the f32 file's key and the precision.
 
 use crate::loader::{map_file_at_most, Bytes, MAX_WEIGHTS_BYTES};
 use crate::outfile::OutputFile;
-use maple_core::clip::PanelSource;
+use maple_core::bf16::Bf16Matrix;
+use maple_core::clip::{LowRef, LowWeight, PanelSource};
 use maple_core::gemm::{PackedMatrix, SharedBytes, NR};
+use maple_core::q8::Q8Matrix;
 use maple_core::Clip;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +52,47 @@ const ALIGN: usize = 4096;
 /// The largest table read (ViT-B/16 has 50 entries of under 100 bytes).
 const MAX_TABLE: u64 = 1 << 20;
 
+/// What a cache file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// Every Linear's f32 (or f16) panels.
+    Panels,
+    /// The image tower's Linears in int8.
+    Int8,
+    /// The image tower's Linears in bf16.
+    Bf16,
+}
+
+impl Holds {
+    fn suffix(self) -> &'static str {
+        match self {
+            Holds::Panels => "",
+            Holds::Int8 => ".int8",
+            Holds::Bf16 => ".bf16",
+        }
+    }
+}
+
+const KIND_F32: u64 = 0;
+const KIND_F16: u64 = 1;
+const KIND_INT8: u64 = 2;
+const KIND_BF16: u64 = 3;
+
+/// The byte length of a `[k, n]` entry of `kind`, if `kind` is one.
+fn entry_len(kind: u64, k: usize, n: usize) -> Option<usize> {
+    k.checked_mul(n)?.checked_mul(4)?;
+    match kind {
+        KIND_F32 | KIND_F16 => Some(PackedMatrix::panel_byte_len(k, n, kind == KIND_F16)),
+        KIND_INT8 => Some(Q8Matrix::byte_len(k, n)),
+        KIND_BF16 => Some(Bf16Matrix::byte_len(k, n)),
+        _ => None,
+    }
+}
+
 struct Entry {
     k: usize,
     n: usize,
-    f16: bool,
+    kind: u64,
     offset: usize,
     len: usize,
     sum: u64,
@@ -68,6 +114,7 @@ impl SharedBytes for Mapped {
 pub struct PackCache {
     path: PathBuf,
     key: u128,
+    holds: Holds,
     file: Option<Opened>,
     missed: AtomicBool,
     problems: Mutex<Vec<String>>,
@@ -118,9 +165,27 @@ impl PackCache {
     /// Opens the cache file for `weights` in `dir` (absent, stale or damaged files are noted for
     /// [`Self::take_warnings`] and rebuilt by [`Self::store`]; opening never fails).
     pub fn open(dir: &Path, weights: &Path, config_json: &[u8]) -> PackCache {
-        let path = path(dir, weights);
-        let key = key(weights, config_json);
+        Self::open_holding(dir, weights, config_json, Holds::Panels)
+    }
+
+    /// [`Self::open`] for the file that holds `holds` (the f32 panels, or the image tower in
+    /// int8 or bf16).
+    pub fn open_holding(dir: &Path, weights: &Path, config_json: &[u8], holds: Holds) -> PackCache {
+        let mut path = path(dir, weights);
+        let mut key = key(weights, config_json);
+        if holds != Holds::Panels {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            path.set_file_name(format!("{stem}{}.bin", holds.suffix()));
+            let mut h = Xxh3::new();
+            h.update(&key.to_le_bytes());
+            h.update(holds.suffix().as_bytes());
+            key = h.digest128();
+        }
         let mut c = PackCache {
+            holds,
             file: None,
             missed: AtomicBool::new(false),
             problems: Mutex::new(Vec::new()),
@@ -207,7 +272,7 @@ impl PackCache {
             let e = Entry {
                 k: u64_at(f, 0) as usize,
                 n: u64_at(f, 8) as usize,
-                f16: u64_at(f, 16) != 0,
+                kind: u64_at(f, 16),
                 offset: u64_at(f, 24) as usize,
                 len: u64_at(f, 32) as usize,
                 sum: u64_at(f, 40),
@@ -216,9 +281,7 @@ impl PackCache {
                 .offset
                 .checked_add(e.len)
                 .is_some_and(|end| end <= b.len());
-            let expected =
-                e.k.checked_mul(e.n)
-                    .map(|_| PackedMatrix::panel_byte_len(e.k, e.n, e.f16));
+            let expected = entry_len(e.kind, e.k, e.n);
             if !fits || !e.offset.is_multiple_of(ALIGN) || expected != Some(e.len) {
                 return Err(Some(format!("entry {name} is out of bounds")));
             }
@@ -255,37 +318,71 @@ impl PackCache {
             .collect()
     }
 
-    /// Writes every packed weight of `clip` (temporary file + rename: a reader never sees half a
-    /// file), streaming the panels from where they lie (no second copy of the model in memory).
+    /// Writes what this file holds of `clip` (every packed f32 weight, or the image tower's
+    /// int8 or bf16 Linears): temporary file + rename, so a reader never sees half a file,
+    /// streaming each weight from where it lies (no second copy of the model in memory).
     pub fn store(&self, clip: &Clip) -> Result<(), String> {
-        let weights = clip.packed_weights();
-        let mut table = Vec::new();
-        let mut offset = 0usize; // relative to the first panel, fixed up below
-        let mut blocks = Vec::with_capacity(weights.len());
-        let mut layout = Vec::with_capacity(weights.len());
-        for (name, m) in &weights {
-            let Some(bytes) = m.panel_bytes() else {
-                continue;
-            };
-            layout.push((name.as_str(), m.k, m.n, m.is_f16(), offset, bytes.len()));
-            blocks.push((bytes, xxh3_64(bytes)));
-            offset = (offset + bytes.len()).next_multiple_of(ALIGN);
+        type Bytes<'a> = Box<dyn Fn() -> Cow<'a, [u8]> + 'a>;
+        let mut items: Vec<(String, usize, usize, u64, Bytes<'_>)> = Vec::new();
+        match self.holds {
+            Holds::Panels => {
+                for (name, m) in clip.packed_weights() {
+                    let Some(bytes) = m.panel_bytes() else {
+                        continue;
+                    };
+                    let kind = if m.is_f16() { KIND_F16 } else { KIND_F32 };
+                    items.push((name, m.k, m.n, kind, Box::new(move || Cow::Borrowed(bytes))));
+                }
+            }
+            Holds::Int8 | Holds::Bf16 => {
+                for l in clip.low_weights() {
+                    let kind = match (l.weight, self.holds) {
+                        (LowRef::Int8(_), Holds::Int8) => KIND_INT8,
+                        (LowRef::Bf16(_), Holds::Bf16) => KIND_BF16,
+                        _ => continue,
+                    };
+                    let (k, n) = l.weight.shape();
+                    let w = l.weight;
+                    items.push((
+                        l.name,
+                        k,
+                        n,
+                        kind,
+                        Box::new(move || Cow::Owned(w.to_bytes())),
+                    ));
+                }
+            }
         }
-        // The table's own length fixes where the panels start.
-        let table_len: usize = layout.iter().map(|l| 4 + l.0.len() + 48).sum();
+        // Where each block goes (relative to the first, fixed up below) and its checksum.
+        let mut table = Vec::new();
+        let mut layout = Vec::with_capacity(items.len());
+        let mut offset = 0usize;
+        for (_, _, _, _, bytes) in &items {
+            let b = bytes();
+            layout.push((offset, b.len(), xxh3_64(&b)));
+            offset = (offset + b.len()).next_multiple_of(ALIGN);
+        }
+        // The table's own length fixes where the blocks start.
+        let table_len: usize = items.iter().map(|i| 4 + i.0.len() + 48).sum();
         let start = (HEADER + table_len).next_multiple_of(ALIGN);
-        for ((name, k, n, f16, off, len), (_, sum)) in layout.iter().zip(&blocks) {
+        for ((name, k, n, kind, _), (off, len, sum)) in items.iter().zip(&layout) {
             table.extend_from_slice(&(name.len() as u32).to_ne_bytes());
             table.extend_from_slice(name.as_bytes());
-            for v in [*k, *n, usize::from(*f16), start + off, *len] {
-                table.extend_from_slice(&(v as u64).to_ne_bytes());
+            for v in [
+                *k as u64,
+                *n as u64,
+                *kind,
+                (start + off) as u64,
+                *len as u64,
+                *sum,
+            ] {
+                table.extend_from_slice(&v.to_ne_bytes());
             }
-            table.extend_from_slice(&sum.to_ne_bytes());
         }
         let mut head = Vec::with_capacity(start);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_ne_bytes());
-        head.extend_from_slice(&(layout.len() as u32).to_ne_bytes());
+        head.extend_from_slice(&(items.len() as u32).to_ne_bytes());
         head.extend_from_slice(&self.key.to_ne_bytes());
         head.extend_from_slice(&(table.len() as u64).to_ne_bytes());
         head.extend_from_slice(&xxh3_64(&table).to_ne_bytes());
@@ -297,20 +394,27 @@ impl PackCache {
         let mut f = OutputFile::create(&self.path).map_err(|e| e.to_string())?;
         f.write_bytes(&head).map_err(|e| e.to_string())?;
         let zeros = [0u8; ALIGN];
-        for (bytes, _) in &blocks {
-            f.write_bytes(bytes).map_err(|e| e.to_string())?;
-            let pad = bytes.len().next_multiple_of(ALIGN) - bytes.len();
+        for (_, _, _, _, bytes) in &items {
+            let b = bytes();
+            f.write_bytes(&b).map_err(|e| e.to_string())?;
+            let pad = b.len().next_multiple_of(ALIGN) - b.len();
             f.write_bytes(&zeros[..pad]).map_err(|e| e.to_string())?;
         }
         f.commit().map_err(|e| e.to_string())
     }
-}
 
-impl PanelSource for PackCache {
-    fn panels(&self, name: &str, k: usize, n: usize, f16: bool) -> Option<PackedMatrix> {
+    /// The checked bytes of entry `name` of `kind` and shape `[k, n]`, noting a problem if the
+    /// entry is there but does not match or is damaged, and a miss if it is not usable.
+    fn entry(
+        &self,
+        name: &str,
+        k: usize,
+        n: usize,
+        kinds: &[u64],
+    ) -> Option<(&Arc<Mapped>, &Entry)> {
         let found = self.file.as_ref().and_then(|(map, entries)| {
             let e = entries.get(name)?;
-            if (e.k, e.n, e.f16) != (k, n, f16) {
+            if (e.k, e.n) != (k, n) || !kinds.contains(&e.kind) {
                 self.problem(format!("{name} has another shape"));
                 return None;
             }
@@ -318,19 +422,70 @@ impl PanelSource for PackCache {
                 self.problem(format!("checksum mismatch in {name}"));
                 return None;
             }
-            let shared: Arc<dyn SharedBytes> = map.clone();
-            match PackedMatrix::from_shared(k, n, f16, shared, e.offset) {
-                Ok(m) => Some(m),
-                Err(why) => {
-                    self.problem(format!("{name}: {why}"));
-                    None
-                }
-            }
+            Some((map, e))
         });
         if found.is_none() {
             self.missed.store(true, Ordering::Relaxed);
         }
         found
+    }
+}
+
+/// The packed-weight cache files a load takes weights from: the f32 panels and (for an int8 or
+/// bf16 run) the image tower's reduced-precision Linears.
+pub struct PackSet<'a> {
+    /// The f32 (or f16) panels.
+    pub panels: Option<&'a PackCache>,
+    /// The image tower in int8 or bf16.
+    pub low: Option<&'a PackCache>,
+}
+
+impl PanelSource for PackSet<'_> {
+    fn panels(&self, name: &str, k: usize, n: usize, f16: bool) -> Option<PackedMatrix> {
+        self.panels?.panels(name, k, n, f16)
+    }
+
+    fn low(&self, name: &str, k: usize, n: usize) -> Option<LowWeight> {
+        let low = self.low?;
+        // Only the image tower's encoder layers are ever in reduced precision.
+        if !name.starts_with("vision_model.encoder.") {
+            return None;
+        }
+        let kind = match low.holds {
+            Holds::Int8 => KIND_INT8,
+            Holds::Bf16 => KIND_BF16,
+            Holds::Panels => return None,
+        };
+        let (map, e) = low.entry(name, k, n, &[kind])?;
+        let b = &map.bytes()[e.offset..e.offset + e.len];
+        let w = match low.holds {
+            Holds::Int8 => Q8Matrix::from_bytes(k, n, b).map(LowWeight::Int8),
+            _ => Bf16Matrix::from_bytes(k, n, b).map(LowWeight::Bf16),
+        };
+        if w.is_none() {
+            low.problem(format!("{name} has another shape"));
+            low.missed.store(true, Ordering::Relaxed);
+        }
+        w
+    }
+}
+
+impl PanelSource for PackCache {
+    fn panels(&self, name: &str, k: usize, n: usize, f16: bool) -> Option<PackedMatrix> {
+        if self.holds != Holds::Panels {
+            return None;
+        }
+        let kind = if f16 { KIND_F16 } else { KIND_F32 };
+        let (map, e) = self.entry(name, k, n, &[kind])?;
+        let shared: Arc<dyn SharedBytes> = map.clone();
+        match PackedMatrix::from_shared(k, n, f16, shared, e.offset) {
+            Ok(m) => Some(m),
+            Err(why) => {
+                self.problem(format!("{name}: {why}"));
+                self.missed.store(true, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -396,6 +551,69 @@ mod tests {
         assert!(!other.is_valid());
         let w = other.take_warnings();
         assert!(w.len() == 1 && w[0].contains("stale"), "{w:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_warm_int8_or_bf16_load_takes_the_converted_linears_from_their_file() {
+        let dir = std::env::temp_dir().join(format!("maple-packcache-low-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let weights = weights_file(&tiny()).unwrap();
+        let config = std::fs::read(tiny().join("config.json")).unwrap();
+        let load = |set: &PackSet| {
+            load_model_packed(&tiny(), None, true, Some(set as _), None)
+                .unwrap()
+                .0
+        };
+        for holds in [Holds::Int8, Holds::Bf16] {
+            let convert = |m: &mut maple_core::Model| match holds {
+                Holds::Int8 => m.quantize_image_tower(),
+                _ => m.bf16_image_tower(),
+            };
+            let low = PackCache::open_holding(&dir, &weights, &config, holds);
+            assert!(!low.is_valid());
+            let set = PackSet {
+                panels: None,
+                low: Some(&low),
+            };
+            let mut fresh = load(&set);
+            assert!(low.needs_store(), "a missing file is a miss");
+            convert(&mut fresh);
+            low.store(&fresh.clip).unwrap();
+            assert!(low
+                .path()
+                .to_string_lossy()
+                .ends_with(&format!("{}.bin", holds.suffix())));
+
+            let warm = PackCache::open_holding(&dir, &weights, &config, holds);
+            assert!(warm.is_valid());
+            let set = PackSet {
+                panels: None,
+                low: Some(&warm),
+            };
+            let m = load(&set);
+            assert!(!warm.needs_store() && warm.take_warnings().is_empty());
+            let (got, want) = (m.clip.low_weights(), fresh.clip.low_weights());
+            assert_eq!(got.len(), 4 * m.clip.vision_model.layers.len());
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert_eq!(a.name, b.name);
+                assert_eq!(a.weight.to_bytes(), b.weight.to_bytes(), "{}", a.name);
+            }
+            // Loaded converted: the f32 panels of those Linears were never made.
+            for l in &m.clip.vision_model.layers {
+                for lin in [&l.qkv_proj, &l.out_proj, &l.fc1, &l.fc2] {
+                    assert!(lin.weight.is_released());
+                }
+            }
+            // The text tower stays f32 and is never looked up in the file.
+            assert!(m
+                .clip
+                .text_model
+                .layers
+                .iter()
+                .all(|l| !l.fc1.weight.is_released()));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

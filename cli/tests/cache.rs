@@ -268,3 +268,93 @@ fn packed_weight_cache_is_read_and_rebuilt() {
         "{err}"
     );
 }
+
+#[test]
+fn int8_and_bf16_caches_are_read_and_rebuilt() {
+    let d = scratch("low-cache");
+    let tiny = fixtures().join("tiny");
+    let cdir = d.join("cache");
+    let run = |precision: &str, cache: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_maple-classify"));
+        c.env("MAPLE_DEVICE", "cpu")
+            .env("MAPLE_CACHE_DIR", &cdir)
+            .arg(fixtures().join("images/rgb_451x300.png"))
+            .arg(fixtures().join("images/gray_300x451.png"))
+            .arg("--model")
+            .arg(&tiny)
+            .arg("--prompts")
+            .arg(tiny.join("maple_prompts.safetensors"))
+            .arg("--classes")
+            .arg(fixtures().join("labels.txt"))
+            .args(["--format", "json", "--precision", precision]);
+        if !cache {
+            c.arg("--no-cache");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (o.stdout, String::from_utf8(o.stderr).unwrap())
+    };
+    for precision in ["int8", "bf16"] {
+        // Without a cache: the conversion done at start-up, the reference for every run below.
+        let (reference, err) = run(precision, false);
+        if err.contains("no AVX-512 BF16") {
+            continue; // bf16 runs in f32 on this CPU: no bf16 file to test
+        }
+        assert!(err.is_empty(), "{err}");
+        // Cold: converts, writes packed-….<precision>.bin beside the f32 file, same output.
+        let (cold, err) = run(precision, true);
+        assert!(err.is_empty(), "{err}");
+        assert_eq!(cold, reference, "{precision} cold");
+        let f = files_named(&cdir, "packed-");
+        let low: Vec<_> = f
+            .iter()
+            .filter(|p| p.to_str().unwrap().ends_with(&format!(".{precision}.bin")))
+            .collect();
+        assert_eq!(low.len(), 1, "{f:?}");
+        let file = low[0].clone();
+        let good = std::fs::read(&file).unwrap();
+        // Warm: read from the file, silent, same output, file untouched.
+        let (warm, err) = run(precision, true);
+        assert!(err.is_empty(), "{err}");
+        assert_eq!(warm, reference, "{precision} warm");
+        assert_eq!(std::fs::read(&file).unwrap(), good);
+        // Damaged (first block: layer 0's fused q/k/v) or cut off: one warning, same output,
+        // rebuilt (the next run is silent).
+        let table = u64::from_ne_bytes(good[32..40].try_into().unwrap()) as usize;
+        let first = (48 + table).next_multiple_of(4096);
+        let mut flipped = good.clone();
+        flipped[first + 3] ^= 0x10;
+        for (bad, why) in [
+            (
+                flipped,
+                "checksum mismatch in vision_model.encoder.layers.0.self_attn.q_proj.weight",
+            ),
+            (good[..good.len() / 2].to_vec(), "out of bounds"),
+        ] {
+            std::fs::write(&file, &bad).unwrap();
+            let (out, err) = run(precision, true);
+            assert_eq!(out, reference, "{precision}: {why}");
+            assert!(
+                err.contains("warning: ignoring packed-weight cache")
+                    && err.contains(&format!(".{precision}.bin"))
+                    && err.contains(why),
+                "{precision}: {why}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+            let (out, err) = run(precision, true);
+            assert_eq!(out, reference);
+            assert!(
+                err.is_empty(),
+                "{precision}: not rebuilt after {why}: {err}"
+            );
+            assert_eq!(
+                std::fs::read(&file).unwrap(),
+                good,
+                "{precision}: rebuilt differently"
+            );
+        }
+    }
+    // The f32 file next to them still serves f32 runs, silently.
+    let (_, err) = run("f32", true);
+    assert!(err.is_empty(), "{err}");
+}

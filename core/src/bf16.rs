@@ -66,6 +66,30 @@ impl Bf16Matrix {
     pub fn bytes(&self) -> usize {
         2 * self.data.len()
     }
+
+    /// Length of [`Self::to_bytes`] for a `[k, n]` matrix.
+    pub fn byte_len(k: usize, n: usize) -> usize {
+        2 * n.div_ceil(NR) * k.div_ceil(2) * NR * 2
+    }
+
+    /// The panels as bytes (native order), for a cache file; [`Self::from_bytes`] reads them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.data.iter().flat_map(|v| v.to_ne_bytes()).collect()
+    }
+
+    /// A `[k, n]` matrix from [`Self::to_bytes`]'s layout; `None` if the length does not match.
+    pub fn from_bytes(k: usize, n: usize, b: &[u8]) -> Option<Self> {
+        if b.len() != Self::byte_len(k, n) {
+            return None;
+        }
+        let data = b.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]]));
+        Some(Bf16Matrix {
+            k,
+            n,
+            k2: k.div_ceil(2),
+            data: data.collect(),
+        })
+    }
 }
 
 /// Per-call activation buffer, sized once: `rows × 2·k2` bf16 values.

@@ -161,6 +161,74 @@ pub struct Clip {
 pub trait PanelSource {
     /// The packed `[k, n]` matrix for the weight named `name`, if there is a matching one.
     fn panels(&self, name: &str, k: usize, n: usize, f16: bool) -> Option<PackedMatrix>;
+
+    /// An int8 or bf16 `[k, n]` copy of the encoder-layer Linear weight `name` (a packed-weight
+    /// cache of [`crate::Model::quantize_image_tower`]'s or [`crate::Model::bf16_image_tower`]'s
+    /// result), if there is one: the loader then keeps it and no f32 panels for that Linear.
+    fn low(&self, name: &str, k: usize, n: usize) -> Option<LowWeight> {
+        let _ = (name, k, n);
+        None
+    }
+}
+
+/// A Linear weight in reduced precision, as [`PanelSource::low`] hands it over.
+pub enum LowWeight {
+    /// Int8 per output column.
+    Int8(Q8Matrix),
+    /// Bf16.
+    Bf16(crate::bf16::Bf16Matrix),
+}
+
+/// One entry of [`Clip::low_weights`].
+pub struct LowBytes<'a> {
+    /// The checkpoint name of its (first) weight tensor.
+    pub name: String,
+    /// The weight.
+    pub weight: LowRef<'a>,
+}
+
+/// A borrowed [`LowWeight`].
+#[derive(Clone, Copy)]
+pub enum LowRef<'a> {
+    /// Int8 per output column.
+    Int8(&'a Q8Matrix),
+    /// Bf16.
+    Bf16(&'a crate::bf16::Bf16Matrix),
+}
+
+impl LowRef<'_> {
+    /// `(k, n)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            LowRef::Int8(m) => (m.k, m.n),
+            LowRef::Bf16(m) => (m.k, m.n),
+        }
+    }
+
+    /// Its bytes, made on each call (`Q8Matrix::to_bytes`, `Bf16Matrix::to_bytes`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            LowRef::Int8(m) => m.to_bytes(),
+            LowRef::Bf16(m) => m.to_bytes(),
+        }
+    }
+}
+
+impl Linear {
+    /// A Linear of f32 panels `weight`, or (with `low`) of `low` and `weight` released.
+    fn new(weight: PackedMatrix, bias: Vec<f32>, low: Option<LowWeight>) -> Self {
+        let (q8, bf16) = match low {
+            None => (None, None),
+            Some(LowWeight::Int8(m)) => (Some(m), None),
+            Some(LowWeight::Bf16(m)) => (None, Some(m)),
+        };
+        Linear {
+            weight,
+            bias,
+            q8,
+            bf16,
+        }
+    }
 }
 
 /// Reads tensors by name, checking shapes.
@@ -213,6 +281,31 @@ impl<'a> Reader<'a> {
             views.push(self.view(name, &[n_each, k])?);
         }
         self.pack(&views, n_each * names.len(), k)
+    }
+
+    /// An encoder layer's Linear weight: its reduced-precision copy when the panel source has
+    /// one (the f32 panels are then never made), else [`Self::weight`].
+    fn layer_weight(
+        &self,
+        names: &[String],
+        n_each: usize,
+        k: usize,
+    ) -> Result<(PackedMatrix, Option<LowWeight>)> {
+        let n = n_each * names.len();
+        if let (Some(src), Some(first)) = (self.packed, names.first()) {
+            for name in names {
+                self.view(name, &[n_each, k])?;
+            }
+            let full = format!("{}{}", self.prefix, first);
+            let low = src.low(&full, k, n).filter(|l| match l {
+                LowWeight::Int8(m) => (m.k, m.n) == (k, n),
+                LowWeight::Bf16(m) => (m.k, m.n) == (k, n),
+            });
+            if let Some(low) = low {
+                return Ok((PackedMatrix::released(k, n), Some(low)));
+            }
+        }
+        Ok((self.weight(names, n_each, k)?, None))
     }
 
     /// Packs row-major `[n, k]` data given as consecutive parts.
@@ -275,12 +368,9 @@ impl<'a> Reader<'a> {
     }
 
     fn linear(&self, name: &str, n_out: usize, k_in: usize) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.weight(&[format!("{name}.weight")], n_out, k_in)?,
-            bias: self.get(&format!("{name}.bias"), &[n_out])?,
-            q8: None,
-            bf16: None,
-        })
+        let (weight, low) = self.layer_weight(&[format!("{name}.weight")], n_out, k_in)?;
+        let bias = self.get(&format!("{name}.bias"), &[n_out])?;
+        Ok(Linear::new(weight, bias, low))
     }
 
     fn layer(&self, name: &str, t: &TowerConfig) -> Result<EncoderLayer> {
@@ -293,11 +383,9 @@ impl<'a> Reader<'a> {
         }
         Ok(EncoderLayer {
             layer_norm1: self.layer_norm(&format!("{name}.layer_norm1"), d, t.layer_norm_eps)?,
-            qkv_proj: Linear {
-                weight: self.weight(&w, d, d)?,
-                bias: b,
-                q8: None,
-                bf16: None,
+            qkv_proj: {
+                let (weight, low) = self.layer_weight(&w, d, d)?;
+                Linear::new(weight, b, low)
             },
             out_proj: self.linear(&format!("{name}.self_attn.out_proj"), d, d)?,
             layer_norm2: self.layer_norm(&format!("{name}.layer_norm2"), d, t.layer_norm_eps)?,
@@ -441,6 +529,31 @@ impl Clip {
             list.push(("text_projection.weight".into(), &self.text_projection));
         }
         list.retain(|(_, m)| !m.is_released() && m.k * m.n > 0);
+        list
+    }
+
+    /// The image tower's reduced-precision Linear weights, named as [`PanelSource::low`] is
+    /// asked for them: what a packed-weight cache of an int8 or bf16 tower saves.
+    pub fn low_weights(&self) -> Vec<LowBytes<'_>> {
+        let mut list = Vec::new();
+        for (i, l) in self.vision_model.layers.iter().enumerate() {
+            let at = format!("vision_model.encoder.layers.{i}");
+            let lins = [
+                ("self_attn.q_proj", &l.qkv_proj),
+                ("self_attn.out_proj", &l.out_proj),
+                ("mlp.fc1", &l.fc1),
+                ("mlp.fc2", &l.fc2),
+            ];
+            for (name, lin) in lins {
+                let weight = match (&lin.q8, &lin.bf16) {
+                    (Some(m), _) => LowRef::Int8(m),
+                    (_, Some(m)) => LowRef::Bf16(m),
+                    _ => continue,
+                };
+                let name = format!("{at}.{name}.weight");
+                list.push(LowBytes { name, weight });
+            }
+        }
         list
     }
 

@@ -134,6 +134,17 @@ impl PackedMatrix {
         self.off = 0;
     }
 
+    /// A `[k, n]` matrix without panels, as [`release`](Self::release) leaves one: for a Linear
+    /// whose int8 or bf16 copy came from elsewhere (a packed-weight cache).
+    pub fn released(k: usize, n: usize) -> Self {
+        PackedMatrix {
+            k,
+            n,
+            off: 0,
+            data: Store::F32(Vec::new()),
+        }
+    }
+
     /// Whether [`release`](Self::release) freed the panels.
     pub fn is_released(&self) -> bool {
         match &self.data {

@@ -71,6 +71,47 @@ impl Q8Matrix {
     pub fn bytes(&self) -> usize {
         self.data.len() + 8 * self.scale.len()
     }
+
+    /// Length of [`Self::to_bytes`] for a `[k, n]` matrix.
+    pub fn byte_len(k: usize, n: usize) -> usize {
+        let panels = n.div_ceil(NR);
+        panels * k.next_multiple_of(4) * NR + 8 * panels * NR
+    }
+
+    /// The matrix as bytes (native order): the int8 panels, then the column scales (f32), then
+    /// the column sums (i32). For a cache file; [`Self::from_bytes`] reads it back.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::byte_len(self.k, self.n));
+        out.extend(self.data.iter().map(|&v| v as u8));
+        out.extend(self.scale.iter().flat_map(|v| v.to_ne_bytes()));
+        out.extend(self.colsum.iter().flat_map(|v| v.to_ne_bytes()));
+        out
+    }
+
+    /// A `[k, n]` matrix from [`Self::to_bytes`]'s layout; `None` if the length does not match.
+    pub fn from_bytes(k: usize, n: usize, b: &[u8]) -> Option<Self> {
+        if b.len() != Self::byte_len(k, n) {
+            return None;
+        }
+        let (k4, cols) = (k.next_multiple_of(4), n.div_ceil(NR) * NR);
+        let (data, rest) = b.split_at(cols * k4);
+        let (scale, colsum) = rest.split_at(4 * cols);
+        let word = |c: &[u8]| [c[0], c[1], c[2], c[3]];
+        Some(Q8Matrix {
+            k,
+            n,
+            k4,
+            data: data.iter().map(|&v| v as i8).collect(),
+            scale: scale
+                .chunks_exact(4)
+                .map(|c| f32::from_ne_bytes(word(c)))
+                .collect(),
+            colsum: colsum
+                .chunks_exact(4)
+                .map(|c| i32::from_ne_bytes(word(c)))
+                .collect(),
+        })
+    }
 }
 
 /// Per-call activation buffers, sized once: `rows × k4` u8 values and `rows` scales.
