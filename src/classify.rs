@@ -344,6 +344,19 @@ impl ClassifierBuilder {
             }
             _ => (None, None),
         };
+        // Every run needs the image tower: its blocks are checked on every thread at once.
+        let threads = match std::thread::available_parallelism() {
+            Ok(cores) => self.threads.min(cores.get()),
+            Err(_) => self.threads.min(64),
+        };
+        if let Some(p) = &packs {
+            p.check_ahead(threads, |n| {
+                n.starts_with("vision_model.") || n.starts_with("visual_")
+            });
+        }
+        if let Some(p) = &low_packs {
+            p.check_ahead(threads, |_| true);
+        }
         let pack_set = PackSet {
             panels: packs.as_ref(),
             low: low_packs.as_ref(),
@@ -383,10 +396,7 @@ impl ClassifierBuilder {
             tok,
             tok_src,
             template: self.template,
-            par: Parallel::with_threads(match std::thread::available_parallelism() {
-                Ok(cores) => self.threads.min(cores.get()),
-                Err(_) => self.threads.min(64),
-            }),
+            par: Parallel::with_threads(threads),
             backend: Backend::Cpu(None),
             requested: self.device,
             precision: self.precision,

@@ -41,7 +41,7 @@ use maple_core::Clip;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
@@ -96,6 +96,24 @@ struct Entry {
     offset: usize,
     len: usize,
     sum: u64,
+    /// 0: not checked yet, 1: checksum matches, 2: it does not.
+    checked: AtomicU8,
+}
+
+impl Entry {
+    /// Whether the block's checksum matches (computed once, by whichever thread asks first).
+    fn intact(&self, file: &[u8]) -> bool {
+        match self.checked.load(Ordering::Acquire) {
+            1 => true,
+            2 => false,
+            _ => {
+                let ok = xxh3_64(&file[self.offset..self.offset + self.len]) == self.sum;
+                self.checked
+                    .store(if ok { 1 } else { 2 }, Ordering::Release);
+                ok
+            }
+        }
+    }
 }
 
 struct Mapped(Bytes);
@@ -210,6 +228,45 @@ impl PackCache {
         &self.path
     }
 
+    /// Checks the blocks of the entries whose names pass `wanted` now, on up to `threads`
+    /// threads (the calling one included), instead of one by one on the loader's thread as it
+    /// asks for them: every run needs the image tower, whose blocks are most of the bytes.
+    pub fn check_ahead(&self, threads: usize, wanted: impl Fn(&str) -> bool) {
+        let Some((map, entries)) = &self.file else {
+            return;
+        };
+        let file = map.bytes();
+        let mut todo: Vec<&Entry> = entries
+            .iter()
+            .filter(|(name, _)| wanted(name))
+            .map(|(_, e)| e)
+            .collect();
+        // Largest first, each to the least loaded thread.
+        todo.sort_by_key(|e| std::cmp::Reverse(e.len));
+        let threads = threads.clamp(1, 8).min(todo.len().max(1));
+        let mut groups: Vec<(usize, Vec<&Entry>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+        for e in todo {
+            let g = groups
+                .iter_mut()
+                .min_by_key(|g| g.0)
+                .expect("one group at least");
+            g.0 += e.len;
+            g.1.push(e);
+        }
+        let check = |g: &[&Entry]| {
+            for e in g {
+                e.intact(file);
+            }
+        };
+        std::thread::scope(|s| {
+            let (first, rest) = groups.split_first().expect("one group at least");
+            for g in rest {
+                s.spawn(|| check(&g.1));
+            }
+            check(&first.1);
+        });
+    }
+
     /// Whether the file was valid when opened.
     pub fn is_valid(&self) -> bool {
         self.file.is_some()
@@ -276,6 +333,7 @@ impl PackCache {
                 offset: u64_at(f, 24) as usize,
                 len: u64_at(f, 32) as usize,
                 sum: u64_at(f, 40),
+                checked: AtomicU8::new(0),
             };
             let fits = e
                 .offset
@@ -418,7 +476,7 @@ impl PackCache {
                 self.problem(format!("{name} has another shape"));
                 return None;
             }
-            if xxh3_64(&map.bytes()[e.offset..e.offset + e.len]) != e.sum {
+            if !e.intact(map.bytes()) {
                 self.problem(format!("checksum mismatch in {name}"));
                 return None;
             }

@@ -27,18 +27,30 @@ pub struct MaplePrompts {
     pub vis_deep: Vec<Vec<f32>>,
 }
 
-/// `x [n, k] · W[o, k]ᵀ + b`, accumulated in f64 (tiny; done once per checkpoint).
+/// `x [n, k] · W[o, k]ᵀ + b`, accumulated in f64 (done once per prompts file, on every start).
 pub(crate) fn project(x: &[f32], n: usize, k: usize, w: &[f32], b: &[f32], o: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n * o);
-    for i in 0..n {
-        for j in 0..o {
-            let s: f64 = (0..k)
-                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                .sum();
-            out.push((s + b[j] as f64) as f32);
+    for xr in x.chunks_exact(k).take(n) {
+        for (wr, &bj) in w.chunks_exact(k).zip(b).take(o) {
+            out.push((dot_f64(xr, wr) + bj as f64) as f32);
         }
     }
     out
+}
+
+/// `Σ a·b` in f64 over eight interleaved partial sums: independent chains the CPU overlaps (one
+/// chain waits for each add; the ~7 M products of a ViT-B/16 prompts file took 24 ms that way).
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (pa, pb) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += pa[l] as f64 * pb[l] as f64;
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(&x, &y)| x as f64 * y as f64).sum();
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
 }
 
 impl MaplePrompts {
