@@ -4,8 +4,8 @@
 //! padded, 64-byte aligned), so the micro-kernel streams it contiguously. Panels are stored as
 //! f32, or as f16 when the checkpoint was f16 (half the memory; each `KC × NR` slice is widened
 //! into an L1 buffer just before the micro-kernel uses it, so the arithmetic is f32 either way).
-//! The loops are `k-block (KC) → m-block (MC) → panel → MR-row tile`: an A block (MC × KC) stays
-//! in L2 while a B panel slice (KC × NR, 24 KiB) stays in L1. Threads split the panels (disjoint
+//! The loops are `k-block (KC) → m-block (MC) → panel → MR-row tile`: an A block (MC × KC, copied
+//! into contiguous rows on the SIMD paths) stays in L2 while a B panel slice (KC × NR, 24 KiB) stays in L1. Threads split the panels (disjoint
 //! columns of C). Micro-kernels: AVX-512 (12 × 16), AVX2+FMA (6 × 16) and a portable one,
 //! chosen at run time ([`crate::simd::isa`]); all accumulate in f32 in the same k order, write
 //! full tiles straight into C, and the epilogue (bias, QuickGELU, residual) runs on each tile
@@ -22,6 +22,8 @@ pub const NR: usize = 16;
 const MR_MAX: usize = 12;
 const KC: usize = 384;
 const MC: usize = 120;
+// An m-block is a whole number of tiles of every kernel (see `mc` in `gemm_panels`).
+const _: () = assert!(MC.is_multiple_of(MR_MAX) && MC.is_multiple_of(6));
 /// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
 const ALIGN_F32: usize = 16;
 
@@ -518,6 +520,12 @@ unsafe fn gemm_panels(
     let (kern, mr_max) = kernel(isa);
     let mut tile = [0.0f32; MR_MAX * NR];
     let mut wide = Aligned([0.0f32; KC * NR]);
+    // The SIMD paths copy each A block (≤ MC × KC) into contiguous rows of kc first: rows lda
+    // apart (3072 floats = 12 KiB for fc2) all fall into one L1 set, which a 12-row tile
+    // overflows. The portable path (wasm) reads A in place and keeps its stack small.
+    let pack_a = isa != Isa::Portable;
+    let mut apack = core::mem::MaybeUninit::<AlignedA>::uninit();
+    let ap = apack.as_mut_ptr() as *mut f32;
     // Rows per m-block: at most MC, split evenly (199 rows → one block of 199, not 72+72+55).
     let mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(mr_max);
     let mut k0 = 0;
@@ -527,6 +535,17 @@ unsafe fn gemm_panels(
         let load = !first || ep.accumulate;
         for m0 in (0..m).step_by(mc) {
             let m1 = (m0 + mc).min(m);
+            let (a_blk, lda_blk) = if pack_a {
+                // SAFETY: m1 − m0 ≤ MC rows of kc ≤ KC floats fit the buffer; rows < m of A
+                // were bounds-checked by the caller.
+                for i in m0..m1 {
+                    let src = a.as_ptr().add(i * lda + k0);
+                    core::ptr::copy_nonoverlapping(src, ap.add((i - m0) * kc), kc);
+                }
+                (ap as *const f32, kc)
+            } else {
+                (a.as_ptr().add(m0 * lda + k0), lda)
+            };
             for p in p_lo..p_hi {
                 let n0 = p * NR;
                 let nv = NR.min(n - n0);
@@ -546,8 +565,8 @@ unsafe fn gemm_panels(
                         kern(
                             mr,
                             kc,
-                            a.as_ptr().add(i0 * lda + k0),
-                            lda,
+                            a_blk.add((i0 - m0) * lda_blk),
+                            lda_blk,
                             bp,
                             cp,
                             ldc,
@@ -565,7 +584,16 @@ unsafe fn gemm_panels(
                             }
                         }
                         let tp = tile.as_mut_ptr();
-                        kern(mr, kc, a.as_ptr().add(i0 * lda + k0), lda, bp, tp, NR, load);
+                        kern(
+                            mr,
+                            kc,
+                            a_blk.add((i0 - m0) * lda_blk),
+                            lda_blk,
+                            bp,
+                            tp,
+                            NR,
+                            load,
+                        );
                         for i in 0..mr {
                             core::ptr::copy_nonoverlapping(tp.add(i * NR), cp.add(i * ldc), nv);
                         }
@@ -596,6 +624,11 @@ unsafe fn gemm_panels(
 
 #[repr(C, align(64))]
 struct Aligned([f32; KC * NR]);
+
+/// One A block, `[≤ MC][kc]` (184 KiB: on the stack, like `Aligned`, so a call allocates
+/// nothing).
+#[repr(C, align(64))]
+struct AlignedA([f32; MC * KC]);
 
 /// f16 bits → f32 (exact).
 fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {

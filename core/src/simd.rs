@@ -93,30 +93,7 @@ fn detect() -> Isa {
             return w;
         }
     }
-    if hw == Isa::Avx512 && double_pumped_avx512() {
-        return Isa::Avx2;
-    }
     hw
-}
-
-/// AMD family 19h (Zen 4) runs each 512-bit instruction as two 256-bit halves: its AVX-512
-/// kernels measured no faster (slightly slower) than the AVX2 ones here (BENCHMARKS.md), so the
-/// AVX2 path is the default there; `MAPLE_SIMD=avx512` still selects it.
-fn double_pumped_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (v, f) = (
-            core::arch::x86_64::__cpuid(0),
-            core::arch::x86_64::__cpuid(1),
-        );
-        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-        let family = ((f.eax >> 8) & 0xf) + ((f.eax >> 20) & 0xff);
-        amd && family == 0x19
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 fn detect_hw() -> Isa {

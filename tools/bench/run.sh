@@ -25,7 +25,7 @@ PROMPTS=$M_DIR/maple_prompts.safetensors
 
 echo "maple-bench (both SIMD paths) ..." >&2
 M=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --gemm --peak)
-M512=$(MAPLE_SIMD=avx512 ./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --labels 10)
+MALT=$(MAPLE_SIMD=avx2 ./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --labels 10)
 M8=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --int8)
 M16=$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" --bf16 --labels 10)
 echo "PyTorch (eager, torch.compile, dynamic int8) ..." >&2
@@ -65,9 +65,9 @@ FILES=$(( $(stat -c %s $M_DIR/model.safetensors) + $(stat -c %s $PROMPTS) ))
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 # The hand-written GPU section of the current file is kept.
 GPU=$(sed -n '/^<!-- gpu -->$/,/^<!-- \/gpu -->$/p' BENCHMARKS.md 2>/dev/null || true)
-"$PY" - "$M" "$M512" "$M8" "$T" "$O" "$E" "$FILES" "$CPU" "$THREADS" "$GPU" "$M16" <<'PY'
+"$PY" - "$M" "$MALT" "$M8" "$T" "$O" "$E" "$FILES" "$CPU" "$THREADS" "$GPU" "$M16" <<'PY'
 import json, sys, datetime
-m, m512, m8, t, o = (json.loads(x) for x in sys.argv[1:6])
+m, malt, m8, t, o = (json.loads(x) for x in sys.argv[1:6])
 m16 = json.loads(sys.argv[11])
 e = sys.argv[6].split()
 e = {e[i]: (float(e[i + 1]), int(e[i + 2])) for i in range(0, len(e), 3)}
@@ -142,8 +142,8 @@ Best of 3 after a warm-up; higher is better. "maple vs it" = how many times fast
 its f32 tower against fp32 peers and its int8 tower against int8 peers. Max |Δlogit|: each int8
 tower against its own engine's fp32 on maple-bench's 8 synthetic images × 100 labels (the same
 pixels and labels for every engine; logits = 100 · cosine). `torch.compile` took
-{f(t.get('compile_s'), 0)} s to compile (less when inductor's on-disk cache is warm from an earlier run). Same run, AVX-512 f32 kernels forced
-(`MAPLE_SIMD=avx512`): {m512['image_b1_images_per_s']:.3f} / {m512['image_b8_images_per_s']:.3f} images/s.
+{f(t.get('compile_s'), 0)} s to compile (less when inductor's on-disk cache is warm from an earlier run). Same run, the AVX2 f32 kernels forced
+(`MAPLE_SIMD=avx2`, path {malt['simd']}): {malt['image_b1_images_per_s']:.3f} / {malt['image_b8_images_per_s']:.3f} images/s.
 
 maple int8: every Linear of the image tower (q/k/v, out, fc1, fc2) with weights per output
 column and activations per row (asymmetric u8, AVX-512 VNNI
