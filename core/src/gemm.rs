@@ -523,7 +523,7 @@ unsafe fn gemm_panels(
     // The SIMD paths copy each A block (≤ MC × KC) into contiguous rows of kc first: rows lda
     // apart (3072 floats = 12 KiB for fc2) all fall into one L1 set, which a 12-row tile
     // overflows. The portable path (wasm) reads A in place and keeps its stack small.
-    let pack_a = isa != Isa::Portable;
+    let pack_a = isa != Isa::Portable && cfg!(target_arch = "x86_64");
     let mut apack = core::mem::MaybeUninit::<AlignedA>::uninit();
     let ap = apack.as_mut_ptr() as *mut f32;
     // Rows per m-block: at most MC, split evenly (199 rows → one block of 199, not 72+72+55).
@@ -626,9 +626,13 @@ unsafe fn gemm_panels(
 struct Aligned([f32; KC * NR]);
 
 /// One A block, `[≤ MC][kc]` (184 KiB: on the stack, like `Aligned`, so a call allocates
-/// nothing).
+/// nothing; empty where only the portable path exists, e.g. wasm32 with its small stack).
 #[repr(C, align(64))]
-struct AlignedA([f32; MC * KC]);
+struct AlignedA([f32; A_BLOCK]);
+#[cfg(target_arch = "x86_64")]
+const A_BLOCK: usize = MC * KC;
+#[cfg(not(target_arch = "x86_64"))]
+const A_BLOCK: usize = 0;
 
 /// f16 bits → f32 (exact).
 fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {
