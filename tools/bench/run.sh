@@ -57,7 +57,12 @@ for p in f32 int8 bf16; do
     if [ $n = 1 ]; then imgs=("${ONE[@]}"); else imgs=("${MANY[@]}"); fi
     rm -rf $B/cache
     E="$E ${p}_cold_$n $(e2e $B/cache $B/labels1000.txt --precision $p "${imgs[@]}")"
-    E="$E ${p}_warm_$n $(e2e $B/cache $B/labels1000.txt --precision $p "${imgs[@]}")"
+    if [ $n = 1 ]; then # best of 3, as the tower's time it is compared with is
+      W=$(for r in 1 2 3; do e2e $B/cache $B/labels1000.txt --precision $p "${imgs[@]}"; done | sort -n | head -n 1)
+    else
+      W=$(e2e $B/cache $B/labels1000.txt --precision $p "${imgs[@]}")
+    fi
+    E="$E ${p}_warm_$n $W"
   done
 done
 rm -rf $B/cache
@@ -178,7 +183,8 @@ The machine's own limit, `maple-bench --peak` (independent FMAs in registers on 
 1000 labels (`--classes`, the peers' synthetic names), `--device cpu --threads {threads}`,
 page cache warm. "cold" = empty cache directory: the run computes the text features and packs
 the weights, and writes both caches; "warm" = the next run, which maps the packed-weight cache
-and reads the text-feature cache. 200 images = the 16 fixtures cycled. "tower alone" =
+and reads the text-feature cache (for 1 image the best of 3 such runs, as the tower's time is a
+best of 3). 200 images = the 16 fixtures cycled. "tower alone" =
 maple-bench's batch-1 time for 1 image, the batch-8 rate for 200. Peak RSS from
 `/usr/bin/time -f %M`.
 
