@@ -56,6 +56,24 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The name `--precision` takes: `f32`, `f16`, `int8`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What is running the model now, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -296,13 +314,9 @@ impl ClassifierBuilder {
         }
         if matches!(self.precision, Precision::Int8 | Precision::Bf16) {
             if self.device == Device::Gpu {
-                let name = if self.precision == Precision::Int8 {
-                    "int8"
-                } else {
-                    "bf16"
-                };
                 return Err(Error::Invalid(format!(
-                    "{name} precision runs on the CPU (the GPU kernels are f32 and f16)"
+                    "{} precision runs on the CPU (the GPU kernels are f32 and f16)",
+                    self.precision
                 )));
             }
             self.device = Device::Cpu;

@@ -490,12 +490,14 @@ pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, Error> {
 pub struct TokenizerSource {
     bytes: std::borrow::Cow<'static, [u8]>,
     path: Option<PathBuf>,
+    /// XXH3-128 of `bytes`, computed once.
+    id: u128,
 }
 
 impl TokenizerSource {
     /// An XXH3-128 of the `tokenizer.json` bytes: what the text-feature cache key names.
     pub fn id(&self) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(&self.bytes)
+        self.id
     }
 
     /// Builds the tokenizer.
@@ -513,12 +515,15 @@ pub fn tokenizer_source(dir: &Path) -> Result<TokenizerSource, Error> {
     if p.is_file() {
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         return Ok(TokenizerSource {
+            id: xxhash_rust::xxh3::xxh3_128(&bytes),
             bytes: bytes.into(),
             path: Some(p),
         });
     }
+    let bytes = maple_text::tokenizer::BUILTIN_TOKENIZER_JSON;
     Ok(TokenizerSource {
-        bytes: maple_text::tokenizer::BUILTIN_TOKENIZER_JSON.into(),
+        id: xxhash_rust::xxh3::xxh3_128(bytes),
+        bytes: bytes.into(),
         path: None,
     })
 }

@@ -420,13 +420,8 @@ fn run(a: Args) -> Result<usize, Fatal> {
         ));
     }
     if matches!(precision, Precision::Int8 | Precision::Bf16) && device == Device::Gpu {
-        let name = if precision == Precision::Int8 {
-            "int8"
-        } else {
-            "bf16"
-        };
         return Err(Fatal(format!(
-            "--precision {name} runs on the CPU (give --device cpu or auto); the GPU has f32 and f16"
+            "--precision {precision} runs on the CPU (give --device cpu or auto); the GPU has f32 and f16"
         )));
     }
     let cache_dir = if a.no_cache {
