@@ -520,10 +520,14 @@ unsafe fn gemm_panels(
     let (kern, mr_max) = kernel(isa);
     let mut tile = [0.0f32; MR_MAX * NR];
     let mut wide = Aligned([0.0f32; KC * NR]);
-    // The SIMD paths copy each A block (≤ MC × KC) into contiguous rows of kc first: rows lda
-    // apart (3072 floats = 12 KiB for fc2) all fall into one L1 set, which a 12-row tile
-    // overflows. The portable path (wasm) reads A in place and keeps its stack small.
-    let pack_a = isa != Isa::Portable && cfg!(target_arch = "x86_64");
+    // The SIMD paths copy each A block (≤ MC × KC) into contiguous rows of kc first when A's
+    // rows are a multiple of 2 KiB apart (fc2's 3072 floats = 12 KiB; the text tower's 512):
+    // the rows of a tile then fall into one or two L1 sets (set = address bits 6..12), which a
+    // 12-row tile overflows. Other strides spread the rows over the sets and are read in place,
+    // saving the copy. The portable path (wasm) never copies and keeps its stack small.
+    let pack_a = isa != Isa::Portable
+        && cfg!(target_arch = "x86_64")
+        && (lda * core::mem::size_of::<f32>()).is_multiple_of(2048);
     let mut apack = core::mem::MaybeUninit::<AlignedA>::uninit();
     let ap = apack.as_mut_ptr() as *mut f32;
     // Rows per m-block: at most MC, split evenly (199 rows → one block of 199, not 72+72+55).
