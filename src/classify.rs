@@ -363,9 +363,14 @@ impl ClassifierBuilder {
             Ok(cores) => self.threads.min(cores.get()),
             Err(_) => self.threads.min(64),
         };
+        // (An int8 or bf16 run whose converted file is valid never reads the encoder layers'
+        // f32 panels: only the rest of the image tower is checked there.)
+        let low_valid = low_packs.as_ref().is_some_and(PackCache::is_valid);
         if let Some(p) = &packs {
             p.check_ahead(threads, |n| {
-                n.starts_with("vision_model.") || n.starts_with("visual_")
+                let layer = n.starts_with("vision_model.encoder.");
+                (n.starts_with("vision_model.") && !(low_valid && layer))
+                    || n.starts_with("visual_")
             });
         }
         if let Some(p) = &low_packs {
