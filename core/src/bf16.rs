@@ -9,9 +9,10 @@
 //! The products of two bf16 values are exact in f32, so the portable twin (same pairs, same order
 //! of f32 additions) differs from the hardware only by its rounding of the pair sums.
 
-use crate::gemm::{Epilogue, PackedMatrix, NR};
-use crate::lowp::{for_each_tile, MR};
+use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
+use crate::lowp::{for_each_tile, TileOut, MR};
 use crate::par::{split, Parallel};
+use crate::simd::{self, Isa};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -186,16 +187,31 @@ pub(crate) fn gemm_bf16_with(
         }
         tile_portable(mr, k2, arows, bp, acc);
     };
-    let finish = |_i: usize, n0: usize, row: &[f32; NR], out: &mut [f32]| {
-        for (j, o) in out.iter_mut().enumerate() {
-            let mut v = row[j];
-            if let Some(bias) = ep.bias {
-                v += bias[n0 + j];
+    let isa = simd::isa();
+    let gelu = ep.act == Act::QuickGelu;
+    let finish = |t: &mut TileOut<'_, f32>| {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && t.nv == NR {
+            // SAFETY: AVX-512F; whole panels: bias (len ≥ n) holds NR values from n0.
+            unsafe { x86::epilogue(t, &ep) };
+            return;
+        }
+        let (acc, n0) = (t.acc, t.n0);
+        for (i, a) in acc.iter().enumerate().take(t.mr) {
+            let out = t.row(i);
+            for (j, o) in out.iter_mut().enumerate() {
+                let mut v = a[j];
+                if let Some(bias) = ep.bias {
+                    v += bias[n0 + j];
+                }
+                *o = if ep.accumulate { *o + v } else { v };
             }
-            *o = if ep.accumulate { *o + v } else { v };
+            if gelu {
+                simd::quick_gelu_slice(isa, out);
+            }
         }
     };
-    for_each_tile(par, m, n, c, ldc, ep.act, tile, finish);
+    for_each_tile(par, m, n, c, ldc, tile, finish);
 }
 
 /// `acc[i][j] = Σ_q (a[i,2q]·b[q,j,0] + a[i,2q+1]·b[q,j,1])`, pair by pair as `vdpbf16ps`.
@@ -215,8 +231,25 @@ fn tile_portable(mr: usize, k2: usize, a: &[u16], b: &[u16], acc: &mut [[f32; NR
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{Act, Epilogue, TileOut, MR, NR};
+    use crate::simd::x86::store16;
     use core::arch::x86_64::*;
+
+    /// A tile of whole panels: `out = [out +] act(acc + bias)`, each row in registers.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn epilogue(t: &mut TileOut<'_, f32>, ep: &Epilogue<'_>) {
+        let n0 = t.n0;
+        assert!(t.nv == NR);
+        let bias = ep
+            .bias
+            .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr());
+        let gelu = ep.act == Act::QuickGelu;
+        let acc = t.acc;
+        for (i, a) in acc.iter().enumerate().take(t.mr) {
+            let v = _mm512_loadu_ps(a.as_ptr());
+            store16(t.row(i).as_mut_ptr(), v, bias, gelu, ep.accumulate);
+        }
+    }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile(

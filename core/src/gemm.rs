@@ -603,16 +603,10 @@ unsafe fn gemm_panels(
                         }
                     }
                     if last && (ep.bias.is_some() || ep.act == Act::QuickGelu) {
+                        let bias = ep.bias.map(|b| &b[n0..n0 + nv]);
                         for i in 0..mr {
                             let row = core::slice::from_raw_parts_mut(cp.add(i * ldc), nv);
-                            if let Some(bias) = ep.bias {
-                                for (v, &bb) in row.iter_mut().zip(&bias[n0..n0 + nv]) {
-                                    *v += bb;
-                                }
-                            }
-                            if ep.act == Act::QuickGelu {
-                                simd::quick_gelu_slice(isa, row);
-                            }
+                            simd::bias_act(isa, row, bias, ep.act == Act::QuickGelu);
                         }
                     }
                     i0 += mr;

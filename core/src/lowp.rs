@@ -2,19 +2,40 @@
 //! threads split the column panels, rows go in blocks of `MC` and tiles of up to `MR`; each
 //! kernel fills a tile of accumulators and converts its rows into the output.
 
-use crate::gemm::{Act, NR};
+use crate::gemm::NR;
 use crate::par::{split, Parallel, SyncPtr};
-use crate::simd;
 
 /// Rows per block (a block of rows is reused across the thread's panels).
 const MC: usize = 120;
 /// Rows per tile: one accumulator register per row.
 pub(crate) const MR: usize = 12;
 
+/// One tile's accumulators and where they go: rows `i0..i0 + mr`, columns `n0..n0 + nv` of the
+/// output.
+pub(crate) struct TileOut<'a, T> {
+    pub acc: &'a [[T; NR]; MR],
+    pub i0: usize,
+    pub mr: usize,
+    pub n0: usize,
+    pub nv: usize,
+    ptr: *mut f32,
+    ldc: usize,
+}
+
+impl<T> TileOut<'_, T> {
+    /// Output row `i` (`< mr`) of the tile: `nv` values.
+    pub fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.mr);
+        // SAFETY: the tile's rows and columns are inside the output and belong to this thread
+        // alone (see `for_each_tile`).
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(i * self.ldc), self.nv) }
+    }
+}
+
 /// For every (row tile, column panel) of the `m × n` output `c` (row stride `ldc`):
 /// `tile(i0, mr, p, acc)` fills `acc[..mr]` for rows `i0..i0 + mr` of panel `p`, then
-/// `finish(i, n0, acc_row, out)` writes row `i`'s columns `n0..n0 + out.len()` (at most `NR`),
-/// after which QuickGELU is applied if `act` asks for it.
+/// `finish(out)` writes them into the output, epilogue included (bias, accumulation,
+/// activation: in registers, while the tile is there).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn for_each_tile<T: Copy + Default>(
     par: &Parallel,
@@ -22,9 +43,8 @@ pub(crate) fn for_each_tile<T: Copy + Default>(
     n: usize,
     c: &mut [f32],
     ldc: usize,
-    act: Act,
     tile: impl Fn(usize, usize, usize, &mut [[T; NR]; MR]) + Sync,
-    finish: impl Fn(usize, usize, &[T; NR], &mut [f32]) + Sync,
+    finish: impl Fn(&mut TileOut<'_, T>) + Sync,
 ) {
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "output too short");
     let cp = SyncPtr(c.as_mut_ptr());
@@ -40,18 +60,17 @@ pub(crate) fn for_each_tile<T: Copy + Default>(
                     let mr = MR.min(m1 - i0);
                     tile(i0, mr, p, &mut acc);
                     let n0 = p * NR;
-                    let nv = NR.min(n - n0);
-                    for (i, row) in acc.iter().enumerate().take(mr) {
-                        // SAFETY: row i0+i, columns n0..n0+nv belong to this thread's panels,
-                        // inside `c` (checked above).
-                        let out = unsafe {
-                            core::slice::from_raw_parts_mut(cp.get().add((i0 + i) * ldc + n0), nv)
-                        };
-                        finish(i0 + i, n0, row, out);
-                        if act == Act::QuickGelu {
-                            simd::quick_gelu_slice(simd::isa(), out);
-                        }
-                    }
+                    finish(&mut TileOut {
+                        acc: &acc,
+                        i0,
+                        mr,
+                        n0,
+                        nv: NR.min(n - n0),
+                        // Rows i0.., columns n0.. of this thread's panels, inside `c` (checked
+                        // above).
+                        ptr: cp.get().wrapping_add(i0 * ldc + n0),
+                        ldc,
+                    });
                     i0 += mr;
                 }
             }

@@ -11,9 +11,10 @@
 //! The integer sums are exact, so the VNNI kernel and the portable one give identical results.
 //! |sum| ≤ K·255·127 < 2³¹ for K < 66 000.
 
-use crate::gemm::{Epilogue, PackedMatrix, NR};
-use crate::lowp::{for_each_tile, MR};
+use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
+use crate::lowp::{for_each_tile, TileOut, MR};
 use crate::par::{split, Parallel, SyncPtr};
+use crate::simd::{self, Isa};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -227,25 +228,35 @@ pub(crate) fn gemm_q8_with(
         }
         tile_portable(mr, k4, arows, bp, acc);
     };
-    let finish = |i: usize, n0: usize, row: &[i32; NR], out: &mut [f32]| {
-        let (si, mi) = (sa[2 * i], sa[2 * i + 1]);
+    let isa = simd::isa();
+    let gelu = ep.act == Act::QuickGelu;
+    let finish = |t: &mut TileOut<'_, i32>| {
         #[cfg(target_arch = "x86_64")]
-        if vnni && out.len() == NR {
-            // SAFETY: AVX-512F (with VNNI); a whole panel: scale and colsum hold NR values
-            // from n0, bias (len ≥ n) too.
-            unsafe { x86::epilogue_row(out, row, si, mi, b, n0, &ep) };
+        if isa == Isa::Avx512 && t.nv == NR {
+            // SAFETY: AVX-512F; whole panels: scale and colsum hold NR values from n0, bias
+            // (len ≥ n) too; sa holds the tile's rows.
+            unsafe { x86::epilogue(t, sa, b, &ep) };
             return;
         }
-        for (j, o) in out.iter_mut().enumerate() {
-            let col = n0 + j;
-            let mut v = b.scale[col] * (si * row[j] as f32 + mi * b.colsum[col] as f32);
-            if let Some(bias) = ep.bias {
-                v += bias[col];
+        let acc = t.acc;
+        for i in 0..t.mr {
+            let (si, mi) = (sa[2 * (t.i0 + i)], sa[2 * (t.i0 + i) + 1]);
+            let n0 = t.n0;
+            let out = t.row(i);
+            for (j, o) in out.iter_mut().enumerate() {
+                let col = n0 + j;
+                let mut v = b.scale[col] * (si * acc[i][j] as f32 + mi * b.colsum[col] as f32);
+                if let Some(bias) = ep.bias {
+                    v += bias[col];
+                }
+                *o = if ep.accumulate { *o + v } else { v };
             }
-            *o = if ep.accumulate { *o + v } else { v };
+            if gelu {
+                simd::quick_gelu_slice(isa, out);
+            }
         }
     };
-    for_each_tile(par, m, n, c, ldc, ep.act, tile, finish);
+    for_each_tile(par, m, n, c, ldc, tile, finish);
 }
 
 /// Quantizes one row of A into `q` (asymmetric u8); returns (scale, minimum).
@@ -287,7 +298,8 @@ fn tile_portable(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR];
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{row_scale, Epilogue, Q8Matrix, MR, NR};
+    use super::{row_scale, Act, Epilogue, Q8Matrix, TileOut, MR, NR};
+    use crate::simd::x86::store16;
     use core::arch::x86_64::*;
 
     /// [`super::quantize_row`], 16 lanes at a time, bit for bit the same: the same f32
@@ -334,33 +346,36 @@ mod x86 {
         (sc, lo)
     }
 
-    /// The scalar epilogue for a whole panel (NR columns from `n0`), 16 lanes at once, bit for
-    /// bit the same (the same multiplications and additions, no fused multiply-add).
+    /// The scalar epilogue for a tile of whole panels (NR columns from `n0`), 16 lanes at
+    /// once, bit for bit the same (the same multiplications and additions, no fused
+    /// multiply-add), with the activation applied before each row is stored.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn epilogue_row(
-        out: &mut [f32],
-        acc: &[i32; NR],
-        si: f32,
-        mi: f32,
+    pub(super) unsafe fn epilogue(
+        t: &mut TileOut<'_, i32>,
+        sa: &[f32],
         b: &Q8Matrix,
-        n0: usize,
         ep: &Epilogue<'_>,
     ) {
-        debug_assert!(out.len() == NR && b.scale.len() >= n0 + NR && b.colsum.len() >= n0 + NR);
-        let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc.as_ptr() as *const _));
+        let n0 = t.n0;
+        assert!(t.nv == NR && b.scale.len() >= n0 + NR && b.colsum.len() >= n0 + NR);
+        assert!(sa.len() >= 2 * (t.i0 + t.mr));
         let cs = _mm512_cvtepi32_ps(_mm512_loadu_si512(b.colsum.as_ptr().add(n0) as *const _));
-        let t = _mm512_add_ps(
-            _mm512_mul_ps(_mm512_set1_ps(si), a),
-            _mm512_mul_ps(_mm512_set1_ps(mi), cs),
-        );
-        let mut v = _mm512_mul_ps(_mm512_loadu_ps(b.scale.as_ptr().add(n0)), t);
-        if let Some(bias) = ep.bias {
-            v = _mm512_add_ps(v, _mm512_loadu_ps(bias.as_ptr().add(n0)));
+        let sw = _mm512_loadu_ps(b.scale.as_ptr().add(n0));
+        let bias = ep
+            .bias
+            .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr());
+        let gelu = ep.act == Act::QuickGelu;
+        let acc = t.acc;
+        for i in 0..t.mr {
+            let (si, mi) = (sa[2 * (t.i0 + i)], sa[2 * (t.i0 + i) + 1]);
+            let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc[i].as_ptr() as *const _));
+            let v = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_set1_ps(si), a),
+                _mm512_mul_ps(_mm512_set1_ps(mi), cs),
+            );
+            let v = _mm512_mul_ps(sw, v);
+            store16(t.row(i).as_mut_ptr(), v, bias, gelu, ep.accumulate);
         }
-        if ep.accumulate {
-            v = _mm512_add_ps(_mm512_loadu_ps(out.as_ptr()), v);
-        }
-        _mm512_storeu_ps(out.as_mut_ptr(), v);
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]

@@ -164,6 +164,27 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// `v[j] += bias[j]`, then QuickGELU if `gelu`, in one pass over `v` (a GEMM's output row just
+/// written, still in L1): the same values as the add followed by [`quick_gelu_slice`].
+pub fn bias_act(isa: Isa, v: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
+    if let Some(b) = bias {
+        assert!(b.len() >= v.len(), "bias_act: bias shorter than the row");
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was detected; bias covers v (checked above).
+        Isa::Avx512 => unsafe { x86::bias_act512(v, bias, gelu) },
+        _ => {
+            if let Some(b) = bias {
+                v.iter_mut().zip(b).for_each(|(x, &bb)| *x += bb);
+            }
+            if gelu {
+                quick_gelu_slice(isa, v);
+            }
+        }
+    }
+}
+
 /// `x · sigmoid(1.702 x)` (CLIP's activation, spec §4) over a slice.
 pub fn quick_gelu_slice(isa: Isa, v: &mut [f32]) {
     match isa {
@@ -215,7 +236,7 @@ pub fn max(v: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::*;
     use core::arch::x86_64::*;
 
@@ -294,17 +315,72 @@ mod x86 {
         }
     }
 
+    /// QuickGELU of 16 lanes: `a / (1 + exp(-1.702 a))`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn gelu16(a: __m512) -> __m512 {
+        let e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-1.702)));
+        _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gelu512(v: &mut [f32]) {
         let mut c = v.chunks_exact_mut(16);
         for x in &mut c {
             let p = x.as_mut_ptr();
-            let a = _mm512_loadu_ps(p);
-            let e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-1.702)));
-            _mm512_storeu_ps(p, _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0), e)));
+            _mm512_storeu_ps(p, gelu16(_mm512_loadu_ps(p)));
         }
         for x in c.into_remainder() {
             *x = gelu1(*x);
+        }
+    }
+
+    /// Writes `v + bias` (16 lanes; `bias` may be null), added to what `out` holds if
+    /// `accumulate`, then QuickGELU'd if `gelu`: the same operations, in the same order, as a
+    /// scalar epilogue followed by [`super::quick_gelu_slice`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn store16(
+        out: *mut f32,
+        mut v: __m512,
+        bias: *const f32,
+        gelu: bool,
+        accumulate: bool,
+    ) {
+        if !bias.is_null() {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
+        }
+        if accumulate {
+            v = _mm512_add_ps(_mm512_loadu_ps(out), v);
+        }
+        if gelu {
+            v = gelu16(v);
+        }
+        _mm512_storeu_ps(out, v);
+    }
+
+    /// [`super::bias_act`]: 16 lanes at a time, the tail as the scalar code does it.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bias_act512(v: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
+        let n16 = v.len() / 16 * 16;
+        let p = v.as_mut_ptr();
+        for j in (0..n16).step_by(16) {
+            let mut x = _mm512_loadu_ps(p.add(j));
+            if let Some(b) = bias {
+                x = _mm512_add_ps(x, _mm512_loadu_ps(b.as_ptr().add(j)));
+            }
+            if gelu {
+                x = gelu16(x);
+            }
+            _mm512_storeu_ps(p.add(j), x);
+        }
+        for (j, x) in v.iter_mut().enumerate().skip(n16) {
+            if let Some(b) = bias {
+                *x += b[j];
+            }
+            if gelu {
+                *x = gelu1(*x);
+            }
         }
     }
 
