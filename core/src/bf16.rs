@@ -10,7 +10,7 @@
 //! of f32 additions) differs from the hardware only by its rounding of the pair sums.
 
 use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
-use crate::lowp::{for_each_tile, TileOut, MR};
+use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel};
 use crate::simd::{self, Isa};
 use alloc::vec;
@@ -176,27 +176,27 @@ pub(crate) fn gemm_bf16_with(
     let ua: &[u16] = &s.a;
     #[cfg(not(target_arch = "x86_64"))]
     let _ = hw; // one kernel off x86
-    let tile = |i0: usize, mr: usize, p: usize, acc: &mut [[f32; NR]; MR]| {
-        let bp = &b.data[p * kp * NR..(p + 1) * kp * NR];
-        let arows = &ua[i0 * kp..(i0 + mr) * kp];
+    let isa = simd::isa();
+    let gelu = ep.act == Act::QuickGelu;
+    let kernel = |acc: &mut [[f32; NR]; MR], t: &mut Tile| {
+        let bp = &b.data[t.p * kp * NR..(t.p + 1) * kp * NR];
+        let arows = &ua[t.i0 * kp..(t.i0 + t.mr) * kp];
         #[cfg(target_arch = "x86_64")]
         if hw {
             // SAFETY: AVX-512 BF16 detected; slices sized above.
-            unsafe { x86::tile(mr, k2, arows, bp, acc) };
-            return;
+            unsafe { x86::tile(t.mr, k2, arows, bp, acc) };
+        } else {
+            tile_portable(t.mr, k2, arows, bp, acc);
         }
-        tile_portable(mr, k2, arows, bp, acc);
-    };
-    let isa = simd::isa();
-    let gelu = ep.act == Act::QuickGelu;
-    let finish = |t: &mut TileOut<'_, f32>| {
+        #[cfg(not(target_arch = "x86_64"))]
+        tile_portable(t.mr, k2, arows, bp, acc);
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 && t.nv == NR {
-            // SAFETY: AVX-512F; whole panels: bias (len ≥ n) holds NR values from n0.
-            unsafe { x86::epilogue(t, &ep) };
+            // SAFETY: AVX-512F; a whole panel: bias (len ≥ n) holds NR values from n0.
+            unsafe { x86::epilogue(acc, t, &ep) };
             return;
         }
-        let (acc, n0) = (t.acc, t.n0);
+        let n0 = t.n0;
         for (i, a) in acc.iter().enumerate().take(t.mr) {
             let out = t.row(i);
             for (j, o) in out.iter_mut().enumerate() {
@@ -211,7 +211,7 @@ pub(crate) fn gemm_bf16_with(
             }
         }
     };
-    for_each_tile(par, m, n, c, ldc, tile, finish);
+    for_each_tile(par, m, n, c, ldc, kernel);
 }
 
 /// `acc[i][j] = Σ_q (a[i,2q]·b[q,j,0] + a[i,2q+1]·b[q,j,1])`, pair by pair as `vdpbf16ps`.
@@ -231,20 +231,19 @@ fn tile_portable(mr: usize, k2: usize, a: &[u16], b: &[u16], acc: &mut [[f32; NR
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Act, Epilogue, TileOut, MR, NR};
+    use super::{Act, Epilogue, Tile, MR, NR};
     use crate::simd::x86::store16;
     use core::arch::x86_64::*;
 
-    /// A tile of whole panels: `out = [out +] act(acc + bias)`, each row in registers.
+    /// A tile of one whole panel: `out = [out +] act(acc + bias)`, each row in registers.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn epilogue(t: &mut TileOut<'_, f32>, ep: &Epilogue<'_>) {
+    pub(super) unsafe fn epilogue(acc: &[[f32; NR]; MR], t: &mut Tile, ep: &Epilogue<'_>) {
         let n0 = t.n0;
         assert!(t.nv == NR);
         let bias = ep
             .bias
             .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr());
         let gelu = ep.act == Act::QuickGelu;
-        let acc = t.acc;
         for (i, a) in acc.iter().enumerate().take(t.mr) {
             let v = _mm512_loadu_ps(a.as_ptr());
             store16(t.row(i).as_mut_ptr(), v, bias, gelu, ep.accumulate);

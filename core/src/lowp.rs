@@ -1,6 +1,6 @@
 //! The loop the reduced-precision GEMMs (int8 in [`crate::q8`], bf16 in [`crate::bf16`]) share:
 //! threads split the column panels, rows go in blocks of `MC` and tiles of up to `MR`; each
-//! kernel fills a tile of accumulators and converts its rows into the output.
+//! kernel computes a tile and writes its rows into the output.
 
 use crate::gemm::NR;
 use crate::par::{split, Parallel, SyncPtr};
@@ -10,19 +10,18 @@ const MC: usize = 120;
 /// Rows per tile: one accumulator register per row.
 pub(crate) const MR: usize = 12;
 
-/// One tile's accumulators and where they go: rows `i0..i0 + mr`, columns `n0..n0 + nv` of the
-/// output.
-pub(crate) struct TileOut<'a, T> {
-    pub acc: &'a [[T; NR]; MR],
+/// One tile of the output: rows `i0..i0 + mr`, columns `n0..n0 + nv` (panel `p`).
+pub(crate) struct Tile {
     pub i0: usize,
     pub mr: usize,
+    pub p: usize,
     pub n0: usize,
     pub nv: usize,
     ptr: *mut f32,
-    ldc: usize,
+    pub ldc: usize,
 }
 
-impl<T> TileOut<'_, T> {
+impl Tile {
     /// Output row `i` (`< mr`) of the tile: `nv` values.
     pub fn row(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.mr);
@@ -30,21 +29,25 @@ impl<T> TileOut<'_, T> {
         // alone (see `for_each_tile`).
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(i * self.ldc), self.nv) }
     }
+
+    /// The tile's first output value: `mr` rows of `nv` values, `ldc` apart, which this thread
+    /// alone writes.
+    pub fn out_ptr(&mut self) -> *mut f32 {
+        self.ptr
+    }
 }
 
-/// For every (row tile, column panel) of the `m × n` output `c` (row stride `ldc`):
-/// `tile(i0, mr, p, acc)` fills `acc[..mr]` for rows `i0..i0 + mr` of panel `p`, then
-/// `finish(out)` writes them into the output, epilogue included (bias, accumulation,
+/// For every (row tile, column panel) of the `m × n` output `c` (row stride `ldc`), calls
+/// `kernel(acc, tile)`, which computes rows `i0..i0 + mr` of panel `p` (in `acc` if it needs
+/// memory for them) and writes them into the output with the epilogue (bias, accumulation,
 /// activation: in registers, while the tile is there).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn for_each_tile<T: Copy + Default>(
     par: &Parallel,
     m: usize,
     n: usize,
     c: &mut [f32],
     ldc: usize,
-    tile: impl Fn(usize, usize, usize, &mut [[T; NR]; MR]) + Sync,
-    finish: impl Fn(&mut TileOut<'_, T>) + Sync,
+    kernel: impl Fn(&mut [[T; NR]; MR], &mut Tile) + Sync,
 ) {
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "output too short");
     let cp = SyncPtr(c.as_mut_ptr());
@@ -58,19 +61,19 @@ pub(crate) fn for_each_tile<T: Copy + Default>(
                 let mut i0 = m0;
                 while i0 < m1 {
                     let mr = MR.min(m1 - i0);
-                    tile(i0, mr, p, &mut acc);
                     let n0 = p * NR;
-                    finish(&mut TileOut {
-                        acc: &acc,
+                    let mut tile = Tile {
                         i0,
                         mr,
+                        p,
                         n0,
                         nv: NR.min(n - n0),
                         // Rows i0.., columns n0.. of this thread's panels, inside `c` (checked
                         // above).
                         ptr: cp.get().wrapping_add(i0 * ldc + n0),
                         ldc,
-                    });
+                    };
+                    kernel(&mut acc, &mut tile);
                     i0 += mr;
                 }
             }

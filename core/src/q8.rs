@@ -12,7 +12,7 @@
 //! |sum| ≤ K·255·127 < 2³¹ for K < 66 000.
 
 use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
-use crate::lowp::{for_each_tile, TileOut, MR};
+use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel, SyncPtr};
 use crate::simd::{self, Isa};
 use alloc::vec;
@@ -217,35 +217,33 @@ pub(crate) fn gemm_q8_with(
     let sa: &[f32] = &s.scale;
     #[cfg(not(target_arch = "x86_64"))]
     let _ = vnni; // one kernel off x86
-    let tile = |i0: usize, mr: usize, p: usize, acc: &mut [[i32; NR]; MR]| {
-        let bp = &b.data[p * k4 * NR..(p + 1) * k4 * NR];
-        let arows = &ua[i0 * k4..(i0 + mr) * k4];
+    let isa = simd::isa();
+    let gelu = ep.act == Act::QuickGelu;
+    let kernel = |acc: &mut [[i32; NR]; MR], t: &mut Tile| {
+        let bp = &b.data[t.p * k4 * NR..(t.p + 1) * k4 * NR];
+        let arows = &ua[t.i0 * k4..(t.i0 + t.mr) * k4];
+        let rows_sa = &sa[2 * t.i0..2 * (t.i0 + t.mr)];
+        #[cfg(target_arch = "x86_64")]
+        if vnni && isa == Isa::Avx512 && t.nv == NR {
+            // SAFETY: VNNI detected (with AVX-512F/BW); a whole panel; slices sized above.
+            unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, b, &ep) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if vnni {
             // SAFETY: VNNI detected; slices sized above.
-            unsafe { x86::tile(mr, k4, arows, bp, acc) };
-            return;
+            unsafe { x86::tile(t.mr, k4, arows, bp, acc) };
+        } else {
+            tile_portable(t.mr, k4, arows, bp, acc);
         }
-        tile_portable(mr, k4, arows, bp, acc);
-    };
-    let isa = simd::isa();
-    let gelu = ep.act == Act::QuickGelu;
-    let finish = |t: &mut TileOut<'_, i32>| {
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && t.nv == NR {
-            // SAFETY: AVX-512F; whole panels: scale and colsum hold NR values from n0, bias
-            // (len ≥ n) too; sa holds the tile's rows.
-            unsafe { x86::epilogue(t, sa, b, &ep) };
-            return;
-        }
-        let acc = t.acc;
-        for i in 0..t.mr {
-            let (si, mi) = (sa[2 * (t.i0 + i)], sa[2 * (t.i0 + i) + 1]);
+        #[cfg(not(target_arch = "x86_64"))]
+        tile_portable(t.mr, k4, arows, bp, acc);
+        for (i, (a, s)) in acc.iter().zip(rows_sa.chunks_exact(2)).enumerate() {
             let n0 = t.n0;
             let out = t.row(i);
             for (j, o) in out.iter_mut().enumerate() {
                 let col = n0 + j;
-                let mut v = b.scale[col] * (si * acc[i][j] as f32 + mi * b.colsum[col] as f32);
+                let mut v = b.scale[col] * (s[0] * a[j] as f32 + s[1] * b.colsum[col] as f32);
                 if let Some(bias) = ep.bias {
                     v += bias[col];
                 }
@@ -256,7 +254,7 @@ pub(crate) fn gemm_q8_with(
             }
         }
     };
-    for_each_tile(par, m, n, c, ldc, tile, finish);
+    for_each_tile(par, m, n, c, ldc, kernel);
 }
 
 /// Quantizes one row of A into `q` (asymmetric u8); returns (scale, minimum).
@@ -298,7 +296,7 @@ fn tile_portable(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR];
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{row_scale, Act, Epilogue, Q8Matrix, TileOut, MR, NR};
+    use super::{row_scale, Act, Epilogue, Q8Matrix, Tile, MR, NR};
     use crate::simd::x86::store16;
     use core::arch::x86_64::*;
 
@@ -346,35 +344,84 @@ mod x86 {
         (sc, lo)
     }
 
-    /// The scalar epilogue for a tile of whole panels (NR columns from `n0`), 16 lanes at
-    /// once, bit for bit the same (the same multiplications and additions, no fused
+    /// [`tile`] then the scalar epilogue, for a tile of one whole panel (NR columns from `n0`):
+    /// the accumulators go from registers to the output, 16 lanes at once, bit for bit as the
+    /// scalar code computes them (the same multiplications and additions, no fused
     /// multiply-add), with the activation applied before each row is stored.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn epilogue(
-        t: &mut TileOut<'_, i32>,
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile_then_epilogue(
+        t: &mut Tile,
+        k4: usize,
+        a: &[u8],
+        b: &[i8],
         sa: &[f32],
-        b: &Q8Matrix,
+        w: &Q8Matrix,
         ep: &Epilogue<'_>,
     ) {
         let n0 = t.n0;
-        assert!(t.nv == NR && b.scale.len() >= n0 + NR && b.colsum.len() >= n0 + NR);
-        assert!(sa.len() >= 2 * (t.i0 + t.mr));
-        let cs = _mm512_cvtepi32_ps(_mm512_loadu_si512(b.colsum.as_ptr().add(n0) as *const _));
-        let sw = _mm512_loadu_ps(b.scale.as_ptr().add(n0));
-        let bias = ep
-            .bias
-            .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr());
-        let gelu = ep.act == Act::QuickGelu;
-        let acc = t.acc;
-        for i in 0..t.mr {
-            let (si, mi) = (sa[2 * (t.i0 + i)], sa[2 * (t.i0 + i) + 1]);
-            let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc[i].as_ptr() as *const _));
+        assert!(t.nv == NR && w.scale.len() >= n0 + NR && w.colsum.len() >= n0 + NR);
+        assert!(sa.len() >= 2 * t.mr && a.len() >= t.mr * k4 && b.len() >= k4 * NR);
+        let e = Ep {
+            cs: _mm512_cvtepi32_ps(_mm512_loadu_si512(w.colsum.as_ptr().add(n0) as *const _)),
+            sw: _mm512_loadu_ps(w.scale.as_ptr().add(n0)),
+            bias: ep
+                .bias
+                .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr()),
+            gelu: ep.act == Act::QuickGelu,
+            accumulate: ep.accumulate,
+        };
+        let (out, ldc) = (t.out_ptr(), t.ldc);
+        match t.mr {
+            12 => te::<12>(k4, a, b, sa, &e, out, ldc),
+            11 => te::<11>(k4, a, b, sa, &e, out, ldc),
+            10 => te::<10>(k4, a, b, sa, &e, out, ldc),
+            9 => te::<9>(k4, a, b, sa, &e, out, ldc),
+            8 => te::<8>(k4, a, b, sa, &e, out, ldc),
+            7 => te::<7>(k4, a, b, sa, &e, out, ldc),
+            6 => te::<6>(k4, a, b, sa, &e, out, ldc),
+            5 => te::<5>(k4, a, b, sa, &e, out, ldc),
+            4 => te::<4>(k4, a, b, sa, &e, out, ldc),
+            3 => te::<3>(k4, a, b, sa, &e, out, ldc),
+            2 => te::<2>(k4, a, b, sa, &e, out, ldc),
+            _ => te::<1>(k4, a, b, sa, &e, out, ldc),
+        }
+    }
+
+    /// A panel's epilogue terms, loaded once per tile.
+    struct Ep {
+        cs: __m512,
+        sw: __m512,
+        bias: *const f32,
+        gelu: bool,
+        accumulate: bool,
+    }
+
+    /// R rows of [`t`]'s products, finished in registers into `out` (R rows, `ldc` apart).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn te<const R: usize>(
+        k4: usize,
+        a: &[u8],
+        b: &[i8],
+        sa: &[f32],
+        e: &Ep,
+        out: *mut f32,
+        ldc: usize,
+    ) {
+        // Ask for the output lines now (for writing): their misses then overlap the products
+        // instead of stalling the stores after them.
+        for i in 0..R {
+            _mm_prefetch::<_MM_HINT_ET0>(out.add(i * ldc) as *const i8);
+        }
+        let s = dots::<R>(k4, a.as_ptr(), b.as_ptr());
+        for i in 0..R {
+            let acc = _mm512_cvtepi32_ps(s[i]);
             let v = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_set1_ps(si), a),
-                _mm512_mul_ps(_mm512_set1_ps(mi), cs),
+                _mm512_mul_ps(_mm512_set1_ps(sa[2 * i]), acc),
+                _mm512_mul_ps(_mm512_set1_ps(sa[2 * i + 1]), e.cs),
             );
-            let v = _mm512_mul_ps(sw, v);
-            store16(t.row(i).as_mut_ptr(), v, bias, gelu, ep.accumulate);
+            let v = _mm512_mul_ps(e.sw, v);
+            store16(out.add(i * ldc), v, e.bias, e.gelu, e.accumulate);
         }
     }
 
@@ -401,7 +448,17 @@ mod x86 {
     #[allow(clippy::needless_range_loop)]
     unsafe fn t<const R: usize>(k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
         debug_assert!(a.len() >= R * k4 && b.len() >= k4 * NR);
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let s = dots::<R>(k4, a.as_ptr(), b.as_ptr());
+        for i in 0..R {
+            _mm512_storeu_si512(acc[i].as_mut_ptr() as *mut _, s[i]);
+        }
+    }
+
+    /// The integer sums of R rows of `a` (`k4` bytes each, from `ap`) with one panel of `b`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn dots<const R: usize>(k4: usize, ap: *const u8, bp: *const i8) -> [__m512i; R] {
         let mut s = [_mm512_setzero_si512(); R];
         for q in 0..k4 / 4 {
             let bv = _mm512_loadu_si512(bp.add(q * NR * 4) as *const _);
@@ -410,9 +467,7 @@ mod x86 {
                 s[i] = _mm512_dpbusd_epi32(s[i], av, bv);
             }
         }
-        for i in 0..R {
-            _mm512_storeu_si512(acc[i].as_mut_ptr() as *mut _, s[i]);
-        }
+        s
     }
 }
 
