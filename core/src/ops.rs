@@ -6,17 +6,36 @@ use crate::simd;
 
 /// `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b` for each row of width `d` (biased variance).
 pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::isa() != simd::Isa::Portable {
+        // SAFETY: AVX2 and FMA detected (every non-portable ISA has them).
+        unsafe { layer_norm_avx2(x, out, d, w, b, eps) };
+        return;
+    }
+    layer_norm_rows(x, out, d, w, b, eps);
+}
+
+/// [`layer_norm_rows`] compiled for AVX2: the same operations in the same order (the eight
+/// partial sums are one 8-lane register), so the same bits, about twice as fast.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_avx2(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+    layer_norm_rows(x, out, d, w, b, eps);
+}
+
+#[inline(always)]
+fn layer_norm_rows(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         layer_norm_row(xr, or, w, b, eps);
     }
 }
 
 /// Mean and 1/sqrt(var + eps) of one row.
-#[inline]
+#[inline(always)]
 fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let d = x.len() as f32;
-    let mean = sum8(x.iter().copied()) / d;
-    let var = sum8(x.iter().map(|&v| (v - mean) * (v - mean))) / d;
+    let mean = sum8(x, |v| v) / d;
+    let var = sum8(x, |v| (v - mean) * (v - mean)) / d;
     (mean, 1.0 / libm::sqrtf(var + eps))
 }
 
@@ -29,6 +48,7 @@ pub fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 }
 
 /// Layer norm of one row into `out`.
+#[inline(always)]
 pub fn layer_norm_row(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let (mean, inv) = ln_stats(x, eps);
     for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
@@ -36,12 +56,20 @@ pub fn layer_norm_row(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32
     }
 }
 
-/// Sum with 8 interleaved partial sums (vectorisable, and more accurate than one running sum).
-#[inline]
-fn sum8(it: impl Iterator<Item = f32>) -> f32 {
+/// `Σ f(x[i])` with 8 interleaved partial sums (`x[i]` into sum `i % 8`; vectorisable, and more
+/// accurate than one running sum).
+#[inline(always)]
+fn sum8(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (i, v) in it.enumerate() {
-        acc[i & 7] += v;
+    let c = x.chunks_exact(8);
+    let tail = c.remainder();
+    for ch in c {
+        for j in 0..8 {
+            acc[j] += f(ch[j]);
+        }
+    }
+    for (j, &v) in tail.iter().enumerate() {
+        acc[j] += f(v);
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
