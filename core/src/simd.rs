@@ -330,9 +330,9 @@ pub(crate) mod x86 {
             let p = x.as_mut_ptr();
             _mm512_storeu_ps(p, gelu16(_mm512_loadu_ps(p)));
         }
-        for x in c.into_remainder() {
-            *x = gelu1(*x);
-        }
+        let rest = c.into_remainder();
+        let (m, p) = (tail_mask(rest.len()), rest.as_mut_ptr());
+        _mm512_mask_storeu_ps(p, m, gelu16(_mm512_maskz_loadu_ps(m, p)));
     }
 
     /// Writes `v + bias` (16 lanes; `bias` may be null), added to what `out` holds if
@@ -426,11 +426,28 @@ pub(crate) mod x86 {
             acc = _mm512_add_ps(acc, e);
         }
         let mut s = _mm512_reduce_add_ps(acc);
-        for x in c.into_remainder() {
-            *x = exp(libm::fmaf(*x, scale, -shift));
+        // The tail in one masked vector (the scalar twin's values), summed in order as the
+        // scalar code does.
+        let rest = c.into_remainder();
+        let m = tail_mask(rest.len());
+        let p = rest.as_mut_ptr();
+        let a = _mm512_fmsub_ps(
+            _mm512_maskz_loadu_ps(m, p),
+            _mm512_set1_ps(scale),
+            _mm512_set1_ps(shift),
+        );
+        _mm512_mask_storeu_ps(p, m, exp16(a));
+        for x in rest {
             s += *x;
         }
         s
+    }
+
+    /// The lanes `0..n` (`n < 16`).
+    #[inline]
+    fn tail_mask(n: usize) -> __mmask16 {
+        debug_assert!(n < 16);
+        ((1u32 << n) - 1) as __mmask16
     }
 }
 
@@ -472,6 +489,25 @@ mod tests {
             assert!((quick_gelu(1.0) - 0.845_795_77).abs() < 1e-6);
             assert_eq!(quick_gelu(0.0), 0.0);
             assert!(quick_gelu(-20.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn avx512_exp_and_gelu_equal_their_scalar_twins_bit_for_bit_tails_included() {
+        if !available().contains(&Isa::Avx512) {
+            return;
+        }
+        for n in 0..50 {
+            let xs: Vec<f32> = (0..n).map(|i| (i as f32 - 23.0) * 0.731).collect();
+            let mut g = xs.clone();
+            quick_gelu_slice(Isa::Avx512, &mut g);
+            let mut e = xs.clone();
+            exp_scaled_sum(Isa::Avx512, &mut e, 0.37, 1.5);
+            for i in 0..n {
+                assert_eq!(g[i].to_bits(), gelu1(xs[i]).to_bits(), "gelu n={n} i={i}");
+                let want = exp(libm::fmaf(xs[i], 0.37, -1.5));
+                assert_eq!(e[i].to_bits(), want.to_bits(), "exp n={n} i={i}");
+            }
         }
     }
 
