@@ -45,7 +45,7 @@ pub enum Precision {
     F16,
     /// int8 Linears in the image tower, on the CPU (weights per output column, activations per
     /// row; AVX-512 VNNI where the CPU has it, else a portable kernel). Attention, LayerNorm and
-    /// the text tower stay f32. About 2.3–3 times the f32 speed; logits within about 0.1 of f32 on
+    /// the text tower stay f32. About three times the f32 speed; logits within about 0.1 of f32 on
     /// ViT-B/16 (tests/int8.rs measures it). [`Device::Auto`] runs it on the CPU;
     /// [`Device::Gpu`] with it is [`Error::Invalid`].
     Int8,
