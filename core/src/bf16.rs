@@ -179,25 +179,25 @@ pub(crate) fn gemm_bf16_with(
     let isa = simd::isa();
     let gelu = ep.act == Act::QuickGelu;
     let kernel = |acc: &mut [[f32; NR]; MR], t: &mut Tile| {
-        let bp = &b.data[t.p * kp * NR..(t.p + 1) * kp * NR];
-        let arows = &ua[t.i0 * kp..(t.i0 + t.mr) * kp];
+        let bp = &b.data[t.p() * kp * NR..(t.p() + 1) * kp * NR];
+        let arows = &ua[t.i0() * kp..(t.i0() + t.mr()) * kp];
         #[cfg(target_arch = "x86_64")]
         if hw {
             // SAFETY: AVX-512 BF16 detected; slices sized above.
-            unsafe { x86::tile(t.mr, k2, arows, bp, acc) };
+            unsafe { x86::tile(t.mr(), k2, arows, bp, acc) };
         } else {
-            tile_portable(t.mr, k2, arows, bp, acc);
+            tile_portable(t.mr(), k2, arows, bp, acc);
         }
         #[cfg(not(target_arch = "x86_64"))]
-        tile_portable(t.mr, k2, arows, bp, acc);
+        tile_portable(t.mr(), k2, arows, bp, acc);
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && t.nv == NR {
+        if isa == Isa::Avx512 && t.nv() == NR {
             // SAFETY: AVX-512F; a whole panel: bias (len ≥ n) holds NR values from n0.
             unsafe { x86::epilogue(acc, t, &ep) };
             return;
         }
-        let n0 = t.n0;
-        for (i, a) in acc.iter().enumerate().take(t.mr) {
+        let n0 = t.n0();
+        for (i, a) in acc.iter().enumerate().take(t.mr()) {
             let out = t.row(i);
             for (j, o) in out.iter_mut().enumerate() {
                 let mut v = a[j];
@@ -238,13 +238,13 @@ mod x86 {
     /// A tile of one whole panel: `out = [out +] act(acc + bias)`, each row in registers.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn epilogue(acc: &[[f32; NR]; MR], t: &mut Tile, ep: &Epilogue<'_>) {
-        let n0 = t.n0;
-        assert!(t.nv == NR);
+        let n0 = t.n0();
+        assert!(t.nv() == NR);
         let bias = ep
             .bias
             .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr());
         let gelu = ep.act == Act::QuickGelu;
-        for (i, a) in acc.iter().enumerate().take(t.mr) {
+        for (i, a) in acc.iter().enumerate().take(t.mr()) {
             let v = _mm512_loadu_ps(a.as_ptr());
             store16(t.row(i).as_mut_ptr(), v, bias, gelu, ep.accumulate);
         }

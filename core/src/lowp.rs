@@ -11,17 +11,49 @@ const MC: usize = 120;
 pub(crate) const MR: usize = 12;
 
 /// One tile of the output: rows `i0..i0 + mr`, columns `n0..n0 + nv` (panel `p`).
+/// Only [`for_each_tile`] makes one, and its fields are private: [`Tile::row`] and
+/// [`Tile::out_ptr`] rely on them.
 pub(crate) struct Tile {
-    pub i0: usize,
-    pub mr: usize,
-    pub p: usize,
-    pub n0: usize,
-    pub nv: usize,
+    i0: usize,
+    mr: usize,
+    p: usize,
+    n0: usize,
+    nv: usize,
     ptr: *mut f32,
-    pub ldc: usize,
+    ldc: usize,
 }
 
 impl Tile {
+    /// First row.
+    pub fn i0(&self) -> usize {
+        self.i0
+    }
+
+    /// Rows (1..=MR).
+    pub fn mr(&self) -> usize {
+        self.mr
+    }
+
+    /// Column panel (columns `p·NR..`).
+    pub fn p(&self) -> usize {
+        self.p
+    }
+
+    /// First column (`p·NR`).
+    pub fn n0(&self) -> usize {
+        self.n0
+    }
+
+    /// Columns (1..=NR; fewer only in the last panel).
+    pub fn nv(&self) -> usize {
+        self.nv
+    }
+
+    /// Floats between output rows.
+    pub fn ldc(&self) -> usize {
+        self.ldc
+    }
+
     /// Output row `i` (`< mr`) of the tile: `nv` values.
     pub fn row(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.mr);

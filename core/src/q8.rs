@@ -220,11 +220,11 @@ pub(crate) fn gemm_q8_with(
     let isa = simd::isa();
     let gelu = ep.act == Act::QuickGelu;
     let kernel = |acc: &mut [[i32; NR]; MR], t: &mut Tile| {
-        let bp = &b.data[t.p * k4 * NR..(t.p + 1) * k4 * NR];
-        let arows = &ua[t.i0 * k4..(t.i0 + t.mr) * k4];
-        let rows_sa = &sa[2 * t.i0..2 * (t.i0 + t.mr)];
+        let bp = &b.data[t.p() * k4 * NR..(t.p() + 1) * k4 * NR];
+        let arows = &ua[t.i0() * k4..(t.i0() + t.mr()) * k4];
+        let rows_sa = &sa[2 * t.i0()..2 * (t.i0() + t.mr())];
         #[cfg(target_arch = "x86_64")]
-        if vnni && isa == Isa::Avx512 && t.nv == NR {
+        if vnni && isa == Isa::Avx512 && t.nv() == NR {
             // SAFETY: VNNI detected (with AVX-512F/BW); a whole panel; slices sized above.
             unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, b, &ep) };
             return;
@@ -232,14 +232,14 @@ pub(crate) fn gemm_q8_with(
         #[cfg(target_arch = "x86_64")]
         if vnni {
             // SAFETY: VNNI detected; slices sized above.
-            unsafe { x86::tile(t.mr, k4, arows, bp, acc) };
+            unsafe { x86::tile(t.mr(), k4, arows, bp, acc) };
         } else {
-            tile_portable(t.mr, k4, arows, bp, acc);
+            tile_portable(t.mr(), k4, arows, bp, acc);
         }
         #[cfg(not(target_arch = "x86_64"))]
-        tile_portable(t.mr, k4, arows, bp, acc);
+        tile_portable(t.mr(), k4, arows, bp, acc);
         for (i, (a, s)) in acc.iter().zip(rows_sa.chunks_exact(2)).enumerate() {
-            let n0 = t.n0;
+            let n0 = t.n0();
             let out = t.row(i);
             for (j, o) in out.iter_mut().enumerate() {
                 let col = n0 + j;
@@ -358,9 +358,9 @@ mod x86 {
         w: &Q8Matrix,
         ep: &Epilogue<'_>,
     ) {
-        let n0 = t.n0;
-        assert!(t.nv == NR && w.scale.len() >= n0 + NR && w.colsum.len() >= n0 + NR);
-        assert!(sa.len() >= 2 * t.mr && a.len() >= t.mr * k4 && b.len() >= k4 * NR);
+        let n0 = t.n0();
+        assert!(t.nv() == NR && w.scale.len() >= n0 + NR && w.colsum.len() >= n0 + NR);
+        assert!(sa.len() >= 2 * t.mr() && a.len() >= t.mr() * k4 && b.len() >= k4 * NR);
         let e = Ep {
             cs: _mm512_cvtepi32_ps(_mm512_loadu_si512(w.colsum.as_ptr().add(n0) as *const _)),
             sw: _mm512_loadu_ps(w.scale.as_ptr().add(n0)),
@@ -370,8 +370,8 @@ mod x86 {
             gelu: ep.act == Act::QuickGelu,
             accumulate: ep.accumulate,
         };
-        let (out, ldc) = (t.out_ptr(), t.ldc);
-        match t.mr {
+        let (out, ldc) = (t.out_ptr(), t.ldc());
+        match t.mr() {
             12 => te::<12>(k4, a, b, sa, &e, out, ldc),
             11 => te::<11>(k4, a, b, sa, &e, out, ldc),
             10 => te::<10>(k4, a, b, sa, &e, out, ldc),
