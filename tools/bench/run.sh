@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs maple-bench (f32 and int8), the PyTorch peer (eager, torch.compile, dynamic int8) and (if
 # installed) the ONNX Runtime peer (fp32, dynamic int8 per tensor and per channel) on the same
-# machine in the same run, then maple-classify end to end (1 and 200 images, cold and warm
+# machine in the same run, maple's and ORT's int8 towers again in turns (ROUNDS, default 5),
+# then maple-classify end to end (1 and 200 images, cold and warm
 # caches, peak RSS), and writes BENCHMARKS.md with the ratios. Needs a Python with torch +
 # transformers (+ onnxruntime, onnx for the ORT rows); CI installs none of them:
 #   PYTHON=/path/to/python bash tools/bench/run.sh
@@ -33,6 +34,19 @@ T=$("$PY" tools/bench/torch_bench.py $M_DIR --threads "$THREADS" --compile --int
   || die "the PyTorch peer failed: $(tail -n 1 $B/torch.log) (whole log: $B/torch.log)"
 echo "ONNX Runtime (fp32, dynamic int8) ..." >&2
 O=$("$PY" tools/bench/ort_bench.py $M_DIR --threads "$THREADS" --onnx $B/maple_vision.onnx --int8 2>$B/ort.log | tail -n 1 || echo '{}')
+# int8 head to head: maple's and ORT's int8 towers take turns, ROUNDS times, so that each round
+# measures both in the same minutes (one reading each is at the mercy of this machine's swings).
+H=""
+if [ "$O" != "{}" ] && [ -f $B/maple_vision_int8_per_channel.onnx ]; then
+  echo "int8 head to head, ${ROUNDS:-5} interleaved rounds ..." >&2
+  for r in $(seq "${ROUNDS:-5}"); do
+    H="$H"$'\n'"$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" \
+      --int8 --low-only --labels 10 --reps 10)"
+    H="$H"$'\n'"$("$PY" tools/bench/ort_time.py --threads "$THREADS" --reps 10 \
+      $B/maple_vision_int8_per_tensor.onnx $B/maple_vision_int8_per_channel.onnx 2>>$B/ort.log)" \
+      || die "timing ORT's int8 graphs failed: $(tail -n 1 $B/ort.log)"
+  done
+fi
 
 # End to end: 1000 labels (the peers' synthetic names) and 1 or 200 images (the 16 fixtures,
 # cycled), f32, int8 and bf16.
@@ -78,8 +92,8 @@ FILES=$(( $(stat -c %s $M_DIR/model.safetensors) + $(stat -c %s $PROMPTS) ))
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 # The hand-written GPU section of the current file is kept.
 GPU=$(sed -n '/^<!-- gpu -->$/,/^<!-- \/gpu -->$/p' BENCHMARKS.md 2>/dev/null || true)
-"$PY" - "$M" "$MALT" "$M8" "$T" "$O" "$E" "$FILES" "$CPU" "$THREADS" "$GPU" "$M16" "$SUS" <<'PY'
-import json, sys, datetime
+"$PY" - "$M" "$MALT" "$M8" "$T" "$O" "$E" "$FILES" "$CPU" "$THREADS" "$GPU" "$M16" "$SUS" "$H" <<'PY'
+import json, sys, datetime, statistics
 m, malt, m8, t, o = (json.loads(x) for x in sys.argv[1:6])
 m16 = json.loads(sys.argv[11])
 sus = sys.argv[12].split()
@@ -127,6 +141,35 @@ tower = {"f32": (1 / m["image_b1_images_per_s"], m["image_b8_images_per_s"]),
          "bf16": (1 / m16["bf16_image_b1_images_per_s"], m16["bf16_image_b8_images_per_s"])}
 def sec(k): return e[k][0]
 mb = lambda kb: kb / 1024
+# int8 head to head: per round, maple's and ORT's rates measured back to back.
+heads = [json.loads(x) for x in sys.argv[13].splitlines() if x.strip()]
+rounds = [(heads[i], heads[i + 1]) for i in range(0, len(heads) - 1, 2)]
+h2h_rows = []
+if rounds:
+    peers = [("ORT int8, per tensor", "maple_vision_int8_per_tensor"),
+             ("ORT int8, per channel", "maple_vision_int8_per_channel")]
+    def cell(xs):
+        return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
+    mr = {b: [mm[f"int8_image_b{b}_images_per_s"] for mm, _ in rounds] for b in (1, 8)}
+    h2h_rows.append(f"| **maple int8** | {cell(mr[1])} | {cell(mr[8])} | – | – |")
+    for name, key in peers:
+        pr = {b: [oo[key][str(b)][0] for _, oo in rounds] for b in (1, 8)}
+        ratio = {b: [x / y for x, y in zip(mr[b], pr[b])] for b in (1, 8)}
+        ahead = {b: sum(r > 1 for r in ratio[b]) for b in (1, 8)}
+        h2h_rows.append(
+            f"| {name} | {cell(pr[1])} | {cell(pr[8])} | **{statistics.median(ratio[1]):.2f}× / "
+            f"{statistics.median(ratio[8]):.2f}×** | {ahead[1]} / {ahead[8]} of {len(rounds)} |")
+h2h = "" if not rounds else f"""
+
+### int8 head to head, interleaved
+
+{len(rounds)} rounds; in each, `maple-bench --int8 --low-only --reps 10`, then ONNX Runtime's two
+int8 graphs above (`tools/bench/ort_time.py --reps 10`), each the best of 10 after a warm-up.
+Median of the rounds (lowest–highest); the ratio is the median of the per-round ratios.
+
+| engine | batch 1 (images/s) | batch 8 (images/s) | maple vs it (batch 1 / 8) | rounds maple is faster (batch 1 / 8) |
+| --- | --- | --- | --- | --- |
+""" + "\n".join(h2h_rows)
 e2e_rows = []
 for p in ("f32", "int8", "bf16"):
     for n in (1, 200):
@@ -172,7 +215,7 @@ and the text tower stay f32. maple bf16: the same Linears with bf16 weights and 
 into f32 accumulators (AVX-512 BF16 `vdpbf16ps`
 {"used" if m16.get("bf16_hw") else "not available here: portable kernel"}), {bf16_vs_f32[0]:.2f}× / {bf16_vs_f32[1]:.2f}× maple f32
 measured in the same process (batch 1 / 8); offered because it is faster than f32 with an
-error below int8's.
+error below int8's.""" + h2h + f"""
 
 ## Text tower
 
