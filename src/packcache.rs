@@ -515,16 +515,27 @@ impl PanelSource for PackSet<'_> {
             Holds::Panels => return None,
         };
         let (map, e) = low.entry(name, k, n, &[kind])?;
-        let b = &map.bytes()[e.offset..e.offset + e.len];
-        let w = match low.holds {
-            Holds::Int8 => Q8Matrix::from_bytes(k, n, b).map(LowWeight::Int8),
-            _ => Bf16Matrix::from_bytes(k, n, b).map(LowWeight::Bf16),
+        // Read in place from the mapping, as the f32 panels are: no copy, no second resident
+        // copy of the image tower.
+        let shared: Arc<dyn SharedBytes> = map.clone();
+        let (fits, w) = match low.holds {
+            Holds::Int8 => (
+                e.len == Q8Matrix::byte_len(k, n),
+                Q8Matrix::from_shared(k, n, shared, e.offset).map(LowWeight::Int8),
+            ),
+            _ => (
+                e.len == Bf16Matrix::byte_len(k, n),
+                Bf16Matrix::from_shared(k, n, shared, e.offset).map(LowWeight::Bf16),
+            ),
         };
-        if w.is_none() {
-            low.problem(format!("{name} has another shape"));
-            low.missed.store(true, Ordering::Relaxed);
+        match w {
+            Some(w) if fits => Some(w),
+            _ => {
+                low.problem(format!("{name} has another shape"));
+                low.missed.store(true, Ordering::Relaxed);
+                None
+            }
         }
-        w
     }
 }
 
@@ -657,6 +668,8 @@ mod tests {
             for (a, b) in got.iter().zip(&want) {
                 assert_eq!(a.name, b.name);
                 assert_eq!(a.weight.to_bytes(), b.weight.to_bytes(), "{}", a.name);
+                // Read in place from the mapped file, not copied out of it.
+                assert!(a.weight.is_shared() && !b.weight.is_shared(), "{}", a.name);
             }
             // Loaded converted: the f32 panels of those Linears were never made.
             for l in &m.clip.vision_model.layers {

@@ -9,10 +9,12 @@
 //! The products of two bf16 values are exact in f32, so the portable twin (same pairs, same order
 //! of f32 additions) differs from the hardware only by its rounding of the pair sums.
 
-use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
+use crate::buf::Buf;
+use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel};
 use crate::simd::{self, Isa};
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -39,7 +41,7 @@ pub struct Bf16Matrix {
     /// Output width.
     pub n: usize,
     k2: usize,
-    data: Vec<u16>,
+    data: Buf<u16>,
 }
 
 impl Bf16Matrix {
@@ -55,7 +57,12 @@ impl Bf16Matrix {
                 data[p * k2 * NR * 2 + (kk / 2) * NR * 2 + jj * 2 + kk % 2] = to_bf16(v);
             }
         }
-        Bf16Matrix { k, n, k2, data }
+        Bf16Matrix {
+            k,
+            n,
+            k2,
+            data: Buf::Owned(data),
+        }
     }
 
     /// Rounds a packed f32/f16 matrix to bf16.
@@ -63,9 +70,14 @@ impl Bf16Matrix {
         Self::from_out_in(&p.to_out_in(), p.n, p.k)
     }
 
-    /// Bytes held.
+    /// Bytes held (a matrix read in place from shared bytes holds none of its own).
     pub fn bytes(&self) -> usize {
-        2 * self.data.len()
+        self.data.held_bytes()
+    }
+
+    /// Whether the matrix is read in place from shared bytes ([`Self::from_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.data.is_shared()
     }
 
     /// Length of [`Self::to_bytes`] for a `[k, n]` matrix.
@@ -73,22 +85,26 @@ impl Bf16Matrix {
         2 * n.div_ceil(NR) * k.div_ceil(2) * NR * 2
     }
 
-    /// The panels as bytes (native order), for a cache file; [`Self::from_bytes`] reads them.
+    /// The panels as bytes (native order), for a cache file; [`Self::from_shared`] reads them in place.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.data.iter().flat_map(|v| v.to_ne_bytes()).collect()
     }
 
-    /// A `[k, n]` matrix from [`Self::to_bytes`]'s layout; `None` if the length does not match.
-    pub fn from_bytes(k: usize, n: usize, b: &[u8]) -> Option<Self> {
-        if b.len() != Self::byte_len(k, n) {
+    /// A `[k, n]` matrix read in place from `bytes.bytes()[at..]`, laid out as
+    /// [`Self::to_bytes`] writes it (no copy). `None` unless it fits inside the buffer and
+    /// starts 64-byte aligned in memory.
+    pub fn from_shared(k: usize, n: usize, bytes: Arc<dyn SharedBytes>, at: usize) -> Option<Self> {
+        let aligned = (bytes.bytes().as_ptr() as usize)
+            .wrapping_add(at)
+            .is_multiple_of(64);
+        if !aligned {
             return None;
         }
-        let data = b.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]]));
         Some(Bf16Matrix {
             k,
             n,
             k2: k.div_ceil(2),
-            data: data.collect(),
+            data: Buf::shared(bytes, at, Self::byte_len(k, n) / 2)?,
         })
     }
 }

@@ -205,6 +205,14 @@ impl LowRef<'_> {
         }
     }
 
+    /// Whether it is read in place from shared bytes (a mapped packed-weight cache file).
+    pub fn is_shared(&self) -> bool {
+        match self {
+            LowRef::Int8(m) => m.is_shared(),
+            LowRef::Bf16(m) => m.is_shared(),
+        }
+    }
+
     /// Its bytes, made on each call (`Q8Matrix::to_bytes`, `Bf16Matrix::to_bytes`).
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {

@@ -12,6 +12,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod bf16;
+mod buf;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;

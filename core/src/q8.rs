@@ -11,10 +11,12 @@
 //! The integer sums are exact, so the VNNI kernel and the portable one give identical results.
 //! |sum| ≤ K·255·127 < 2³¹ for K < 66 000.
 
-use crate::gemm::{Act, Epilogue, PackedMatrix, NR};
+use crate::buf::Buf;
+use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel, SyncPtr};
 use crate::simd::{self, Isa};
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -27,9 +29,9 @@ pub struct Q8Matrix {
     pub n: usize,
     /// `k` rounded up to a multiple of 4 (zero weights in the padding).
     k4: usize,
-    data: Vec<i8>,
-    scale: Vec<f32>,
-    colsum: Vec<i32>,
+    data: Buf<i8>,
+    scale: Buf<f32>,
+    colsum: Buf<i32>,
 }
 
 impl Q8Matrix {
@@ -57,9 +59,9 @@ impl Q8Matrix {
             k,
             n,
             k4,
-            data,
-            scale,
-            colsum,
+            data: Buf::Owned(data),
+            scale: Buf::Owned(scale),
+            colsum: Buf::Owned(colsum),
         }
     }
 
@@ -68,9 +70,14 @@ impl Q8Matrix {
         Self::from_out_in(&p.to_out_in(), p.n, p.k)
     }
 
-    /// Bytes held.
+    /// Bytes held (a matrix read in place from shared bytes holds none of its own).
     pub fn bytes(&self) -> usize {
-        self.data.len() + 8 * self.scale.len()
+        self.data.held_bytes() + self.scale.held_bytes() + self.colsum.held_bytes()
+    }
+
+    /// Whether the matrix is read in place from shared bytes ([`Self::from_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.data.is_shared()
     }
 
     /// Length of [`Self::to_bytes`] for a `[k, n]` matrix.
@@ -80,7 +87,7 @@ impl Q8Matrix {
     }
 
     /// The matrix as bytes (native order): the int8 panels, then the column scales (f32), then
-    /// the column sums (i32). For a cache file; [`Self::from_bytes`] reads it back.
+    /// the column sums (i32). For a cache file; [`Self::from_shared`] reads it in place.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::byte_len(self.k, self.n));
         out.extend(self.data.iter().map(|&v| v as u8));
@@ -89,28 +96,29 @@ impl Q8Matrix {
         out
     }
 
-    /// A `[k, n]` matrix from [`Self::to_bytes`]'s layout; `None` if the length does not match.
-    pub fn from_bytes(k: usize, n: usize, b: &[u8]) -> Option<Self> {
-        if b.len() != Self::byte_len(k, n) {
+    /// A `[k, n]` matrix read in place from `bytes.bytes()[at..]`, laid out as
+    /// [`Self::to_bytes`] writes it (no copy: a mapped cache file stays the only copy). `None`
+    /// unless it fits inside the buffer and its panels start 64-byte aligned in memory.
+    pub fn from_shared(k: usize, n: usize, bytes: Arc<dyn SharedBytes>, at: usize) -> Option<Self> {
+        let (k4, cols) = (k.next_multiple_of(4), n.div_ceil(NR) * NR);
+        let aligned = (bytes.bytes().as_ptr() as usize)
+            .wrapping_add(at)
+            .is_multiple_of(64);
+        if !aligned {
             return None;
         }
-        let (k4, cols) = (k.next_multiple_of(4), n.div_ceil(NR) * NR);
-        let (data, rest) = b.split_at(cols * k4);
-        let (scale, colsum) = rest.split_at(4 * cols);
-        let word = |c: &[u8]| [c[0], c[1], c[2], c[3]];
+        // Each part is checked to fit before the next offset is formed from it.
+        let data = Buf::shared(Arc::clone(&bytes), at, cols * k4)?;
+        let at_scale = at + cols * k4;
+        let scale = Buf::shared(Arc::clone(&bytes), at_scale, cols)?;
+        let colsum = Buf::shared(bytes, at_scale + 4 * cols, cols)?;
         Some(Q8Matrix {
             k,
             n,
             k4,
-            data: data.iter().map(|&v| v as i8).collect(),
-            scale: scale
-                .chunks_exact(4)
-                .map(|c| f32::from_ne_bytes(word(c)))
-                .collect(),
-            colsum: colsum
-                .chunks_exact(4)
-                .map(|c| i32::from_ne_bytes(word(c)))
-                .collect(),
+            data,
+            scale,
+            colsum,
         })
     }
 }
