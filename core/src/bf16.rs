@@ -194,8 +194,9 @@ pub(crate) fn gemm_bf16_with(
     let _ = hw; // one kernel off x86
     let isa = simd::isa();
     let gelu = ep.act == Act::QuickGelu;
+    let bd: &[u16] = &b.data; // once (a shared weight's look-up goes through its owner)
     let kernel = |acc: &mut [[f32; NR]; MR], t: &mut Tile| {
-        let bp = &b.data[t.p() * kp * NR..(t.p() + 1) * kp * NR];
+        let bp = &bd[t.p() * kp * NR..(t.p() + 1) * kp * NR];
         let arows = &ua[t.i0() * kp..(t.i0() + t.mr()) * kp];
         #[cfg(target_arch = "x86_64")]
         if hw {

@@ -227,14 +227,16 @@ pub(crate) fn gemm_q8_with(
     let _ = vnni; // one kernel off x86
     let isa = simd::isa();
     let gelu = ep.act == Act::QuickGelu;
+    // The weight's slices once (each look-up of a shared one goes through its owner).
+    let (bd, bs, bc): (&[i8], &[f32], &[i32]) = (&b.data, &b.scale, &b.colsum);
     let kernel = |acc: &mut [[i32; NR]; MR], t: &mut Tile| {
-        let bp = &b.data[t.p() * k4 * NR..(t.p() + 1) * k4 * NR];
+        let bp = &bd[t.p() * k4 * NR..(t.p() + 1) * k4 * NR];
         let arows = &ua[t.i0() * k4..(t.i0() + t.mr()) * k4];
         let rows_sa = &sa[2 * t.i0()..2 * (t.i0() + t.mr())];
         #[cfg(target_arch = "x86_64")]
         if vnni && isa == Isa::Avx512 && t.nv() == NR {
             // SAFETY: VNNI detected (with AVX-512F/BW); a whole panel; slices sized above.
-            unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, b, &ep) };
+            unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, (bs, bc), &ep) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -251,7 +253,7 @@ pub(crate) fn gemm_q8_with(
             let out = t.row(i);
             for (j, o) in out.iter_mut().enumerate() {
                 let col = n0 + j;
-                let mut v = b.scale[col] * (s[0] * a[j] as f32 + s[1] * b.colsum[col] as f32);
+                let mut v = bs[col] * (s[0] * a[j] as f32 + s[1] * bc[col] as f32);
                 if let Some(bias) = ep.bias {
                     v += bias[col];
                 }
@@ -304,7 +306,7 @@ fn tile_portable(mr: usize, k4: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR];
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{row_scale, Act, Epilogue, Q8Matrix, Tile, MR, NR};
+    use super::{row_scale, Act, Epilogue, Tile, MR, NR};
     use crate::simd::x86::store16;
     use core::arch::x86_64::*;
 
@@ -363,15 +365,15 @@ mod x86 {
         a: &[u8],
         b: &[i8],
         sa: &[f32],
-        w: &Q8Matrix,
+        (scale, colsum): (&[f32], &[i32]),
         ep: &Epilogue<'_>,
     ) {
         let n0 = t.n0();
-        assert!(t.nv() == NR && w.scale.len() >= n0 + NR && w.colsum.len() >= n0 + NR);
+        assert!(t.nv() == NR && scale.len() >= n0 + NR && colsum.len() >= n0 + NR);
         assert!(sa.len() >= 2 * t.mr() && a.len() >= t.mr() * k4 && b.len() >= k4 * NR);
         let e = Ep {
-            cs: _mm512_cvtepi32_ps(_mm512_loadu_si512(w.colsum.as_ptr().add(n0) as *const _)),
-            sw: _mm512_loadu_ps(w.scale.as_ptr().add(n0)),
+            cs: _mm512_cvtepi32_ps(_mm512_loadu_si512(colsum.as_ptr().add(n0) as *const _)),
+            sw: _mm512_loadu_ps(scale.as_ptr().add(n0)),
             bias: ep
                 .bias
                 .map_or(core::ptr::null(), |b| b[n0..n0 + NR].as_ptr()),
