@@ -11,7 +11,7 @@
 //! full tiles straight into C, and the epilogue (bias, QuickGELU, residual) runs on each tile
 //! while it is still in L1.
 
-use crate::par::{split, Parallel, SyncPtr};
+use crate::par::{Parallel, SyncPtr};
 use crate::simd::{self, Isa};
 use alloc::sync::Arc;
 use alloc::vec;
@@ -458,9 +458,11 @@ pub fn gemm_isa(
     check(a, lda, m, &bv, c.len(), ldc, &ep);
     let cp = SyncPtr(c.as_mut_ptr());
     let panels = bv.n.div_ceil(NR);
-    par.run(&|t, nt| {
-        let (p_lo, p_hi) = split(panels, t, nt);
-        // SAFETY: each thread writes only the columns of its own panels; bounds checked above.
+    // Runs of panels (about four per thread), each to whichever thread is free.
+    let chunk = panels.div_ceil(4 * par.threads()).max(1);
+    par.run_units(panels.div_ceil(chunk), &|_, u| {
+        let (p_lo, p_hi) = (u * chunk, ((u + 1) * chunk).min(panels));
+        // SAFETY: each unit writes only the columns of its own panels; bounds checked above.
         unsafe { gemm_panels(isa, a, lda, m, bv, cp.get(), ldc, ep, p_lo, p_hi) }
     });
 }

@@ -1,9 +1,9 @@
 //! The loop the reduced-precision GEMMs (int8 in [`crate::q8`], bf16 in [`crate::bf16`]) share:
-//! threads split the column panels, rows go in blocks of `MC` and tiles of up to `MR`; each
+//! rows go in blocks of `MC` and tiles of up to `MR`, threads take (block, run of panels) units; each
 //! kernel computes a tile and writes its rows into the output.
 
 use crate::gemm::NR;
-use crate::par::{split, Parallel, SyncPtr};
+use crate::par::{Parallel, SyncPtr};
 
 /// Rows per block (a block of rows is reused across the thread's panels).
 const MC: usize = 120;
@@ -84,30 +84,32 @@ pub(crate) fn for_each_tile<T: Copy + Default>(
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "output too short");
     let cp = SyncPtr(c.as_mut_ptr());
     let panels = n.div_ceil(NR);
-    par.run(&|t, nt| {
-        let (p_lo, p_hi) = split(panels, t, nt);
+    // Work units: (block of MC rows, run of `chunk` panels), block by block, handed out to
+    // whichever thread is free (about four runs per thread per block).
+    let chunk = panels.div_ceil(4 * par.threads()).max(1);
+    let runs = panels.div_ceil(chunk);
+    par.run_units(m.div_ceil(MC) * runs, &|_, u| {
+        let (m0, r) = ((u / runs) * MC, u % runs);
+        let m1 = (m0 + MC).min(m);
         let mut acc = [[T::default(); NR]; MR];
-        for m0 in (0..m).step_by(MC) {
-            let m1 = (m0 + MC).min(m);
-            for p in p_lo..p_hi {
-                let mut i0 = m0;
-                while i0 < m1 {
-                    let mr = MR.min(m1 - i0);
-                    let n0 = p * NR;
-                    let mut tile = Tile {
-                        i0,
-                        mr,
-                        p,
-                        n0,
-                        nv: NR.min(n - n0),
-                        // Rows i0.., columns n0.. of this thread's panels, inside `c` (checked
-                        // above).
-                        ptr: cp.get().wrapping_add(i0 * ldc + n0),
-                        ldc,
-                    };
-                    kernel(&mut acc, &mut tile);
-                    i0 += mr;
-                }
+        for p in r * chunk..((r + 1) * chunk).min(panels) {
+            let mut i0 = m0;
+            while i0 < m1 {
+                let mr = MR.min(m1 - i0);
+                let n0 = p * NR;
+                let mut tile = Tile {
+                    i0,
+                    mr,
+                    p,
+                    n0,
+                    nv: NR.min(n - n0),
+                    // Rows i0.., columns n0.. of this unit's panels, inside `c` (checked
+                    // above); no other unit writes them.
+                    ptr: cp.get().wrapping_add(i0 * ldc + n0),
+                    ldc,
+                };
+                kernel(&mut acc, &mut tile);
+                i0 += mr;
             }
         }
     });

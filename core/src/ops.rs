@@ -1,7 +1,7 @@
 //! Row-wise kernels: LayerNorm, QuickGELU, fused multi-head attention, L2 normalisation.
 
 use crate::gemm::{gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue};
-use crate::par::{split, Parallel, SyncPtr};
+use crate::par::{Parallel, SyncPtr};
 use crate::simd;
 
 /// `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b` for each row of width `d` (biased variance).
@@ -146,24 +146,22 @@ pub fn attention(
     let isa = simd::isa();
     let op = SyncPtr(out.as_mut_ptr());
     let sp = SyncPtr(scratch.as_mut_ptr());
-    par.run(&|tid, nt| {
-        let (lo, hi) = split(batch * heads, tid, nt);
-        // SAFETY: each thread owns its scratch slice and the (sequence, head) blocks of `out`
-        // it was given; the blocks are disjoint.
+    // One (sequence, head) per unit, to whichever thread is free.
+    par.run_units(batch * heads, &|tid, unit| {
+        // SAFETY: each thread owns its scratch slice, and each unit its (sequence, head)
+        // block of `out`; the blocks are disjoint.
         let sc = unsafe { core::slice::from_raw_parts_mut(sp.get().add(tid * per), per) };
         let (s, rest) = sc.split_at_mut(t * t);
         let (kbuf, vbuf) = rest.split_at_mut(panel_len(hd, t));
-        for unit in lo..hi {
-            let (bi, h) = (unit / heads, unit % heads);
-            let rows = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-            attention_probs(isa, rows, d, h, hd, t, causal, kbuf, s);
-            let vp = pack_rows(vbuf, t, hd, |kk| &rows[kk * 3 * d + 2 * d + h * hd..]);
-            // SAFETY: rows bi·t.. of `out`, columns h·hd..(h+1)·hd belong to this unit alone.
-            unsafe {
-                let o = op.get().add(bi * t * d + h * hd);
-                gemm_seq(isa, s, t, t, vp, o, d, Epilogue::store(None))
-            };
-        }
+        let (bi, h) = (unit / heads, unit % heads);
+        let rows = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+        attention_probs(isa, rows, d, h, hd, t, causal, kbuf, s);
+        let vp = pack_rows(vbuf, t, hd, |kk| &rows[kk * 3 * d + 2 * d + h * hd..]);
+        // SAFETY: rows bi·t.. of `out`, columns h·hd..(h+1)·hd belong to this unit alone.
+        unsafe {
+            let o = op.get().add(bi * t * d + h * hd);
+            gemm_seq(isa, s, t, t, vp, o, d, Epilogue::store(None))
+        };
     });
 }
 

@@ -2,6 +2,8 @@
 //! pool (built once, with the workspace) runs one closure on every thread and waits for all of
 //! them. Dispatching a job allocates nothing, so a forward pass stays allocation-free.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 /// Runs `f(thread_index, thread_count)` on every thread of the pool and returns when all are done.
 pub struct Parallel {
     #[cfg(feature = "std")]
@@ -47,6 +49,22 @@ impl Parallel {
             return;
         }
         f(0, 1)
+    }
+
+    /// Runs `f(thread, unit)` once for each `unit` in `0..units`, the units handed out one at
+    /// a time from a shared counter to whichever thread is free, and waits for all of them. A
+    /// thread that runs slower (its core busy with other work) takes fewer units instead of
+    /// holding the others up at the end, as an even split would; which thread runs a unit never
+    /// changes what it computes.
+    pub fn run_units(&self, units: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        let next = AtomicUsize::new(0);
+        self.run(&|t, _| loop {
+            let u = next.fetch_add(1, Ordering::Relaxed);
+            if u >= units {
+                break;
+            }
+            f(t, u);
+        });
     }
 }
 
@@ -243,6 +261,7 @@ mod pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     #[test]
     fn split_covers_everything_once() {
@@ -259,10 +278,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn run_units_runs_every_unit_once() {
+        #[cfg(feature = "std")]
+        let pools = [Parallel::sequential(), Parallel::with_threads(3)];
+        #[cfg(not(feature = "std"))]
+        let pools = [Parallel::sequential()];
+        for p in pools {
+            for units in [0, 1, 2, 7, 100] {
+                let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+                p.run_units(units, &|t, u| {
+                    assert!(t < p.threads());
+                    hits[u].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
     #[cfg(feature = "std")]
     #[test]
     fn pool_runs_every_thread() {
-        use core::sync::atomic::{AtomicUsize, Ordering};
         let p = Parallel::with_threads(3);
         let hits = AtomicUsize::new(0);
         for _ in 0..100 {
