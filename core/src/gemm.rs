@@ -532,7 +532,8 @@ unsafe fn gemm_panels(
         && (lda * core::mem::size_of::<f32>()).is_multiple_of(2048);
     let mut apack = core::mem::MaybeUninit::<AlignedA>::uninit();
     let ap = apack.as_mut_ptr() as *mut f32;
-    // Rows per m-block: at most MC, split evenly (199 rows → one block of 199, not 72+72+55).
+    // Rows per m-block: at most MC, split evenly in whole tiles (199 rows → 108 + 91 for 12-row
+    // tiles, not 120 + 79).
     let mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(mr_max);
     let mut k0 = 0;
     while k0 < k || (k == 0 && k0 == 0) {
