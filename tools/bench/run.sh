@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs maple-bench (f32 and int8), the PyTorch peer (eager, torch.compile, dynamic int8) and (if
 # installed) the ONNX Runtime peer (fp32, dynamic int8 per tensor and per channel) on the same
-# machine in the same run, maple's and ORT's int8 towers again in turns (ROUNDS, default 5),
-# then maple-classify end to end (1 and 200 images, cold and warm
+# machine in the same run, then all image towers again in turns (ROUNDS, default 5), then
+# maple-classify end to end (1 and 200 images, cold and warm
 # caches, peak RSS), and writes BENCHMARKS.md with the ratios. Needs a Python with torch +
 # transformers (+ onnxruntime, onnx for the ORT rows); CI installs none of them:
 #   PYTHON=/path/to/python bash tools/bench/run.sh
@@ -34,17 +34,23 @@ T=$("$PY" tools/bench/torch_bench.py $M_DIR --threads "$THREADS" --compile --int
   || die "the PyTorch peer failed: $(tail -n 1 $B/torch.log) (whole log: $B/torch.log)"
 echo "ONNX Runtime (fp32, dynamic int8) ..." >&2
 O=$("$PY" tools/bench/ort_bench.py $M_DIR --threads "$THREADS" --onnx $B/maple_vision.onnx --int8 2>$B/ort.log | tail -n 1 || echo '{}')
-# int8 head to head: maple's and ORT's int8 towers take turns, ROUNDS times, so that each round
-# measures both in the same minutes (one reading each is at the mercy of this machine's swings).
+# Head to head: maple's towers and the peers' take turns, ROUNDS times, so that each round
+# measures all of them in the same minutes (one reading each is at the mercy of this machine's
+# swings): maple int8 and f32, ONNX Runtime fp32 and int8, PyTorch eager fp32 and dynamic int8.
 H=""
 if [ "$O" != "{}" ] && [ -f $B/maple_vision_int8_per_channel.onnx ]; then
-  echo "int8 head to head, ${ROUNDS:-5} interleaved rounds ..." >&2
+  echo "head to head, ${ROUNDS:-5} interleaved rounds ..." >&2
   for r in $(seq "${ROUNDS:-5}"); do
-    H="$H"$'\n'"$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" \
-      --int8 --low-only --labels 10 --reps 10)"
-    H="$H"$'\n'"$("$PY" tools/bench/ort_time.py --threads "$THREADS" --reps 10 \
+    for flags in "--int8 --low-only" ""; do
+      H="$H"$'\n'"$(./target/release/maple-bench --model $M_DIR --prompts $PROMPTS --threads "$THREADS" \
+        --labels 10 --reps 8 $flags)"
+    done
+    H="$H"$'\n'"$("$PY" tools/bench/ort_time.py --threads "$THREADS" --reps 8 $B/maple_vision.onnx \
       $B/maple_vision_int8_per_tensor.onnx $B/maple_vision_int8_per_channel.onnx 2>>$B/ort.log)" \
-      || die "timing ORT's int8 graphs failed: $(tail -n 1 $B/ort.log)"
+      || die "timing ONNX Runtime failed: $(tail -n 1 $B/ort.log)"
+    H="$H"$'\n'"$("$PY" tools/bench/torch_bench.py $M_DIR --threads "$THREADS" --reps 8 --int8 --time-only \
+      2>>$B/torch.log | tail -n 1)" || die "timing PyTorch failed: $(tail -n 1 $B/torch.log)"
+    H="$H"$'\n'"---"
   done
 fi
 
@@ -141,31 +147,53 @@ tower = {"f32": (1 / m["image_b1_images_per_s"], m["image_b8_images_per_s"]),
          "bf16": (1 / m16["bf16_image_b1_images_per_s"], m16["bf16_image_b8_images_per_s"])}
 def sec(k): return e[k][0]
 mb = lambda kb: kb / 1024
-# int8 head to head: per round, maple's and ORT's rates measured back to back.
-heads = [json.loads(x) for x in sys.argv[13].splitlines() if x.strip()]
-rounds = [(heads[i], heads[i + 1]) for i in range(0, len(heads) - 1, 2)]
+# Head to head: per round, every engine's rates measured back to back.
+def engine_of(d):
+    if d.get("engine") == "pytorch":
+        return "torch"
+    if d.get("engine") == "maple":
+        return "maple_int8" if "int8_image_b1_images_per_s" in d else "maple_f32"
+    return "ort"
+rounds = []
+for chunk in sys.argv[13].split("---"):
+    r = {engine_of(d): d for d in (json.loads(x) for x in chunk.splitlines() if x.strip())}
+    if len(r) == 4:
+        rounds.append(r)
 h2h_rows = []
 if rounds:
-    peers = [("ORT int8, per tensor", "maple_vision_int8_per_tensor"),
-             ("ORT int8, per channel", "maple_vision_int8_per_channel")]
+    ort_rate = lambda stem: lambda r, b: r["ort"][stem][str(b)][0]
+    key_rate = lambda eng, prefix: lambda r, b: r[eng][f"{prefix}image_b{b}_images_per_s"]
+    lines = [  # (name, rate(round, batch), the maple row it is compared with)
+        ("**maple f32**", key_rate("maple_f32", ""), None),
+        ("PyTorch eager fp32", key_rate("torch", ""), "maple f32"),
+        ("ONNX Runtime fp32", ort_rate("maple_vision"), "maple f32"),
+        ("**maple int8**", key_rate("maple_int8", "int8_"), None),
+        ("PyTorch dynamic int8", key_rate("torch", "int8_"), "maple int8"),
+        ("ORT dynamic int8, per tensor", ort_rate("maple_vision_int8_per_tensor"), "maple int8"),
+        ("ORT dynamic int8, per channel", ort_rate("maple_vision_int8_per_channel"), "maple int8"),
+    ]
+    mine = {"maple f32": lines[0][1], "maple int8": lines[3][1]}
     def cell(xs):
         return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
-    mr = {b: [mm[f"int8_image_b{b}_images_per_s"] for mm, _ in rounds] for b in (1, 8)}
-    h2h_rows.append(f"| **maple int8** | {cell(mr[1])} | {cell(mr[8])} | – | – |")
-    for name, key in peers:
-        pr = {b: [oo[key][str(b)][0] for _, oo in rounds] for b in (1, 8)}
-        ratio = {b: [x / y for x, y in zip(mr[b], pr[b])] for b in (1, 8)}
-        ahead = {b: sum(r > 1 for r in ratio[b]) for b in (1, 8)}
+    for name, rate_of, vs in lines:
+        got = {b: [rate_of(r, b) for r in rounds] for b in (1, 8)}
+        if vs is None:
+            h2h_rows.append(f"| {name} | {cell(got[1])} | {cell(got[8])} | – | – |")
+            continue
+        ratio = {b: [mine[vs](r, b) / rate_of(r, b) for r in rounds] for b in (1, 8)}
+        ahead = {b: sum(x > 1 for x in ratio[b]) for b in (1, 8)}
         h2h_rows.append(
-            f"| {name} | {cell(pr[1])} | {cell(pr[8])} | **{statistics.median(ratio[1]):.2f}× / "
-            f"{statistics.median(ratio[8]):.2f}×** | {ahead[1]} / {ahead[8]} of {len(rounds)} |")
+            f"| {name} | {cell(got[1])} | {cell(got[8])} | **{statistics.median(ratio[1]):.2f}× / "
+            f"{statistics.median(ratio[8]):.2f}×** ({vs}) | {ahead[1]} / {ahead[8]} of {len(rounds)} |")
 h2h = "" if not rounds else f"""
 
-### int8 head to head, interleaved
+### Head to head, interleaved
 
-{len(rounds)} rounds; in each, `maple-bench --int8 --low-only --reps 10`, then ONNX Runtime's two
-int8 graphs above (`tools/bench/ort_time.py --reps 10`), each the best of 10 after a warm-up.
-Median of the rounds (lowest–highest); the ratio is the median of the per-round ratios.
+{len(rounds)} rounds; in each, back to back: `maple-bench --int8 --low-only`, `maple-bench`,
+ONNX Runtime's fp32 and int8 graphs above (`tools/bench/ort_time.py`) and PyTorch eager fp32 and
+dynamic int8 (`torch_bench.py --int8 --time-only`), each the best of 8 after a warm-up. Median of
+the rounds (lowest–highest); the ratio is the median of the per-round ratios, and the last column
+counts the rounds in which maple was the faster.
 
 | engine | batch 1 (images/s) | batch 8 (images/s) | maple vs it (batch 1 / 8) | rounds maple is faster (batch 1 / 8) |
 | --- | --- | --- | --- | --- |
