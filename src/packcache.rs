@@ -518,24 +518,16 @@ impl PanelSource for PackSet<'_> {
         // Read in place from the mapping, as the f32 panels are: no copy, no second resident
         // copy of the image tower.
         let shared: Arc<dyn SharedBytes> = map.clone();
-        let (fits, w) = match low.holds {
-            Holds::Int8 => (
-                e.len == Q8Matrix::byte_len(k, n),
-                Q8Matrix::from_shared(k, n, shared, e.offset).map(LowWeight::Int8),
-            ),
-            _ => (
-                e.len == Bf16Matrix::byte_len(k, n),
-                Bf16Matrix::from_shared(k, n, shared, e.offset).map(LowWeight::Bf16),
-            ),
+        // (`read` checked that the entry's length is its kind's length for [k, n].)
+        let w = match low.holds {
+            Holds::Int8 => Q8Matrix::from_shared(k, n, shared, e.offset).map(LowWeight::Int8),
+            _ => Bf16Matrix::from_shared(k, n, shared, e.offset).map(LowWeight::Bf16),
         };
-        match w {
-            Some(w) if fits => Some(w),
-            _ => {
-                low.problem(format!("{name} has another shape"));
-                low.missed.store(true, Ordering::Relaxed);
-                None
-            }
+        if w.is_none() {
+            low.problem(format!("{name} has another shape"));
+            low.missed.store(true, Ordering::Relaxed);
         }
+        w
     }
 }
 

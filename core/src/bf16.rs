@@ -9,7 +9,7 @@
 //! The products of two bf16 values are exact in f32, so the portable twin (same pairs, same order
 //! of f32 additions) differs from the hardware only by its rounding of the pair sums.
 
-use crate::buf::Buf;
+use crate::buf::{starts_aligned, Buf};
 use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel};
@@ -94,10 +94,7 @@ impl Bf16Matrix {
     /// [`Self::to_bytes`] writes it (no copy). `None` unless it fits inside the buffer and
     /// starts 64-byte aligned in memory.
     pub fn from_shared(k: usize, n: usize, bytes: Arc<dyn SharedBytes>, at: usize) -> Option<Self> {
-        let aligned = (bytes.bytes().as_ptr() as usize)
-            .wrapping_add(at)
-            .is_multiple_of(64);
-        if !aligned {
+        if !starts_aligned(bytes.bytes(), at, 64) {
             return None;
         }
         Some(Bf16Matrix {

@@ -1,6 +1,5 @@
-//! Storage for the int8 and bf16 weight matrices: owned, or read in place from bytes another
-//! owner keeps (a mapped packed-weight cache file), as [`crate::gemm::PackedMatrix`] does for
-//! f32 panels.
+//! Storage for the weight matrices (f32/f16 panels, int8, bf16): owned, or read in place from
+//! bytes another owner keeps (a mapped packed-weight cache file).
 
 use crate::gemm::SharedBytes;
 use alloc::sync::Arc;
@@ -32,6 +31,13 @@ pub(crate) enum Buf<T: Plain> {
     },
 }
 
+/// Whether byte `at` of `bytes` sits on an `align`-byte boundary in memory.
+pub(crate) fn starts_aligned(bytes: &[u8], at: usize, align: usize) -> bool {
+    (bytes.as_ptr() as usize)
+        .wrapping_add(at)
+        .is_multiple_of(align)
+}
+
 impl<T: Plain> Buf<T> {
     /// `len` values at byte `at` of `bytes`, in place; `None` unless they fit inside the buffer
     /// and start aligned for `T` in memory.
@@ -40,10 +46,8 @@ impl<T: Plain> Buf<T> {
         let end = len
             .checked_mul(core::mem::size_of::<T>())
             .and_then(|n| n.checked_add(at))?;
-        let aligned = (b.as_ptr() as usize)
-            .wrapping_add(at)
-            .is_multiple_of(core::mem::align_of::<T>());
-        (end <= b.len() && aligned).then_some(Buf::Shared { bytes, at, len })
+        (end <= b.len() && starts_aligned(b, at, core::mem::align_of::<T>()))
+            .then_some(Buf::Shared { bytes, at, len })
     }
 
     /// Bytes this buffer owns (none when shared).

@@ -11,6 +11,7 @@
 //! full tiles straight into C, and the epilogue (bias, QuickGELU, residual) runs on each tile
 //! while it is still in L1.
 
+use crate::buf::{starts_aligned, Buf};
 use crate::par::{Parallel, SyncPtr};
 use crate::simd::{self, Isa};
 use alloc::sync::Arc;
@@ -27,28 +28,12 @@ const _: () = assert!(MC.is_multiple_of(MR_MAX) && MC.is_multiple_of(6));
 /// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
 const ALIGN_F32: usize = 16;
 
-#[derive(Clone)]
+/// The panels, owned or in place in a mapped packed-weight cache file ([`PackedMatrix::from_shared`]).
+#[derive(Clone, Debug)]
 enum Store {
-    F32(Vec<f32>),
+    F32(Buf<f32>),
     /// IEEE half bits.
-    F16(Vec<u16>),
-    /// Panels another owner keeps (a mapped packed-weight cache file): `len` elements of f32, or
-    /// of f16 bits, from byte `at`, which is 64-byte aligned in memory.
-    Shared {
-        bytes: Arc<dyn SharedBytes>,
-        at: usize,
-        f16: bool,
-    },
-}
-
-impl core::fmt::Debug for Store {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Store::F32(v) => write!(f, "F32({} floats)", v.len()),
-            Store::F16(v) => write!(f, "F16({} halves)", v.len()),
-            Store::Shared { at, f16, .. } => write!(f, "Shared(at {at}, f16 {f16})"),
-        }
-    }
+    F16(Buf<u16>),
 }
 
 /// Bytes that outlive every [`PackedMatrix`] made from them with
@@ -118,7 +103,7 @@ impl PackedMatrix {
             k,
             n,
             off,
-            data: Store::F16(data),
+            data: Store::F16(Buf::Owned(data)),
         }
     }
 
@@ -132,7 +117,7 @@ impl PackedMatrix {
     /// ([`crate::Model::quantize_image_tower`]). A released matrix must not be multiplied or
     /// read back ([`Self::is_released`] says which).
     pub fn release(&mut self) {
-        self.data = Store::F32(Vec::new());
+        self.data = Store::F32(Buf::Owned(Vec::new()));
         self.off = 0;
     }
 
@@ -143,36 +128,37 @@ impl PackedMatrix {
             k,
             n,
             off: 0,
-            data: Store::F32(Vec::new()),
+            data: Store::F32(Buf::Owned(Vec::new())),
         }
     }
 
     /// Whether [`release`](Self::release) freed the panels.
     pub fn is_released(&self) -> bool {
         match &self.data {
-            Store::F32(v) => v.is_empty(),
-            Store::F16(v) => v.is_empty(),
-            Store::Shared { .. } => false,
+            Store::F32(v) => !v.is_shared() && v.is_empty(),
+            Store::F16(v) => !v.is_shared() && v.is_empty(),
         }
     }
 
     /// Whether the panels are stored as f16.
     pub fn is_f16(&self) -> bool {
-        matches!(self.data, Store::F16(_) | Store::Shared { f16: true, .. })
+        matches!(self.data, Store::F16(_))
     }
 
     /// Bytes held (a shared matrix holds none of its own).
     pub fn bytes(&self) -> usize {
         match &self.data {
-            Store::F32(v) => v.len() * 4,
-            Store::F16(v) => v.len() * 2,
-            Store::Shared { .. } => 0,
+            Store::F32(v) => v.held_bytes(),
+            Store::F16(v) => v.held_bytes(),
         }
     }
 
     /// Whether the panels live in a buffer shared with others ([`Self::from_shared`]).
     pub fn is_shared(&self) -> bool {
-        matches!(self.data, Store::Shared { .. })
+        match &self.data {
+            Store::F32(v) => v.is_shared(),
+            Store::F16(v) => v.is_shared(),
+        }
     }
 
     /// Bytes the panels of a `[k, n]` matrix take: what [`Self::panel_bytes`] returns and
@@ -214,15 +200,19 @@ impl PackedMatrix {
         if at.checked_add(len).is_none_or(|end| end > buf.len()) {
             return Err("panels run past the end of the buffer");
         }
-        if !(buf.as_ptr() as usize + at).is_multiple_of(64) {
+        if !starts_aligned(buf, at, 64) {
             return Err("panels are not 64-byte aligned");
         }
-        Ok(PackedMatrix {
-            k,
-            n,
-            off: 0,
-            data: Store::Shared { bytes, at, f16 },
-        })
+        // Both checks above are the ones `Buf::shared` makes (64 covers f32's and u16's
+        // alignment), so it cannot refuse here.
+        let past = "panels run past the end of the buffer";
+        let elems = panel_len(k, n);
+        let data = if f16 {
+            Store::F16(Buf::shared(bytes, at, elems).ok_or(past)?)
+        } else {
+            Store::F32(Buf::shared(bytes, at, elems).ok_or(past)?)
+        };
+        Ok(PackedMatrix { k, n, off: 0, data })
     }
 
     /// The weight back in PyTorch Linear layout `[n, k]`, widened to f32 (for uploading to
@@ -251,19 +241,6 @@ impl PackedMatrix {
             data: match &self.data {
                 Store::F32(v) => PanelData::F32(&v[self.off..self.off + len]),
                 Store::F16(v) => PanelData::F16(&v[self.off..self.off + len]),
-                Store::Shared { bytes, at, f16 } => {
-                    let b = &bytes.bytes()[*at..];
-                    // SAFETY: from_shared checked that `len` elements fit from `at` and that
-                    // they start 64-byte aligned (so aligned for f32 and u16); every bit pattern
-                    // is a valid f32 or u16; the bytes live as long as `self` holds the Arc.
-                    unsafe {
-                        if *f16 {
-                            PanelData::F16(core::slice::from_raw_parts(b.as_ptr().cast(), len))
-                        } else {
-                            PanelData::F32(core::slice::from_raw_parts(b.as_ptr().cast(), len))
-                        }
-                    }
-                }
             },
         }
     }
@@ -277,7 +254,7 @@ impl PackedMatrix {
             k,
             n,
             off,
-            data: Store::F32(data),
+            data: Store::F32(Buf::Owned(data)),
         }
     }
 }
@@ -458,8 +435,8 @@ pub fn gemm_isa(
     check(a, lda, m, &bv, c.len(), ldc, &ep);
     let cp = SyncPtr(c.as_mut_ptr());
     let panels = bv.n.div_ceil(NR);
-    // Runs of panels (about four per thread), each to whichever thread is free.
-    let chunk = panels.div_ceil(4 * par.threads()).max(1);
+    // Runs of panels, each to whichever thread is free.
+    let chunk = par.unit_size(panels);
     par.run_units(panels.div_ceil(chunk), &|_, u| {
         let (p_lo, p_hi) = (u * chunk, ((u + 1) * chunk).min(panels));
         // SAFETY: each unit writes only the columns of its own panels; bounds checked above.

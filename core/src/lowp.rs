@@ -1,6 +1,6 @@
 //! The loop the reduced-precision GEMMs (int8 in [`crate::q8`], bf16 in [`crate::bf16`]) share:
-//! rows go in blocks of `MC` and tiles of up to `MR`, threads take (block, run of panels) units; each
-//! kernel computes a tile and writes its rows into the output.
+//! rows go in blocks of `MC` and tiles of up to `MR`, threads take (block, run of panels) units;
+//! each kernel computes a tile and writes its rows into the output.
 
 use crate::gemm::NR;
 use crate::par::{Parallel, SyncPtr};
@@ -85,8 +85,8 @@ pub(crate) fn for_each_tile<T: Copy + Default>(
     let cp = SyncPtr(c.as_mut_ptr());
     let panels = n.div_ceil(NR);
     // Work units: (block of MC rows, run of `chunk` panels), block by block, handed out to
-    // whichever thread is free (about four runs per thread per block).
-    let chunk = panels.div_ceil(4 * par.threads()).max(1);
+    // whichever thread is free.
+    let chunk = par.unit_size(panels);
     let runs = panels.div_ceil(chunk);
     par.run_units(m.div_ceil(MC) * runs, &|_, u| {
         let (m0, r) = ((u / runs) * MC, u % runs);

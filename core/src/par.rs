@@ -51,6 +51,12 @@ impl Parallel {
         f(0, 1)
     }
 
+    /// How many of `n` items to put in each work unit for [`Self::run_units`]: about four units
+    /// per thread, so that a slower thread can hand work over, and at least one item.
+    pub fn unit_size(&self, n: usize) -> usize {
+        n.div_ceil(4 * self.threads()).max(1)
+    }
+
     /// Runs `f(thread, unit)` once for each `unit` in `0..units`, the units handed out one at
     /// a time from a shared counter to whichever thread is free, and waits for all of them. A
     /// thread that runs slower (its core busy with other work) takes fewer units instead of

@@ -11,7 +11,7 @@
 //! The integer sums are exact, so the VNNI kernel and the portable one give identical results.
 //! |sum| ≤ K·255·127 < 2³¹ for K < 66 000.
 
-use crate::buf::Buf;
+use crate::buf::{starts_aligned, Buf};
 use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel, SyncPtr};
@@ -101,10 +101,7 @@ impl Q8Matrix {
     /// unless it fits inside the buffer and its panels start 64-byte aligned in memory.
     pub fn from_shared(k: usize, n: usize, bytes: Arc<dyn SharedBytes>, at: usize) -> Option<Self> {
         let (k4, cols) = (k.next_multiple_of(4), n.div_ceil(NR) * NR);
-        let aligned = (bytes.bytes().as_ptr() as usize)
-            .wrapping_add(at)
-            .is_multiple_of(64);
-        if !aligned {
+        if !starts_aligned(bytes.bytes(), at, 64) {
             return None;
         }
         // Each part is checked to fit before the next offset is formed from it.
