@@ -6,22 +6,19 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Deref;
 
-/// Element types for which every bit pattern is a value and which have no padding, so any
-/// aligned bytes can be read as them.
-pub trait Plain: Copy + Send + Sync + 'static + sealed::Sealed {}
-impl Plain for i8 {}
-impl Plain for u16 {}
-impl Plain for i32 {}
-impl Plain for f32 {}
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for i8 {}
-    impl Sealed for u16 {}
-    impl Sealed for i32 {}
-    impl Sealed for f32 {}
-}
+/// Element types that any aligned bytes can be read as.
+///
+/// # Safety
+/// Every bit pattern of the type is a value, and it has no padding.
+pub(crate) unsafe trait Plain: Copy + Send + Sync + 'static {}
+// SAFETY: primitive integers and floats: no padding, every bit pattern a value.
+unsafe impl Plain for i8 {}
+unsafe impl Plain for u16 {}
+unsafe impl Plain for i32 {}
+unsafe impl Plain for f32 {}
 
 /// A `[T]` that is either a `Vec` or `len` values at byte `at` of shared bytes.
+#[derive(Clone)]
 pub(crate) enum Buf<T: Plain> {
     Owned(Vec<T>),
     Shared {
@@ -77,19 +74,6 @@ impl<T: Plain> Deref for Buf<T> {
                 // slice on every call and lives as long as the Arc this buffer holds.
                 unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<T>(), *len) }
             }
-        }
-    }
-}
-
-impl<T: Plain> Clone for Buf<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Buf::Owned(v) => Buf::Owned(v.clone()),
-            Buf::Shared { bytes, at, len } => Buf::Shared {
-                bytes: Arc::clone(bytes),
-                at: *at,
-                len: *len,
-            },
         }
     }
 }

@@ -17,7 +17,8 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from peer import golden, load, max_dlogit, pattern_images, text_features, timed as _timed  # noqa: E402
+from ort_time import rates as ort_rates, session as ort_session  # noqa: E402
+from peer import golden, load, max_dlogit, pattern_images, text_features  # noqa: E402
 
 
 class ImageTower(torch.nn.Module):
@@ -49,21 +50,11 @@ def main():
         torch.onnx.export(tower, (torch.randn(2, 3, s, s),), str(path), input_names=["pixels"],
                           output_names=["features"], dynamic_axes={"pixels": {0: "batch"}},
                           opset_version=17, dynamo=False)
-    def session(p):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = a.threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-
     def rates(sess, prefix):
-        for b in [int(x) for x in a.batches.split(",")]:
-            x = np.random.default_rng(0).standard_normal((b, 3, s, s), dtype=np.float32)
-            sess.run(None, {"pixels": x})
-            best = min(_timed(lambda: sess.run(None, {"pixels": x})) for _ in range(a.reps))
-            out[f"{prefix}image_b{b}_images_per_s"] = b / best
+        for b, (best, _) in ort_rates(sess, [int(x) for x in a.batches.split(",")], a.reps).items():
+            out[f"{prefix}image_b{b}_images_per_s"] = best
 
-    sess = session(path)
+    sess = ort_session(path, a.threads)
     out = {"engine": "onnxruntime", "onnxruntime": ort.__version__, "threads": a.threads}
     px = torch.randn(3, 3, s, s)
     with torch.inference_mode():
@@ -82,7 +73,7 @@ def main():
         for name, per_channel in [("per_tensor", False), ("per_channel", True)]:
             q = path.with_name(f"{path.stem}_int8_{name}.onnx")
             quantize_dynamic(str(path), str(q), per_channel=per_channel, weight_type=QuantType.QInt8)
-            qs = session(q)
+            qs = ort_session(q, a.threads)
             got = qs.run(None, {"pixels": px})[0]
             out[f"int8_{name}_max_abs_dlogit"] = max_dlogit(model, ref, got, txt)
             rates(qs, f"int8_{name}_")
