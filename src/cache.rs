@@ -20,7 +20,7 @@
 //! every value is finite; anything else is rebuilt. A directory that cannot be written costs a
 //! warning, never the run.
 
-use crate::outfile::write_atomic;
+use crate::outfile::OutputFile;
 use maple_core::TextFeatures;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,9 @@ pub fn default_dir() -> Option<PathBuf> {
     if cfg!(target_os = "macos") {
         return env("HOME").map(|h| h.join("Library/Caches/maple"));
     }
+    // The XDG spec: a relative XDG_CACHE_HOME is invalid and ignored.
     env("XDG_CACHE_HOME")
+        .filter(|d| d.is_absolute())
         .or_else(|| env("HOME").map(|h| h.join(".cache")))
         .map(|d| d.join("maple"))
 }
@@ -94,8 +96,13 @@ pub enum Miss {
 pub fn load(path: &Path, key: u128, labels: usize, dim: usize) -> Result<TextFeatures, Miss> {
     let n = labels * dim;
     let want = HEADER + 4 * n + 8;
-    // The length is checked before a byte is read: a huge stray file costs nothing.
-    let mut f = std::fs::File::open(path).map_err(|_| Miss::Absent)?;
+    // The length is checked before a byte is read: a huge stray file costs nothing. Opened
+    // without following a link or waiting on a FIFO; anything but a regular file is a miss.
+    let mut f = match open_cache_file(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Miss::Absent),
+        Err(_) => return Err(Miss::Invalid("not a regular file the cache wrote")),
+    };
     match f.metadata() {
         Ok(m) if m.is_file() && m.len() == want as u64 => {}
         Ok(_) => return Err(Miss::Invalid("wrong length")),
@@ -136,7 +143,47 @@ pub fn load(path: &Path, key: u128, labels: usize, dim: usize) -> Result<TextFea
     Ok(TextFeatures { dim, data })
 }
 
-/// Writes the features (temp file + rename, so a reader never sees half a file).
+/// Opens a cache file to read it: never through a symbolic link (a link planted in a shared
+/// cache directory is not followed) and without blocking (a FIFO at the name would otherwise
+/// wait for a writer forever). The caller checks that it is a regular file.
+pub(crate) fn open_cache_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    o.open(path)
+}
+
+/// Why a cache directory should not be used, if it should not: one that other users can
+/// write to (world-writable, or owned by another user) could hold a file planted to give
+/// this user's runs wrong features or weights.
+pub fn unsafe_dir(dir: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir).ok()?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if m.mode() & 0o002 != 0 {
+            return Some("it is writable by every user".into());
+        }
+        if m.uid() != me && me != 0 {
+            return Some(format!("it belongs to another user (uid {})", m.uid()));
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Writes the features (temp file + rename, so a reader never sees half a file; whatever is
+/// at the name, a link or a FIFO included, is replaced, never followed or opened).
 pub fn store(path: &Path, key: u128, feats: &TextFeatures) -> Result<(), String> {
     let dim = feats.dim;
     let mut b = Vec::with_capacity(HEADER + 4 * feats.data.len() + 8);
@@ -154,7 +201,9 @@ pub fn store(path: &Path, key: u128, feats: &TextFeatures) -> Result<(), String>
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    write_atomic(path, &b).map_err(|e| e.to_string())
+    let mut f = OutputFile::create_replacing(path).map_err(|e| e.to_string())?;
+    f.write_bytes(&b).map_err(|e| e.to_string())?;
+    f.commit().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -213,6 +262,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = path(&dir, 9);
         std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        assert_eq!(
+            load(&p, 9, 2, 3).unwrap_err(),
+            Miss::Invalid("not a regular file the cache wrote")
+        );
+        std::fs::remove_file(&p).unwrap();
+        // Nor is a FIFO opened in a way that waits for a writer (issue 31, N6).
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(
             load(&p, 9, 2, 3).unwrap_err(),
             Miss::Invalid("wrong length")

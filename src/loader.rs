@@ -58,6 +58,11 @@ pub fn map_file(path: &Path) -> Result<Bytes, Error> {
 /// `limit`.
 pub fn map_file_at_most(path: &Path, limit: u64) -> Result<Bytes, Error> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    map_open_file_at_most(f, path, limit)
+}
+
+/// [`map_file_at_most`] for a file already open (`path` names it in errors).
+pub(crate) fn map_open_file_at_most(f: File, path: &Path, limit: u64) -> Result<Bytes, Error> {
     let meta = f.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::Invalid(format!(
@@ -86,12 +91,16 @@ pub fn map_file_at_most(path: &Path, limit: u64) -> Result<Bytes, Error> {
         return Err(too_big(size(len), limit));
     }
     if len < 4096 {
-        return std::fs::read(path)
-            .map(Bytes::Owned)
-            .map_err(|e| Error::io(path, e));
+        // Read from the open file, not the name again (which may since point elsewhere).
+        return match read_at_most(&f, limit).map_err(|e| Error::io(path, e))? {
+            Some(bytes) => Ok(Bytes::Owned(bytes)),
+            None => Err(too_big(format!("over {}", size(limit)), limit)),
+        };
     }
-    // SAFETY: the map is read-only; a file truncated underneath us is the caller's problem
-    // exactly as with any mmap-based loader (safetensors, candle, llama.cpp).
+    // SAFETY: the map is read-only. A file truncated underneath us raises SIGBUS on the next
+    // access past its new end, as with any mmap-based loader (safetensors, candle,
+    // llama.cpp); the binaries turn that signal into a one-line error that removes their
+    // temporary files (cli/src/signals.rs).
     unsafe { Mmap::map(&f) }
         .map(Bytes::Mapped)
         .map_err(|e| Error::io(path, e))
@@ -322,6 +331,10 @@ struct Asked<'a> {
 }
 
 impl TensorSource for Asked<'_> {
+    fn metadata(&self, key: &str) -> Option<&str> {
+        self.inner.metadata(key)
+    }
+
     fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         if !self.names.borrow().contains(name) {
             self.names.borrow_mut().insert(name.to_string());
@@ -339,6 +352,10 @@ impl TensorSource for Asked<'_> {
 }
 
 impl TensorSource for Tap<'_> {
+    fn metadata(&self, key: &str) -> Option<&str> {
+        self.inner.metadata(key)
+    }
+
     fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         self.inner.tensor(name)
     }
@@ -397,7 +414,7 @@ pub fn load_model_fingerprinted(
     prompts: Option<&Path>,
     text: bool,
 ) -> Result<(Model, u128), Error> {
-    load_model_packed(dir, prompts, text, None, None)
+    load_model_packed(dir, prompts, text, None, None).map(|l| (l.model, l.fingerprint))
 }
 
 /// [`load_model_fingerprinted`], taking the Linear weights `packed` has (a packed-weight cache,
@@ -410,7 +427,7 @@ pub fn load_model_packed(
     text: bool,
     packed: Option<&dyn PanelSource>,
     weights_id: Option<u128>,
-) -> Result<(Model, u128), Error> {
+) -> Result<Loaded, Error> {
     check_model_dir(dir)?;
     let config = read_config(dir)?;
     let wp = weights_file(dir)?;
@@ -445,21 +462,37 @@ pub fn load_model_packed(
     let cj = dir.join("config.json");
     h.update(&std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?);
     h.update(&weights_fp.to_le_bytes());
-    let prompts = match prompts {
+    let (prompts, template) = match prompts {
         Some(p) => {
-            let (pr, fp) = with_tensors_at_most(p, MAX_PROMPTS_BYTES, false, |src| {
+            let (pr, fp, template) = with_tensors_at_most(p, MAX_PROMPTS_BYTES, false, |src| {
                 let fp = fingerprint(src, |_| true);
-                MaplePrompts::load(&config, src).map(|pr| (pr, fp))
+                let template = src.metadata("template").map(str::to_string);
+                MaplePrompts::load(&config, src).map(|pr| (pr, fp, template))
             })?;
             h.update(&fp.to_le_bytes());
-            Some(pr)
+            (Some(pr), template)
         }
         None => {
             h.update(b"zero-shot");
-            None
+            (None, None)
         }
     };
-    Ok((Model::new(clip, prompts), h.digest128()))
+    Ok(Loaded {
+        model: Model::new(clip, prompts),
+        fingerprint: h.digest128(),
+        template,
+    })
+}
+
+/// What [`load_model_packed`] gives.
+pub struct Loaded {
+    /// CLIP and, if given, the prompts.
+    pub model: Model,
+    /// Everything the text features depend on (see [`load_model_fingerprinted`]).
+    pub fingerprint: u128,
+    /// The template the prompts file was trained with (its `template` metadata, which
+    /// `maple-train` writes), if it says.
+    pub template: Option<String>,
 }
 
 /// Adds the text tower to a model loaded without it.

@@ -11,6 +11,16 @@
 //! * a device, FIFO or socket (`/dev/null`, `/dev/stdout`, `>(…)`): written straight into,
 //!   never replaced by a regular file;
 //! * a directory: an error.
+//!
+//! [`OutputFile::create_replacing`] is for the files a program owns (the caches): whatever is
+//! at the name — a symbolic link, a FIFO, a device node — is replaced by the new regular file,
+//! never followed, opened or written into, so a link planted in a shared cache directory cannot
+//! redirect the write to another file.
+//!
+//! Every temporary file is also noted in a process-wide list that
+//! [`remove_live_temporaries`] empties from a signal handler (destructors do not run when a
+//! signal ends a process), and [`remove_stale_temporaries`] removes the temporaries that dead
+//! processes left (`.NAME.PID-N.tmp`, PID no longer running).
 
 use crate::error::path_display;
 use crate::Error;
@@ -28,6 +38,8 @@ pub struct OutputFile {
     out: Option<BufWriter<File>>,
     /// `(temporary, target)` when the bytes are renamed into place at the end.
     rename: Option<(PathBuf, PathBuf)>,
+    /// The temporary file's place in the list a signal handler empties.
+    live: Option<usize>,
 }
 
 /// Where a destination finally points: `path` with every symbolic link resolved (a dangling
@@ -68,6 +80,7 @@ fn open_direct(path: &Path) -> Result<OutputFile, Error> {
         path: path.to_path_buf(),
         out: Some(BufWriter::new(f)),
         rename: None,
+        live: None,
     })
 }
 
@@ -93,6 +106,7 @@ impl OutputFile {
                     path: path.to_path_buf(),
                     out: None,
                     rename: None,
+                    live: None,
                 })
             }
         };
@@ -126,28 +140,51 @@ impl OutputFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "output".into());
-        let (tmp, f) = (0..100)
-            .find_map(|i| {
-                let tmp = dir.join(format!(".{name}.{}-{i}.tmp", std::process::id()));
-                match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-                    Ok(f) => Some(Ok((tmp, f))),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
-            .unwrap_or_else(|| Err(std::io::Error::other("no free temporary name")))
-            .map_err(|e| Error::io(path, e))?;
-        if let Some(perm) = keep {
-            // Before any byte is written: a 0600 file's contents are never readable by others.
-            if let Err(e) = f.set_permissions(perm) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::io(path, e));
-            }
-        }
-        Ok(OutputFile {
+        remove_stale_temporaries(&dir, Some(&name));
+        let (tmp, f, live) = temporary(&dir, &name).map_err(|e| Error::io(path, e))?;
+        let f = OutputFile {
             path: path.to_path_buf(),
             out: Some(BufWriter::new(f)),
             rename: Some((tmp, target)),
+            live,
+        };
+        if let Some(perm) = keep {
+            // Before any byte is written: a 0600 file's contents are never readable by others.
+            // (On error, dropping `f` removes the temporary file.)
+            if let Some(out) = &f.out {
+                out.get_ref()
+                    .set_permissions(perm)
+                    .map_err(|e| Error::io(path, e))?;
+            }
+        }
+        Ok(f)
+    }
+
+    /// Opens `path` for a file the program owns (a cache file): the bytes go to a temporary
+    /// file beside it, renamed over `path` by [`commit`](Self::commit), replacing whatever is
+    /// there — a regular file, a symbolic link (the link itself, never its target), a FIFO or a
+    /// device node — without opening or following it. A directory is an error.
+    pub fn create_replacing(path: &Path) -> Result<OutputFile, Error> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Invalid(format!(
+                "{}: is a directory",
+                path_display(path)
+            )));
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        let (tmp, f, live) = temporary(&dir, &name).map_err(|e| Error::io(path, e))?;
+        Ok(OutputFile {
+            path: path.to_path_buf(),
+            out: Some(BufWriter::new(f)),
+            rename: Some((tmp, path.to_path_buf())),
+            live,
         })
     }
 
@@ -175,10 +212,14 @@ impl OutputFile {
             .map_err(|e| Error::io(&self.path, e));
         r?;
         if let Some((tmp, target)) = self.rename.take() {
-            if let Err(e) = std::fs::rename(&tmp, &target) {
+            let r = std::fs::rename(&tmp, &target);
+            if r.is_err() {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(Error::io(&self.path, e));
             }
+            if let Some(i) = self.live.take() {
+                live::forget(i);
+            }
+            r.map_err(|e| Error::io(&self.path, e))?;
         }
         Ok(())
     }
@@ -210,7 +251,190 @@ impl Drop for OutputFile {
             }
             let _ = std::fs::remove_file(tmp);
         }
+        if let Some(i) = self.live.take() {
+            live::forget(i);
+        }
     }
+}
+
+/// Creates a new temporary file `.NAME.PID-N.tmp` in `dir` (exclusively: never an existing
+/// name, never through a link), noted in the list [`remove_live_temporaries`] empties.
+fn temporary(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File, Option<usize>)> {
+    for i in 0..100 {
+        let tmp = dir.join(format!(".{name}.{}-{i}.tmp", std::process::id()));
+        // Noted before it exists, so no signal can leave it behind.
+        let slot = live::note(&tmp);
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.custom_flags(libc::O_NOFOLLOW);
+        }
+        match o.open(&tmp) {
+            Ok(f) => return Ok((tmp, f, slot)),
+            Err(e) => {
+                if let Some(s) = slot {
+                    live::forget(s);
+                }
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Err(std::io::Error::other("no free temporary name"))
+}
+
+/// The process id in a temporary file's name `.NAME.PID-N.tmp` (any NAME when `name` is
+/// `None`).
+fn temporary_pid(file: &str, name: Option<&str>) -> Option<u32> {
+    let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (stem, tail) = rest.rsplit_once('.')?;
+    if name.is_some_and(|n| n != stem) {
+        return None;
+    }
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether no process `pid` runs on this machine (`false` when that cannot be told).
+fn is_dead(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(p) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let r = unsafe { libc::kill(p, 0) };
+        r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
+}
+
+/// Removes, from `dir`, the temporary files (`.NAME.PID-N.tmp`, of `name` only when given)
+/// that processes no longer running left behind (killed before they could clean up). Returns
+/// how many were removed. Regular files only; errors are ignored.
+pub fn remove_stale_temporaries(dir: &Path, name: Option<&str>) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file.to_str().and_then(|f| temporary_pid(f, name)) else {
+            continue;
+        };
+        if pid != me
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && is_dead(pid)
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Removes every temporary file this process has open (an [`OutputFile`] not yet committed or
+/// dropped). Async-signal-safe: a signal handler calls it before the process ends, since
+/// destructors do not run then. Each file is removed once.
+pub fn remove_live_temporaries() {
+    live::remove_all();
+}
+
+/// The temporary files a process has open, in fixed slots a signal handler can read without
+/// locks or allocation.
+#[cfg(unix)]
+mod live {
+    use std::cell::UnsafeCell;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+
+    const SLOTS: usize = 64;
+    const CAP: usize = 4096;
+    const FREE: u8 = 0;
+    const FILLING: u8 = 1;
+    const READY: u8 = 2;
+    const GONE: u8 = 3;
+
+    struct Slot {
+        state: AtomicU8,
+        /// A NUL-terminated absolute path; written only in state FILLING by the thread that
+        /// moved the slot there, read only in state READY/GONE.
+        path: UnsafeCell<[u8; CAP]>,
+    }
+
+    // SAFETY: `path` is written only by the one thread that won the FREE → FILLING exchange,
+    // and read only after it published READY (SeqCst), as the comments at each use say.
+    unsafe impl Sync for Slot {}
+
+    static LIVE: [Slot; SLOTS] = [const {
+        Slot {
+            state: AtomicU8::new(FREE),
+            path: UnsafeCell::new([0; CAP]),
+        }
+    }; SLOTS];
+
+    /// Notes `p`; `None` when it cannot be noted (every slot taken, a path too long).
+    pub(super) fn note(p: &Path) -> Option<usize> {
+        let abs = std::path::absolute(p).ok()?;
+        let b = abs.as_os_str().as_bytes();
+        if b.len() >= CAP || b.contains(&0) {
+            return None;
+        }
+        for (i, s) in LIVE.iter().enumerate() {
+            if s.state
+                .compare_exchange(FREE, FILLING, SeqCst, SeqCst)
+                .is_ok()
+            {
+                // SAFETY: in state FILLING this thread is the slot's only user.
+                let buf = unsafe { &mut *s.path.get() };
+                buf[..b.len()].copy_from_slice(b);
+                buf[b.len()] = 0;
+                s.state.store(READY, SeqCst);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Frees slot `i` (the file was renamed or removed).
+    pub(super) fn forget(i: usize) {
+        let s = &LIVE[i];
+        // READY → FREE; a slot a signal handler took (GONE) stays taken: the process is ending.
+        let _ = s.state.compare_exchange(READY, FREE, SeqCst, SeqCst);
+    }
+
+    pub(super) fn remove_all() {
+        for s in &LIVE {
+            if s.state
+                .compare_exchange(READY, GONE, SeqCst, SeqCst)
+                .is_ok()
+            {
+                // SAFETY: READY means the path was written whole and NUL-terminated; GONE
+                // keeps any thread from writing it again. unlink is async-signal-safe.
+                unsafe { libc::unlink(s.path.get() as *const libc::c_char) };
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod live {
+    use std::path::Path;
+    pub(super) fn note(_: &Path) -> Option<usize> {
+        None
+    }
+    pub(super) fn forget(_: usize) {}
+    pub(super) fn remove_all() {}
 }
 
 /// Writes `bytes` to `path` in one go through an [`OutputFile`]: a reader sees the old file or
@@ -307,6 +531,69 @@ mod tests {
         std::os::unix::fs::symlink("loop-a", d.join("loop-b")).unwrap();
         let e = write_atomic(&d.join("loop-a"), b"x").unwrap_err();
         assert!(e.to_string().contains("too many levels"), "{e}");
+    }
+
+    /// Issue 31 (N5, N6): a cache file's name replaced whatever is there, never following a
+    /// link (whose target would be overwritten) or opening a FIFO (which would block).
+    #[cfg(unix)]
+    #[test]
+    fn replacing_never_follows_or_opens_what_is_at_the_name() {
+        let d = dir("replacing");
+        let victim = d.join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = d.join("cache.bin");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let mut f = OutputFile::create_replacing(&link).unwrap();
+        f.write_bytes(b"cache").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), "cache");
+        let fifo = d.join("fifo.bin");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut f = OutputFile::create_replacing(&fifo).unwrap();
+        f.write_bytes(b"x").unwrap();
+        f.commit().unwrap();
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().is_file());
+        let e = OutputFile::create_replacing(&d).err().unwrap();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert_eq!(names(&d), ["cache.bin", "fifo.bin", "victim.txt"]);
+    }
+
+    /// Issue 31 (N7): temporaries of processes that no longer run are removed, a live one's
+    /// never; the names parse as written.
+    #[cfg(unix)]
+    #[test]
+    fn stale_temporaries_of_dead_processes_only() {
+        assert_eq!(temporary_pid(".out.csv.123-4.tmp", None), Some(123));
+        assert_eq!(
+            temporary_pid(".out.csv.123-4.tmp", Some("out.csv")),
+            Some(123)
+        );
+        assert_eq!(temporary_pid(".out.csv.123-4.tmp", Some("out")), None);
+        assert_eq!(temporary_pid("out.csv.123-4.tmp", None), None);
+        assert_eq!(temporary_pid(".out.csv.12x-4.tmp", None), None);
+        let d = dir("stale");
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        let me = std::process::id();
+        for n in [
+            format!(".a.bin.{dead}-0.tmp"),
+            format!(".a.bin.{me}-0.tmp"),
+            format!(".b.bin.{dead}-7.tmp"),
+            "a.bin".to_string(),
+        ] {
+            std::fs::write(d.join(n), "x").unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(&d, Some("a.bin")), 1);
+        assert_eq!(remove_stale_temporaries(&d, None), 1);
+        assert_eq!(
+            names(&d),
+            [format!(".a.bin.{me}-0.tmp"), "a.bin".to_string()]
+        );
     }
 
     #[test]

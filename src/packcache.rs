@@ -31,7 +31,7 @@
 //! [`Bf16Matrix::to_bytes`] give them (kinds 2 and 3), so a warm run neither converts nor reads
 //! the f32 panels of those Linears. Its key is the f32 file's key and the precision.
 
-use crate::loader::{map_file_at_most, Bytes, MAX_WEIGHTS_BYTES};
+use crate::loader::{map_open_file_at_most, Bytes, MAX_WEIGHTS_BYTES};
 use crate::outfile::OutputFile;
 use maple_core::bf16::Bf16Matrix;
 use maple_core::clip::{LowRef, LowWeight, PanelSource};
@@ -278,13 +278,19 @@ impl PackCache {
 
     /// `Err(None)`: no file; `Err(Some(why))`: a file that is not usable.
     fn read(&self) -> Result<Opened, Option<String>> {
-        match std::fs::metadata(&self.path) {
+        // Never through a link, never waiting on a FIFO: only a regular file is mapped.
+        let f = match crate::cache::open_cache_file(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
+            Err(_) => return Err(Some("not a regular file the cache wrote".into())),
+        };
+        match f.metadata() {
             Ok(m) if m.is_file() => {}
-            Ok(_) => return Err(Some("not a regular file".into())),
-            Err(_) => return Err(None),
+            Ok(_) => return Err(Some("not a regular file the cache wrote".into())),
+            Err(e) => return Err(Some(e.to_string())),
         }
-        let bytes =
-            map_file_at_most(&self.path, 2 * MAX_WEIGHTS_BYTES).map_err(|e| Some(e.to_string()))?;
+        let bytes = map_open_file_at_most(f, &self.path, 2 * MAX_WEIGHTS_BYTES)
+            .map_err(|e| Some(e.to_string()))?;
         let b: &[u8] = &bytes;
         if b.len() < HEADER || &b[..8] != MAGIC {
             return Err(Some("not a maple packed-weight cache".into()));
@@ -449,7 +455,7 @@ impl PackCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let mut f = OutputFile::create(&self.path).map_err(|e| e.to_string())?;
+        let mut f = OutputFile::create_replacing(&self.path).map_err(|e| e.to_string())?;
         f.write_bytes(&head).map_err(|e| e.to_string())?;
         let zeros = [0u8; ALIGN];
         for (_, _, _, _, bytes) in &items {
@@ -567,7 +573,7 @@ mod tests {
         let config = std::fs::read(tiny().join("config.json")).unwrap();
         let prompts = tiny().join("maple_prompts.safetensors");
         let load = |packs: Option<&PackCache>| {
-            let (m, _) = load_model_packed(
+            let m = load_model_packed(
                 &tiny(),
                 Some(&prompts),
                 true,
@@ -575,7 +581,7 @@ mod tests {
                 packs.map(PackCache::key),
             )
             .unwrap();
-            m
+            m.model
         };
         let plain = load(None);
 
@@ -624,7 +630,7 @@ mod tests {
         let load = |set: &PackSet| {
             load_model_packed(&tiny(), None, true, Some(set as _), None)
                 .unwrap()
-                .0
+                .model
         };
         for holds in [Holds::Int8, Holds::Bf16] {
             let convert = |m: &mut maple_core::Model| match holds {

@@ -3,6 +3,9 @@
 //! Run side by side with tools/bench/torch_bench.py (tools/bench/run.sh does both).
 //! `--device gpu` times the wgpu path instead; `--profile` adds a table of GPU time per kernel.
 
+#[path = "../signals.rs"]
+mod signals;
+
 use clap::Parser;
 use maple::loader::{load_model, load_tokenizer};
 use maple_core::gemm::{gemm, Epilogue, PackedMatrix};
@@ -158,6 +161,7 @@ pub fn label_names(n: usize) -> Vec<String> {
 }
 
 fn main() {
+    signals::install("maple-bench");
     let a = Args::parse();
     let model = load_model(&a.model, a.prompts.as_deref()).unwrap_or_else(|e| {
         eprintln!("maple-bench: {e}");

@@ -1,6 +1,9 @@
 //! maple-convert: PyTorch checkpoints (MaPLe `.pth.tar`, HF `pytorch_model.bin`, OpenAI state
 //! dicts) or safetensors → safetensors with HF / MaPLe names. Never runs code from the input.
 
+#[path = "../signals.rs"]
+mod signals;
+
 use clap::{Parser, ValueEnum};
 use maple::convert::{convert, convert_to_bytes, Kind};
 use maple::path_display;
@@ -49,6 +52,7 @@ fn convert_to_stdout(input: &Path, dtype: Option<Dtype>) -> Result<(Kind, usize)
 }
 
 fn main() -> ExitCode {
+    signals::install("maple-convert");
     // Argument errors exit 1 like every other fatal error (clap's default is 2).
     let a = match Args::try_parse() {
         Ok(a) => a,

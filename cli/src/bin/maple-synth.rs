@@ -1,5 +1,8 @@
 //! maple-synth: deterministic synthetic CLIP ViT-B/16 (or tiny) weights + MaPLe prompts.
 
+#[path = "../signals.rs"]
+mod signals;
+
 use clap::{Parser, ValueEnum};
 use maple::synth::{write_model, Size, SynthSpec};
 use maple_core::Dtype;
@@ -43,6 +46,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    signals::install("maple-synth");
     let a = Args::parse();
     let spec = SynthSpec {
         size: match a.size {
