@@ -6,10 +6,10 @@
 use crate::error::{path_display, Error, Result};
 use crate::imageio::load_rgb8;
 use crate::loader::{
-    load_model_fingerprinted, load_text_tower, load_tokenizer, read_config, with_tensors_at_most,
-    MAX_PROMPTS_BYTES,
+    load_model_fingerprinted, load_text_tower, load_tokenizer, map_file_at_most, read_config,
+    with_tensors_at_most, MAX_PROMPTS_BYTES,
 };
-use crate::outfile::write_atomic;
+use crate::outfile::{write_atomic, OutputFile};
 use maple_core::preprocess::{normalize_into, preprocess, resize_box_rgb8};
 use maple_core::safetensors::{serialize, Dtype, OwnedTensor, SafeTensors, TensorSource};
 use maple_core::synth::Rng;
@@ -206,6 +206,75 @@ impl Default for TrainOptions {
     }
 }
 
+impl TrainOptions {
+    /// Refuses hyper-parameters no run can use: zero epochs or batch size, a learning rate,
+    /// momentum or weight decay that is negative or not a finite number.
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 || self.epochs == 0 {
+            return Err(Error::Invalid(
+                "--batch-size and --epochs must be at least 1".into(),
+            ));
+        }
+        for (flag, v) in [
+            ("--lr", self.lr),
+            ("--momentum", self.momentum),
+            ("--weight-decay", self.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::Invalid(format!(
+                    "{flag} {v}: it must be a finite number, 0 or more"
+                )));
+            }
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::Invalid("--max-steps must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Memory this process could still take: the smaller of Linux's `MemAvailable` and the
+/// address-space limit (`ulimit -v`), else unknown.
+fn available_memory() -> Option<u64> {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kb.checked_mul(1024)
+        });
+    #[cfg(unix)]
+    let limit = {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0;
+        // (rlim_t is u64 on Linux and macOS, not on every Unix.)
+        #[allow(clippy::unnecessary_cast)]
+        (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
+    };
+    #[cfg(not(unix))]
+    let limit: Option<u64> = None;
+    match (avail, limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// `123 MB`, `4.4 GB`, `10.7 TB`.
+fn bytes_text(b: u128) -> String {
+    let b = b as f64;
+    if b >= 1e12 {
+        format!("{:.1} TB", b / 1e12)
+    } else if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
+}
+
 /// What the loop reports as it goes.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -232,7 +301,10 @@ pub enum Event {
         epoch: usize,
         /// Steps done in all.
         step: usize,
-        /// This step's loss.
+        /// Images this step trained on: 0 when none of its images could be read (the step
+        /// counts, without an update).
+        images: usize,
+        /// This step's loss (NaN when `images` is 0).
         loss: f32,
         /// Running accuracy over the epoch so far.
         accuracy: f32,
@@ -241,7 +313,8 @@ pub enum Event {
         /// Learning rate of this step.
         lr: f32,
     },
-    /// An image that could not be read: skipped in this step.
+    /// An image that could not be read: skipped (reported once per run; later epochs skip
+    /// it without a word).
     Skipped {
         /// The file.
         path: PathBuf,
@@ -257,6 +330,13 @@ pub enum Event {
         /// Held-out images.
         images: usize,
     },
+    /// An epoch's checkpoint could not be written; the run goes on.
+    CheckpointFailed {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why (the error names the file).
+        error: String,
+    },
     /// One epoch done (and its checkpoint written, when there is a checkpoint folder).
     Epoch {
         /// 0-based epoch.
@@ -268,6 +348,18 @@ pub enum Event {
         /// The checkpoint written.
         checkpoint: Option<PathBuf>,
     },
+}
+
+/// What an epoch has done so far.
+#[derive(Default)]
+struct EpochStats {
+    /// Steps counted (with or without an update).
+    steps: usize,
+    /// Steps that updated the prompts (at least one image read).
+    updates: usize,
+    loss_sum: f64,
+    seen: usize,
+    correct: usize,
 }
 
 /// A training run: model, prompts, optimizer, data and workspace.
@@ -284,6 +376,8 @@ pub struct Trainer {
     epoch: usize,
     steps: usize,
     eval: Option<Dataset>,
+    /// Items that failed to load (each reported once).
+    unreadable: std::collections::HashSet<usize>,
 }
 
 /// Token rows of the class prompts.
@@ -304,13 +398,35 @@ fn class_rows(
 
 impl Trainer {
     /// Loads the model (with its text tower), the data and the starting prompts.
-    pub fn new(model_dir: &Path, data: Dataset, opts: TrainOptions) -> Result<Trainer> {
-        if opts.batch_size == 0 || opts.epochs == 0 {
-            return Err(Error::Invalid(
-                "--batch-size and --epochs must be at least 1".into(),
-            ));
-        }
+    pub fn new(model_dir: &Path, data: Dataset, mut opts: TrainOptions) -> Result<Trainer> {
+        opts.check()?;
+        // More threads than cores are never started (as maple-classify); at least one.
+        opts.threads = match std::thread::available_parallelism() {
+            Ok(cores) => opts.threads.clamp(1, cores.get()),
+            Err(_) => opts.threads.clamp(1, 64),
+        };
         let config = read_config(model_dir)?;
+        if opts.init.is_none() {
+            // Checked before anything is sized by them (PromptParams::init checks again).
+            let max_ctx = config.text.max_position_embeddings.saturating_sub(2);
+            let layers = config
+                .vision
+                .tower
+                .num_hidden_layers
+                .min(config.text.tower.num_hidden_layers);
+            if opts.n_ctx == 0 || opts.n_ctx > max_ctx {
+                return Err(Error::Invalid(format!(
+                    "--n-ctx {}: it must be 1..={max_ctx}",
+                    opts.n_ctx
+                )));
+            }
+            if opts.depth == 0 || opts.depth > layers {
+                return Err(Error::Invalid(format!(
+                    "--depth {}: it must be 1..={layers} (the model's layers)",
+                    opts.depth
+                )));
+            }
+        }
         let (mut model, _) = load_model_fingerprinted(model_dir, None, false)?;
         load_text_tower(model_dir, &mut model).map_err(|e| {
             Error::Model(format!(
@@ -326,7 +442,7 @@ impl Trainer {
                 let tok = load_tokenizer(model_dir)?;
                 let ids = tok.encode(&opts.template)?;
                 let dt = config.text.tower.hidden_size;
-                if ids.len() < opts.n_ctx + 2 {
+                if ids.len() < opts.n_ctx.saturating_add(2) {
                     return Err(Error::Invalid(format!(
                         "the template \"{}\" has {} tokens; --n-ctx {} needs at least that many words",
                         opts.template,
@@ -348,9 +464,25 @@ impl Trainer {
         };
         model.prompts = Some(params.prompts());
         let rows = class_rows(model_dir, &model, &opts.template, &data.classes)?;
-        let par = Parallel::with_threads(opts.threads.max(1));
-        let ws =
-            TrainWorkspace::new(&model, &rows, opts.batch_size, &par).map_err(Error::Compute)?;
+        // The workspace's size is known before it is allocated: refuse what cannot fit.
+        let batch = opts.batch_size.min(data.items.len()).max(1);
+        let need = TrainWorkspace::required_bytes(&model, &rows, batch, opts.threads);
+        let have = available_memory();
+        if have.is_some_and(|h| need > h as u128) || need > isize::MAX as u128 {
+            return Err(Error::Invalid(format!(
+                "training {} classes at --batch-size {} needs a {} workspace{}: \
+                 use fewer classes or a smaller --batch-size",
+                data.classes.len(),
+                opts.batch_size,
+                bytes_text(need),
+                have.map_or(String::new(), |h| format!(
+                    ", more than the {} of memory available",
+                    bytes_text(h as u128)
+                )),
+            )));
+        }
+        let par = Parallel::with_threads(opts.threads);
+        let ws = TrainWorkspace::new(&model, &rows, batch, &par).map_err(Error::Compute)?;
         Ok(Trainer {
             grads: params.zeros_like(),
             opt: Sgd::new(opts.momentum, opts.weight_decay),
@@ -364,6 +496,7 @@ impl Trainer {
             epoch: 0,
             steps: 0,
             eval: None,
+            unreadable: Default::default(),
         })
     }
 
@@ -450,6 +583,21 @@ impl Trainer {
         Ok(())
     }
 
+    /// Checks, before any training, that checkpoints can be written into `dir`: it is made
+    /// if missing, and must be a folder a file can be created in.
+    pub fn check_checkpoints(dir: &Path) -> Result<()> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{}: is not a folder (checkpoints go into a folder; give --checkpoints DIR or \
+                 --no-checkpoints)",
+                path_display(dir)
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::outfile::remove_stale_temporaries(dir, None);
+        OutputFile::check(&dir.join("epoch-1.safetensors"))
+    }
+
     /// Runs the remaining epochs (or up to `max_steps`), calling `on` as it goes. After each
     /// epoch, when `checkpoints` is given, the run is saved there as `epoch-<N>.safetensors`
     /// (written whole or not at all).
@@ -483,97 +631,84 @@ impl Trainer {
         let mut pixels = vec![0.0f32; b * img_len];
         let mut labels = Vec::with_capacity(b);
         let mut done = 0;
+        // Images of the last batch that trained (kept for the check of the prompts that
+        // are about to be written).
+        let mut last: Vec<usize> = Vec::with_capacity(b);
+        let mut lr = self.lr(self.epoch);
         while self.epoch < self.opts.epochs && done < total {
             let epoch = self.epoch;
-            let lr = self.lr(epoch);
+            lr = self.lr(epoch);
             let order = self.order(epoch);
-            let (mut loss_sum, mut seen, mut correct, mut steps) = (0.0f64, 0usize, 0usize, 0usize);
+            let mut e = EpochStats::default();
             let t0 = Instant::now();
             for step in 0..spe {
                 if done >= total {
                     break;
                 }
-                labels.clear();
-                let mut k = 0;
-                for slot in 0..b {
-                    let item = order[(step * b + slot) % order.len()];
-                    let (path, class) = &self.data.items[item];
-                    let mut rng = self.opts.augment.then(|| {
-                        Rng::new(
-                            self.opts.seed
-                                ^ ((epoch * order.len() + item) as u64 + 1)
-                                    .wrapping_mul(0xD1B5_4A32_D192_ED03),
-                        )
-                    });
-                    match self.pixels(
-                        path,
-                        rng.as_mut(),
-                        &mut pixels[k * img_len..(k + 1) * img_len],
-                    ) {
-                        Ok(()) => {
-                            labels.push(*class);
-                            k += 1;
-                        }
-                        Err(e) => on(Event::Skipped {
-                            path: path.clone(),
-                            error: e.to_string(),
-                        }),
-                    }
-                }
-                if k == 0 {
-                    continue;
-                }
-                let StepStats { loss, correct: c } = self
-                    .model
-                    .loss_and_grad(
-                        &self.par,
-                        &mut self.ws,
-                        &self.params,
-                        &pixels[..k * img_len],
-                        &labels,
-                        &mut self.grads,
-                    )
-                    .map_err(Error::Compute)?;
-                if !loss.is_finite() {
-                    return Err(Error::Invalid(format!(
-                        "the loss became {loss} at step {} (learning rate {lr}); nothing was written for this epoch",
-                        self.steps + 1
-                    )));
-                }
-                self.opt.step(&mut self.params, &self.grads, lr);
-                self.model.prompts = Some(self.params.prompts());
+                // A step whose images all fail counts as a step (with no update), so every
+                // epoch and the run end whatever the data holds.
+                let k = self.load_batch(epoch, step, &order, &mut pixels, &mut labels, on)?;
+                let loss = if k > 0 {
+                    last.clone_from(&labels);
+                    Some(self.train_step(&pixels[..k * img_len], &labels, lr, &mut e)?)
+                } else {
+                    None
+                };
                 self.steps += 1;
                 done += 1;
-                steps += 1;
-                loss_sum += loss as f64;
-                seen += k;
-                correct += c;
+                e.steps += 1;
                 on(Event::Step {
                     epoch,
                     step: self.steps,
-                    loss,
-                    accuracy: correct as f32 / seen as f32,
-                    images_per_s: seen as f32 / t0.elapsed().as_secs_f32().max(1e-9),
+                    images: k,
+                    loss: loss.unwrap_or(f32::NAN),
+                    accuracy: e.correct as f32 / e.seen.max(1) as f32,
+                    images_per_s: e.seen as f32 / t0.elapsed().as_secs_f32().max(1e-9),
                     lr,
                 });
             }
-            let epoch_done = steps == spe;
+            let epoch_done = e.steps == spe;
+            if epoch_done && e.updates == 0 {
+                return Err(Error::Invalid(format!(
+                    "{}: none of the images of epoch {} could be read ({} of its {} images \
+                     failed); nothing to train on",
+                    path_display(&self.data.dir),
+                    epoch + 1,
+                    self.unreadable.len(),
+                    self.data.items.len()
+                )));
+            }
             if epoch_done {
                 self.epoch += 1;
+                if checkpoints.is_some() {
+                    self.check_prompts(&pixels[..last.len() * img_len], &last, lr)?;
+                }
             }
+            // A checkpoint that cannot be written (a full disk) costs a warning, not the run:
+            // the run goes on to write its prompts file.
             let checkpoint = match (checkpoints, epoch_done) {
                 (Some(dir), true) => {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                     let p = dir.join(format!("epoch-{}.safetensors", self.epoch));
-                    write_atomic(&p, &self.checkpoint_bytes())?;
-                    Some(p)
+                    match std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::io(dir, e))
+                        .and_then(|()| write_atomic(&p, &self.checkpoint_bytes()))
+                    {
+                        Ok(()) => Some(p),
+                        Err(e) => {
+                            on(Event::CheckpointFailed {
+                                path: p,
+                                error: e.to_string(),
+                            });
+                            None
+                        }
+                    }
                 }
                 _ => None,
             };
             on(Event::Epoch {
                 epoch,
-                loss: (loss_sum / steps.max(1) as f64) as f32,
-                accuracy: correct as f32 / seen.max(1) as f32,
+                loss: (e.loss_sum / e.updates.max(1) as f64) as f32,
+                accuracy: e.correct as f32 / e.seen.max(1) as f32,
                 checkpoint,
             });
             if self.eval.is_some() {
@@ -585,7 +720,145 @@ impl Trainer {
                 });
             }
         }
+        // What the run's prompts file will hold.
+        self.check_prompts(&pixels[..last.len() * img_len], &last, lr)?;
         Ok(())
+    }
+
+    /// Checks the prompts about to be written (a checkpoint, the prompts file) on the last
+    /// batch that trained: every step checks the loss of the prompts it starts from, which
+    /// leaves the last update unchecked. Prompts that are finite but so large that the towers
+    /// overflow (a learning rate far too large) give a loss that is not.
+    fn check_prompts(&mut self, pixels: &[f32], labels: &[usize], lr: f32) -> Result<()> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let StepStats { loss, .. } = self
+            .model
+            .loss_and_grad(
+                &self.par,
+                &mut self.ws,
+                &self.params,
+                pixels,
+                labels,
+                &mut self.grads,
+            )
+            .map_err(Error::Compute)?;
+        if loss.is_finite() {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "the prompts after step {} give a loss of {loss} (learning rate {lr}); nothing \
+             was written for this epoch (try a smaller --lr)",
+            self.steps
+        )))
+    }
+
+    /// Decodes the images of `step` of an epoch into `pixels` (their classes into `labels`),
+    /// skipping those that cannot be read: each is reported once per run, and a run none of
+    /// whose images can be read stops with an error. Returns how many were loaded.
+    fn load_batch(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        order: &[usize],
+        pixels: &mut [f32],
+        labels: &mut Vec<usize>,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<usize> {
+        let s = self.model.clip.config.vision.image_size;
+        let img_len = 3 * s * s;
+        let b = pixels.len() / img_len;
+        labels.clear();
+        let mut k = 0;
+        for slot in 0..b {
+            let item = order[(step * b + slot) % order.len()];
+            let (path, class) = &self.data.items[item];
+            let mut rng = self.opts.augment.then(|| {
+                Rng::new(
+                    self.opts.seed
+                        ^ ((epoch * order.len() + item) as u64 + 1)
+                            .wrapping_mul(0xD1B5_4A32_D192_ED03),
+                )
+            });
+            match self.pixels(
+                path,
+                rng.as_mut(),
+                &mut pixels[k * img_len..(k + 1) * img_len],
+            ) {
+                Ok(()) => {
+                    labels.push(*class);
+                    k += 1;
+                }
+                Err(e) => {
+                    if self.unreadable.insert(item) {
+                        on(Event::Skipped {
+                            path: path.clone(),
+                            error: e.to_string(),
+                        });
+                    }
+                    if self.unreadable.len() == self.data.items.len() {
+                        return Err(Error::Invalid(format!(
+                            "{}: none of its {} images could be read; nothing to train on",
+                            path_display(&self.data.dir),
+                            self.data.items.len()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(k)
+    }
+
+    /// One SGD step on a batch: loss and gradients, the update, and the check that the loss
+    /// and every updated prompt value are finite (a learning rate too large for the data
+    /// ends the run here, before anything of this epoch is written).
+    fn train_step(
+        &mut self,
+        pixels: &[f32],
+        labels: &[usize],
+        lr: f32,
+        e: &mut EpochStats,
+    ) -> Result<f32> {
+        let StepStats { loss, correct } = self
+            .model
+            .loss_and_grad(
+                &self.par,
+                &mut self.ws,
+                &self.params,
+                pixels,
+                labels,
+                &mut self.grads,
+            )
+            .map_err(Error::Compute)?;
+        let diverged = |what: &str| {
+            Error::Invalid(format!(
+                "{what} at step {} (learning rate {lr}); nothing was written for this epoch \
+                 (try a smaller --lr)",
+                self.steps + 1
+            ))
+        };
+        if !loss.is_finite() {
+            return Err(diverged(&format!("the loss became {loss}")));
+        }
+        self.opt.step(&mut self.params, &self.grads, lr);
+        if let Some(t) = self
+            .params
+            .tensors
+            .iter()
+            .find(|t| t.data.iter().any(|v| !v.is_finite()))
+        {
+            return Err(diverged(&format!(
+                "the prompt tensor {} became infinite or NaN",
+                t.name
+            )));
+        }
+        self.model.prompts = Some(self.params.prompts());
+        e.updates += 1;
+        e.loss_sum += loss as f64;
+        e.seen += labels.len();
+        e.correct += correct;
+        Ok(loss)
     }
 
     /// Accuracy of the current prompts on the held-out folder (test transform). Images that
@@ -665,17 +938,59 @@ impl Trainer {
                 tensors.extend(own("optimizer.momentum.", b));
             }
             meta.push(("seed", self.opts.seed.to_string()));
+            meta.push(("class_list", class_list(&self.data.classes)));
+            meta.extend(self.run_options());
         }
         (tensors, meta)
     }
 
+    /// The options a resumed run must share with the run that wrote the checkpoint (as the
+    /// checkpoint's metadata records them), each with the flag that sets it.
+    fn run_options(&self) -> Vec<(&'static str, String)> {
+        let o = &self.opts;
+        vec![
+            ("batch_size", o.batch_size.to_string()),
+            ("epochs", o.epochs.to_string()),
+            ("lr", o.lr.to_string()),
+            (
+                "lr_schedule",
+                match o.schedule {
+                    Schedule::Cosine => "cosine",
+                    Schedule::Constant => "constant",
+                }
+                .into(),
+            ),
+            ("momentum", o.momentum.to_string()),
+            ("weight_decay", o.weight_decay.to_string()),
+            ("shots", o.shots.map_or("all".into(), |k| k.to_string())),
+            ("augment", o.augment.to_string()),
+            ("shuffle", o.shuffle.to_string()),
+        ]
+    }
+
     /// Continues from a checkpoint this trainer's [`run`](Self::run) wrote: prompts, momentum,
-    /// epochs and steps done. The data and options must be the run's own.
+    /// epochs and steps done. The data and options must be the run's own: a checkpoint of
+    /// other classes or options (batch size, learning rate, schedule, template, seed, …), a
+    /// final prompts file, or one whose momentum does not fit its prompts is refused, naming
+    /// what differs.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // Bounded: a checkpoint is the prompts and their momentum (tens of MB for ViT-B/16).
+        let bytes = map_file_at_most(path, MAX_CHECKPOINT_BYTES)?;
         let bad = |m: String| Error::Invalid(format!("{}: {m}", path_display(path)));
         let st = SafeTensors::parse(&bytes).map_err(|e| Error::core(path, e))?;
         let get = |k: &str| st.metadata(k).map(str::to_string);
+        if get("format").as_deref() != Some("maple-prompts") {
+            return Err(bad(
+                "not a maple-train checkpoint (no `format: maple-prompts` in its metadata)".into(),
+            ));
+        }
+        if get("seed").is_none() {
+            return Err(bad(
+                "a final prompts file (--out), not a checkpoint: give one of the run's \
+                 epoch-N.safetensors checkpoints"
+                    .into(),
+            ));
+        }
         let num = |k: &str| -> Result<usize> {
             get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
                 bad(format!(
@@ -684,12 +999,40 @@ impl Trainer {
             })
         };
         let (epochs, steps) = (num("epochs_done")?, num("steps_done")?);
-        if get("classes").as_deref() != Some(names(&self.data.classes).as_str()) {
-            return Err(bad(format!(
-                "it was trained on other classes ({}) than this data's ({})",
-                get("classes").unwrap_or_default(),
-                names(&self.data.classes)
-            )));
+        let ours = class_list(&self.data.classes);
+        match get("class_list") {
+            Some(theirs) if theirs == ours => {}
+            Some(theirs) => {
+                return Err(bad(format!(
+                    "it was trained on other classes ({theirs}) than this data's ({ours})"
+                )))
+            }
+            None => {
+                return Err(bad(
+                    "written by an older maple-train (its classes are not recorded as a list)"
+                        .into(),
+                ))
+            }
+        }
+        let mut wanted = self.run_options();
+        wanted.push(("template", self.opts.template.clone()));
+        wanted.push(("seed", self.opts.seed.to_string()));
+        for (k, v) in wanted {
+            let flag = format!("--{}", k.replace('_', "-"));
+            match get(k) {
+                Some(theirs) if theirs == v => {}
+                Some(theirs) => {
+                    return Err(bad(format!(
+                        "the run it continues had {flag} {theirs:?}, this one has {v:?}; \
+                         resume with the run's own options"
+                    )))
+                }
+                None => {
+                    return Err(bad(format!(
+                        "written by an older maple-train (no `{k}` in its metadata)"
+                    )))
+                }
+            }
         }
         let config = self.model.clip.config;
         let params = PromptParams::load(&config, &st).map_err(|e| Error::core(path, e))?;
@@ -701,10 +1044,31 @@ impl Trainer {
         let mut bufs = params.zeros_like();
         let mut have = 0;
         for t in &mut bufs.tensors {
-            if let Some(v) = st.tensor(&format!("optimizer.momentum.{}", t.name)) {
-                t.data = v.to_f32(&t.name).map_err(|e| Error::core(path, e))?;
+            let name = format!("optimizer.momentum.{}", t.name);
+            if let Some(v) = st.tensor(&name) {
+                if v.shape != t.shape {
+                    return Err(bad(format!(
+                        "{name} has shape {:?}; its prompt tensor has {:?}",
+                        v.shape, t.shape
+                    )));
+                }
+                t.data = v.to_f32(&name).map_err(|e| Error::core(path, e))?;
+                if t.data.iter().any(|x| !x.is_finite()) {
+                    return Err(bad(format!("{name} holds NaN or infinite values")));
+                }
                 have += 1;
             }
+        }
+        if have != 0 && have != bufs.tensors.len() {
+            return Err(bad(format!(
+                "it holds momentum for {have} of its {} prompt tensors",
+                bufs.tensors.len()
+            )));
+        }
+        if steps > 0 && have == 0 && self.opts.momentum != 0.0 {
+            return Err(bad(
+                "it has no momentum tensors, though the run had taken steps".into(),
+            ));
         }
         self.opt.buffers = (have == bufs.tensors.len()).then_some(bufs);
         self.params = params;
@@ -713,6 +1077,14 @@ impl Trainer {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// The largest checkpoint `--resume` reads.
+const MAX_CHECKPOINT_BYTES: u64 = 256 << 20;
+
+/// The classes as a JSON array: unambiguous whatever the names hold (`, ` included).
+fn class_list(l: &LabelSet) -> String {
+    serde_json::Value::from(l.labels.iter().map(|l| l.text.clone()).collect::<Vec<_>>()).to_string()
 }
 
 fn names(l: &LabelSet) -> String {

@@ -26,7 +26,7 @@ const MC: usize = 120;
 // An m-block is a whole number of tiles of every kernel (see `mc` in `gemm_panels`).
 const _: () = assert!(MC.is_multiple_of(MR_MAX) && MC.is_multiple_of(6));
 /// Panels start on a 64-byte boundary (one cache line, one AVX-512 load).
-const ALIGN_F32: usize = 16;
+pub(crate) const ALIGN_F32: usize = 16;
 
 /// The panels, owned or in place in a mapped packed-weight cache file ([`PackedMatrix::from_shared`]).
 #[derive(Clone, Debug)]

@@ -15,7 +15,8 @@ use crate::clip::{EncoderLayer, LayerNorm, Linear, Reader};
 use crate::config::{ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
 use crate::gemm::{
-    gemm, gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue, PackedMatrix,
+    gemm, gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue, PackedMatrix, ALIGN_F32,
+    NR,
 };
 use crate::maple::MaplePrompts;
 use crate::model::{ln, Model, TokenRow};
@@ -104,7 +105,7 @@ impl PromptParams {
             .tower
             .num_hidden_layers
             .min(config.text.tower.num_hidden_layers);
-        if n_ctx == 0 || n_ctx + 2 > config.text.max_position_embeddings {
+        if n_ctx == 0 || n_ctx > config.text.max_position_embeddings.saturating_sub(2) {
             return Err(Error::Prompts(format!(
                 "n_ctx = {n_ctx}: it must be 1..={}",
                 config.text.max_position_embeddings - 2
@@ -791,7 +792,57 @@ pub struct TrainWorkspace {
     shapes: Vec<Vec<usize>>, // of the trainable tensors, in PromptParams order
 }
 
+/// Bytes [`Tower::new`] allocates for `rows` rows of sequences of `t` tokens (u128: no
+/// overflow for any `usize` inputs).
+fn tower_bytes(tc: &TowerConfig, rows: usize, t: usize, threads: usize) -> u128 {
+    let (d, f, nl) = (
+        tc.hidden_size as u128,
+        tc.intermediate_size as u128,
+        tc.num_hidden_layers as u128,
+    );
+    let hd = tc.head_dim();
+    let (t, rows) = (t as u128, rows as u128);
+    let panel = |k: u128, n: u128| n.div_ceil(NR as u128) * NR as u128 * k;
+    let per = (t * t + panel(hd as u128, t) + panel(t, hd as u128))
+        .max(3 * t * t + panel(hd as u128, t).max(panel(t, hd as u128)));
+    // Per layer: the transposed packings of its four Linears ([3d, d], [d, d], [f, d], [d, f]
+    // as [k, n] panels, each with its alignment slack).
+    let slack = ALIGN_F32 as u128;
+    let packs = nl * (panel(3 * d, d) + panel(d, d) + panel(f, d) + panel(d, f) + 4 * slack);
+    4 * (nl * rows * (2 * d + 3 * d + f)
+        + rows * (4 * d + f + 3 * d)
+        + threads as u128 * per
+        + packs)
+}
+
 impl TrainWorkspace {
+    /// The bytes [`Self::new`] would allocate for these arguments, computed before allocating
+    /// anything, so a caller can refuse what cannot fit (a huge batch or class list) with an
+    /// error instead of an allocation failure. Saturates at `u128::MAX`-scale values, never
+    /// overflows.
+    pub fn required_bytes(
+        model: &Model,
+        classes: &[TokenRow],
+        batch: usize,
+        threads: usize,
+    ) -> u128 {
+        let cfg = &model.clip.config;
+        let tt = classes.iter().map(|r| r.len()).max().unwrap_or(1) as u128;
+        let tv = model.vision_tokens();
+        let (v, tc) = (&cfg.vision, &cfg.text);
+        let (e, c, b) = (
+            cfg.projection_dim as u128,
+            classes.len() as u128,
+            batch.max(1) as u128,
+        );
+        let w = v.tower.hidden_size.max(tc.tower.hidden_size) as u128;
+        let vis = tower_bytes(&v.tower, batch.max(1).saturating_mul(tv), tv, threads);
+        let rows_t = (c * tt).min(usize::MAX as u128) as usize;
+        let txt = tower_bytes(&tc.tower, rows_t, tt as usize, threads);
+        let small = 4 * (2 * b * e + 2 * c * e + 2 * b * c + b.max(c) * (2 * e + w));
+        vis + txt + small
+    }
+
     /// A workspace for batches of up to `batch` images against the tokenized class prompts
     /// `classes` (all of them run on every step, each up to the longest EOT).
     pub fn new(model: &Model, classes: &[TokenRow], batch: usize, par: &Parallel) -> Result<Self> {
@@ -1494,6 +1545,35 @@ mod tests {
 
     /// The whole gradient against central differences of the loss along random directions
     /// (every tensor at once, and each tensor alone).
+    /// The size `required_bytes` gives before allocating is the size `new` allocates (within
+    /// the few small buffers it leaves out), for one batch and class count and for others:
+    /// issue 31 (N9) refuses a workspace by this figure.
+    #[test]
+    fn workspace_size_is_known_before_it_is_allocated() {
+        let cfg = small_config();
+        let (model, _) = tiny_model(&cfg, 2, 3);
+        let row = |extra: usize| -> TokenRow {
+            let mut r = vec![49406, 320, 1125, 539, 320];
+            r.extend(core::iter::repeat_n(2368, extra));
+            r.extend([269, 49407]);
+            r
+        };
+        for (batch, classes, threads) in [(1, 2, 1), (2, 3, 2), (5, 7, 3)] {
+            let rows: Vec<TokenRow> = (0..classes).map(row).collect();
+            let par = pool(threads);
+            let ws = TrainWorkspace::new(&model, &rows, batch, &par).unwrap();
+            let est = TrainWorkspace::required_bytes(&model, &rows, batch, threads);
+            let real = ws.bytes() as u128;
+            assert!(
+                est >= real && est <= real + real / 4,
+                "batch {batch}, classes {classes}: estimate {est}, allocated {real}"
+            );
+        }
+        // Absurd sizes give a figure (to refuse), never an overflow.
+        let rows: Vec<TokenRow> = (0..2).map(row).collect();
+        assert!(TrainWorkspace::required_bytes(&model, &rows, usize::MAX, 1) > usize::MAX as u128);
+    }
+
     #[test]
     fn whole_gradient_matches_finite_differences() {
         let cfg = small_config();

@@ -1,12 +1,15 @@
 //! maple-train: learn MaPLe prompts from a folder of labelled images, on the CPU.
 
+#[path = "../signals.rs"]
+mod signals;
+
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use maple::outfile::OutputFile;
 use maple::path_display;
 use maple::train::{Dataset, Event, Schedule, TrainOptions, Trainer};
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -34,7 +37,8 @@ struct Args {
     /// Model directory (config.json, model.safetensors, tokenizer).
     #[arg(long)]
     model: PathBuf,
-    /// Where to write the trained prompts (safetensors).
+    /// Where to write the trained prompts (safetensors; `-`: stdout, when it is not a
+    /// terminal).
     #[arg(long)]
     out: PathBuf,
     /// Start from these prompts (safetensors or MaPLe's .pth.tar) instead of MaPLe's
@@ -58,13 +62,13 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
     /// Base learning rate.
-    #[arg(long, default_value_t = 0.0035)]
+    #[arg(long, default_value_t = 0.0035, allow_negative_numbers = true)]
     lr: f32,
     #[arg(long, value_enum, default_value = "cosine")]
     lr_schedule: ScheduleArg,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     weight_decay: f32,
     /// Context tokens (a fresh start only; --init files carry their own).
     #[arg(long, default_value_t = 2)]
@@ -99,6 +103,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    signals::install("maple-train");
     let a = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -119,9 +124,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the trained prompts go: a file (written atomically at the end), or stdout for `-`.
+fn out_is_file(out: &Path) -> bool {
+    out.as_os_str() != "-" && std::fs::metadata(out).map_or(true, |m| m.is_file())
+}
+
 fn run(a: Args) -> Result<(), maple::Error> {
     // Refuse an unwritable output before spending minutes training.
-    OutputFile::check(&a.out)?;
+    let to_stdout = a.out.as_os_str() == "-";
+    if to_stdout {
+        if std::io::stdout().is_terminal() {
+            return Err(maple::Error::Invalid(
+                "--out -: refusing to write a binary safetensors file to a terminal".into(),
+            ));
+        }
+    } else {
+        OutputFile::check(&a.out)?;
+    }
+    // The checkpoint folder: given, or beside a file --out; checked now, not after an epoch.
+    let ckpt = if a.no_checkpoints {
+        None
+    } else if let Some(c) = &a.checkpoints {
+        Some(c.clone())
+    } else if out_is_file(&a.out) {
+        let mut p = a.out.clone().into_os_string();
+        p.push(".checkpoints");
+        Some(PathBuf::from(p))
+    } else {
+        return Err(maple::Error::Invalid(format!(
+            "--out {}: not a file that a checkpoint folder can go beside; give \
+             --checkpoints DIR or --no-checkpoints",
+            path_display(&a.out)
+        )));
+    };
+
     let mut data = Dataset::read(&a.data_dir)?;
     if let Some(k) = a.shots {
         if k == 0 {
@@ -159,15 +195,10 @@ fn run(a: Args) -> Result<(), maple::Error> {
     if let Some(r) = &a.resume {
         t.resume(r)?;
     }
-    let ckpt = if a.no_checkpoints {
-        None
-    } else {
-        Some(a.checkpoints.clone().unwrap_or_else(|| {
-            let mut p = a.out.clone().into_os_string();
-            p.push(".checkpoints");
-            PathBuf::from(p)
-        }))
-    };
+    // Before the first step, not after an epoch (made now if missing).
+    if let Some(c) = &ckpt {
+        Trainer::check_checkpoints(c)?;
+    }
     let tty = !a.quiet && std::io::stderr().is_terminal();
     let mut bar = ProgressBar::hidden();
     let quiet = a.quiet;
@@ -216,26 +247,34 @@ fn run(a: Args) -> Result<(), maple::Error> {
         }
         Event::Step {
             epoch,
+            images,
             loss,
             accuracy,
             images_per_s,
             ..
         } => {
-            bar.set_message(format!(
-                "epoch {}  loss {loss:.4}  acc {:.1}%  {images_per_s:.2} img/s",
-                epoch + 1,
-                100.0 * accuracy
-            ));
+            if images > 0 {
+                bar.set_message(format!(
+                    "epoch {}  loss {loss:.4}  acc {:.1}%  {images_per_s:.2} img/s",
+                    epoch + 1,
+                    100.0 * accuracy
+                ));
+            }
             bar.inc(1);
         }
+        Event::CheckpointFailed { error, .. } => say(
+            &bar,
+            format!("maple-train: warning: no checkpoint for this epoch: {error}"),
+        ),
         Event::Skipped { path, error } => {
-            say(
-                &bar,
-                format!(
-                    "maple-train: warning: skipped {}: {error}",
-                    path_display(&path)
-                ),
-            );
+            // Image errors name their file already.
+            let name = path_display(&path);
+            let what = if error.starts_with(&name) {
+                error
+            } else {
+                format!("{name}: {error}")
+            };
+            say(&bar, format!("maple-train: warning: skipped {what}"));
         }
         Event::Epoch {
             epoch,
@@ -271,11 +310,25 @@ fn run(a: Args) -> Result<(), maple::Error> {
         ),
     })?;
     bar.finish_and_clear();
-    let mut out = OutputFile::create(&a.out)?;
-    out.write_bytes(&t.prompts_bytes())?;
-    out.commit()?;
+    if to_stdout {
+        let mut o = std::io::stdout().lock();
+        o.write_all(&t.prompts_bytes())
+            .and_then(|()| o.flush())
+            .map_err(|e| maple::Error::Invalid(format!("cannot write to stdout: {e}")))?;
+    } else {
+        let mut out = OutputFile::create(&a.out)?;
+        out.write_bytes(&t.prompts_bytes())?;
+        out.commit()?;
+    }
     if !a.quiet {
-        eprintln!("wrote {}", path_display(&a.out));
+        eprintln!(
+            "wrote {}",
+            if to_stdout {
+                "stdout".into()
+            } else {
+                path_display(&a.out)
+            }
+        );
     }
     Ok(())
 }
