@@ -7,7 +7,7 @@ use crate::hub::resolve_model;
 use crate::imageio::{decode_rgb8, load_rgb8};
 use crate::loader::{
     find_non_finite, load_model_packed, load_text_tower_packed, tokenizer_source, weights_file,
-    TokenizerSource,
+    Loaded, TokenizerSource,
 };
 use crate::packcache::{Holds, PackCache, PackSet};
 use maple_core::ops::softmax;
@@ -19,6 +19,9 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The template without one given or recorded in the prompts file: CLIP's and MaPLe's.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a";
 
 /// Where the towers should run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -219,7 +222,7 @@ pub struct ClassifierBuilder {
     model: OsString,
     prompts: Option<PathBuf>,
     labels: Labels,
-    template: String,
+    template: Option<String>,
     device: Device,
     precision: Precision,
     threads: usize,
@@ -256,9 +259,11 @@ impl ClassifierBuilder {
     }
 
     /// The prompt template; each label's prompt is `"{template} {label}."`. MaPLe's learned
-    /// context replaces its first n_ctx tokens. Default `"a photo of a"`.
+    /// context replaces its first n_ctx tokens. Default: the template the prompts file says
+    /// it was trained with (`maple-train` records it), else `"a photo of a"`. One that differs
+    /// from the file's is used, with a warning.
     pub fn template(mut self, template: impl Into<String>) -> Self {
-        self.template = template.into();
+        self.template = Some(template.into());
         self
     }
 
@@ -324,6 +329,24 @@ impl ClassifierBuilder {
         let model_dir = model_dir(&self.model)?;
         // A cache directory that cannot be made is one warning, and no cache.
         let mut warnings = env_warnings(self.device);
+        // An unknown kernel set is an error wherever a GPU may run (not a silent fallback to
+        // the CPU under Auto); with the CPU asked for it is ignored, with a warning.
+        #[cfg(feature = "gpu")]
+        if let Some(v) = std::env::var_os(maple_gpu::KERNELS_ENV) {
+            let v = v.to_string_lossy();
+            if maple_gpu::KernelSet::from_name(&v).is_none() {
+                let what = format!(
+                    "{}={v:?} is not a kernel set; use one of: {}",
+                    maple_gpu::KERNELS_ENV,
+                    maple_gpu::KernelSet::ALL.map(|k| k.name()).join(", ")
+                );
+                if self.device == Device::Cpu {
+                    warnings.push(format!("{what} (ignored: the CPU is asked for)"));
+                } else {
+                    return Err(Error::Invalid(what));
+                }
+            }
+        }
         if self.precision == Precision::Bf16 && !maple_core::bf16::has_bf16() {
             warnings.push(
                 "this CPU has no AVX-512 BF16: --precision bf16 computes in f32 instead".into(),
@@ -331,12 +354,19 @@ impl ClassifierBuilder {
             self.precision = Precision::F32;
         }
         if let Some(dir) = &self.cache_dir {
-            if let Err(e) = std::fs::create_dir_all(dir) {
+            let problem = match std::fs::create_dir_all(dir) {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => cache::unsafe_dir(dir),
+            };
+            if let Some(why) = problem {
                 warnings.push(format!(
-                    "cannot use the cache directory {} ({e}); continuing without caches",
+                    "cannot use the cache directory {} ({why}); continuing without caches",
                     dir.display()
                 ));
                 self.cache_dir = None;
+            } else {
+                // What runs killed mid-write left (their temporaries of cache files).
+                crate::outfile::remove_stale_temporaries(dir, None);
             }
         }
         // On the CPU with a cache, the text tower is loaded only if the cache misses.
@@ -399,7 +429,23 @@ impl ClassifierBuilder {
             });
             (loaded, tok)
         });
-        let (model, fingerprint) = loaded?;
+        let Loaded {
+            model,
+            fingerprint,
+            template: trained_with,
+        } = loaded?;
+        let template = match (self.template, trained_with) {
+            (Some(given), Some(file)) if given != file => {
+                warnings.push(format!(
+                    "the prompts were trained with the template \"{file}\"; using the \
+                     template given, \"{given}\""
+                ));
+                given
+            }
+            (Some(given), _) => given,
+            (None, Some(file)) => file,
+            (None, None) => DEFAULT_TEMPLATE.to_string(),
+        };
         let tok = tok.transpose()?;
         let mut c = Classifier {
             text: TextFeatures {
@@ -414,7 +460,7 @@ impl ClassifierBuilder {
             fingerprint,
             tok,
             tok_src,
-            template: self.template,
+            template,
             par: Parallel::with_threads(threads),
             backend: Backend::Cpu(None),
             requested: self.device,
@@ -595,7 +641,7 @@ impl Classifier {
             model: model.as_ref().to_os_string(),
             prompts: None,
             labels: Labels::Unset,
-            template: "a photo of a".into(),
+            template: None,
             device: Device::Auto,
             precision: Precision::F32,
             threads: 0,
@@ -885,6 +931,11 @@ impl Classifier {
 
     /// `Auto` only: drop the GPU and say why.
     fn fall_back(&mut self, why: String) {
+        if self.precision == Precision::F16 {
+            self.warnings.push(
+                "f16 precision is GPU weight storage; on the CPU the model runs in f32".into(),
+            );
+        }
         self.active = ActiveDevice::Cpu {
             fallback: Some(why),
         };

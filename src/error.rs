@@ -88,22 +88,40 @@ impl Error {
 }
 
 /// A path as maple prints it (in errors, result records and reports). A UTF-8 path without a
-/// backslash prints as it is. Any other path (on Unix, where names are bytes) prints with each
-/// backslash doubled and each byte that is not UTF-8 written `\xHH`, so two different names
-/// never print the same: `caf\xE9.jpg` is the Latin-1 name, `a\\b.jpg` the name `a\b.jpg`.
+/// backslash or a control character prints as it is. Any other path (on Unix, where names are
+/// bytes) prints with each backslash doubled and each byte that is not UTF-8, and each control
+/// character (newline, tab, escape, …), written `\xHH`, so two different names never print
+/// the same and a name cannot break a line of output or drive the terminal: `caf\xE9.jpg` is
+/// the Latin-1 name, `a\\b.jpg` the name `a\b.jpg`, `a\x0Ab.jpg` a name with a newline.
+/// (On Windows, where `\` separates folders, only control characters are escaped.)
 pub fn path_display(path: &Path) -> String {
+    /// Appends `valid` with each control character as `\xHH` (they are all below 0x100), and
+    /// with each backslash doubled when `backslash`.
+    fn escaped(valid: &str, backslash: bool, out: &mut String) {
+        for c in valid.chars() {
+            match c {
+                '\\' if backslash => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+    }
+    let plain = |s: &str, backslash: bool| {
+        !s.chars()
+            .any(|c| (backslash && c == '\\') || c.is_control())
+    };
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
         let bytes = path.as_os_str().as_bytes();
         if let Ok(s) = std::str::from_utf8(bytes) {
-            if !s.contains('\\') {
+            if plain(s, true) {
                 return s.to_string();
             }
         }
         let mut out = String::with_capacity(bytes.len() + 8);
         for chunk in bytes.utf8_chunks() {
-            out.push_str(&chunk.valid().replace('\\', "\\\\"));
+            escaped(chunk.valid(), true, &mut out);
             for b in chunk.invalid() {
                 out.push_str(&format!("\\x{b:02X}"));
             }
@@ -112,7 +130,13 @@ pub fn path_display(path: &Path) -> String {
     }
     #[cfg(not(unix))]
     {
-        path.display().to_string()
+        let s = path.display().to_string();
+        if plain(&s, false) {
+            return s;
+        }
+        let mut out = String::with_capacity(s.len() + 8);
+        escaped(&s, false, &mut out);
+        out
     }
 }
 
@@ -174,5 +198,12 @@ mod tests {
         assert_eq!(p(b"caf\\xE9.jpg"), "caf\\\\xE9.jpg");
         assert_eq!(p(b"a\xff\xfe\\b"), "a\\xFF\\xFE\\\\b");
         assert_ne!(p(b"x\xe9"), p(b"x\xc3"));
+        // Control characters (issue 31, N16): a newline, a carriage return, an escape
+        // sequence and DEL are written out, so a name stays on one line and cannot colour
+        // or move the terminal's cursor.
+        assert_eq!(p(b"a\nb.jpg"), "a\\x0Ab.jpg");
+        assert_eq!(p(b"a\r\x1b[31mb\x7f.jpg"), "a\\x0D\\x1B[31mb\\x7F.jpg");
+        assert_eq!(p("tab\u{9}\u{85}.jpg".as_bytes()), "tab\\x09\\x85.jpg");
+        assert_ne!(p(b"a\nb"), p(b"a\\x0Ab"));
     }
 }

@@ -38,11 +38,23 @@ pub fn collect(args: &[PathBuf], stdin: &mut dyn BufRead) -> Vec<Input> {
         if a.as_os_str() == "-" {
             // Paths are bytes (a file name need not be UTF-8): read lines as bytes, to the end.
             let mut line = Vec::new();
+            let mut number = 0usize;
             loop {
                 line.clear();
-                match stdin.read_until(b'\n', &mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {}
+                number += 1;
+                match read_line_at_most(stdin, &mut line, MAX_LINE) {
+                    Ok(Line::End) => break,
+                    Ok(Line::Read) => {}
+                    Ok(Line::TooLong) => {
+                        out.push(Input::Failed(
+                            PathBuf::from("-"),
+                            format!(
+                                "line {number} of stdin is over {} KiB long: not a path (skipped)",
+                                MAX_LINE >> 10
+                            ),
+                        ));
+                        continue;
+                    }
                     Err(e) => {
                         out.push(Input::Failed(
                             PathBuf::from("-"),
@@ -64,6 +76,55 @@ pub fn collect(args: &[PathBuf], stdin: &mut dyn BufRead) -> Vec<Input> {
         }
     }
     out
+}
+
+/// The longest line of stdin read as a path (Linux's PATH_MAX is 4 KiB): a longer one is
+/// skipped without being held in memory.
+const MAX_LINE: usize = 64 << 10;
+
+enum Line {
+    Read,
+    TooLong,
+    End,
+}
+
+/// Reads one line (with its `\n`) into `line` if it is at most `max` bytes; a longer one is
+/// read to its end and dropped.
+fn read_line_at_most(r: &mut dyn BufRead, line: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            break;
+        }
+        any = true;
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if !too_long {
+            if line.len() + take > max + 1 {
+                too_long = true;
+                line.clear();
+            } else {
+                line.extend_from_slice(&buf[..take]);
+            }
+        }
+        r.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(match (any, too_long) {
+        (false, _) => Line::End,
+        (true, true) => Line::TooLong,
+        (true, false) => Line::Read,
+    })
 }
 
 #[cfg(unix)]

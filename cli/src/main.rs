@@ -3,6 +3,7 @@
 mod inputs;
 mod output;
 mod report;
+mod signals;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -118,8 +119,10 @@ struct Args {
     #[arg(long, short = 'p', value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Prompt template; the label and a period follow it. Its first n_ctx words are learned.
-    #[arg(long, default_value = "a photo of a")]
-    template: String,
+    /// [default: the one the prompts file was trained with (maple-train records it), else
+    /// "a photo of a"]
+    #[arg(long)]
+    template: Option<String>,
     /// How many labels to show per image (text, csv) or list in "top" (json).
     #[arg(long, short = 'k', default_value_t = 5, value_parser = parse_top_k)]
     top_k: usize,
@@ -203,71 +206,9 @@ fn stdout_checked() -> Result<std::io::Stdout, Fatal> {
     Ok(std::io::stdout())
 }
 
-/// Ctrl-C, `kill` or a closed terminal while results are being written: the temporary files
-/// behind --output and --report are removed (destructors do not run on a signal), then the
-/// signal takes its usual course, so the destination is left exactly as it was.
-#[cfg(unix)]
-mod on_signal {
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Path;
-    use std::sync::atomic::{AtomicPtr, Ordering};
-
-    /// NUL-terminated paths, set before the files exist; only read by the handler.
-    static TEMPORARY: [AtomicPtr<libc::c_char>; 2] =
-        [const { AtomicPtr::new(std::ptr::null_mut()) }; 2];
-
-    extern "C" fn remove_and_reraise(sig: libc::c_int) {
-        for slot in &TEMPORARY {
-            let p = slot.load(Ordering::SeqCst);
-            if !p.is_null() {
-                // SAFETY: unlink, signal and raise are async-signal-safe; `p` points to a
-                // leaked CString that is never freed.
-                unsafe { libc::unlink(p) };
-            }
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            libc::raise(sig);
-        }
-    }
-
-    /// Removes `path` if a signal ends the process (one path per slot; extra paths are ignored).
-    pub fn remove_on_signal(path: &Path) {
-        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-            return;
-        };
-        let raw = c.into_raw();
-        if !TEMPORARY.iter().any(|slot| {
-            slot.compare_exchange(
-                std::ptr::null_mut(),
-                raw,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok()
-        }) {
-            // SAFETY: `raw` came from `into_raw` just above and was not stored.
-            drop(unsafe { std::ffi::CString::from_raw(raw) });
-            return;
-        }
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            // SAFETY: installs a handler that only makes async-signal-safe calls.
-            unsafe {
-                libc::signal(sig, remove_and_reraise as *const () as libc::sighandler_t);
-            }
-        }
-    }
-}
-
-/// An output file whose temporary file a signal removes too.
+/// An output file (its temporary file is removed if a signal ends the run: [`signals`]).
 fn create_output(path: &Path) -> Result<OutputFile, Fatal> {
-    let f = OutputFile::create(path)?;
-    #[cfg(unix)]
-    if let Some(tmp) = f.temporary_path() {
-        on_signal::remove_on_signal(tmp);
-    }
-    Ok(f)
+    Ok(OutputFile::create(path)?)
 }
 
 /// Whether file descriptor 1 was closed when the process started.
@@ -288,6 +229,29 @@ static NOTE_CLOSED_STDOUT: extern "C" fn() = {
     note
 };
 
+/// Whether two destinations are one file: the same name, or (for names that exist) the same
+/// file through links. Devices and FIFOs are written into, so two names for one are fine.
+fn same_destination(a: &Path, b: &Path) -> bool {
+    if std::fs::metadata(a).is_ok_and(|m| !m.is_file()) {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y && std::fs::metadata(&x).is_ok_and(|m| m.is_file()),
+        _ => {
+            // Names that do not exist yet: the same place once their folders are resolved.
+            let place = |p: &Path| {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir = std::fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()?;
+                Some(dir.join(p.file_name()?))
+            };
+            matches!((place(a), place(b)), (Some(x), Some(y)) if x == y)
+        }
+    }
+}
+
 /// `--top-k`: at least 1 (0 would print nothing for every image and still exit 0).
 fn parse_top_k(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -298,6 +262,7 @@ fn parse_top_k(s: &str) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
+    signals::install("maple-classify");
     // Argument errors are fatal errors: exit 1, as documented (clap's own default is 2, which
     // here means "some images failed"). Help and version exit 0.
     let a = match Args::try_parse() {
@@ -371,15 +336,21 @@ fn run(a: Args) -> Result<usize, Fatal> {
     };
     let labels = match (&a.classes, &a.labels) {
         (Some(p), _) => maple::read_labels(p)?,
-        (None, Some(l)) => {
-            LabelSet::parse(&l.replace(',', "\n"), "--labels").map_err(Error::from)?
-        }
+        (None, Some(l)) => LabelSet::parse_inline(l, "--labels").map_err(Error::from)?,
         (None, None) => {
             return Err(Fatal(
                 "give labels with --classes FILE or --labels LIST".into(),
             ))
         }
     };
+    if let (Some(o), Some(r)) = (&a.output, &a.report) {
+        if o.as_os_str() != "-" && same_destination(o, r) {
+            return Err(Fatal(format!(
+                "--output and --report are the same file ({}): give each its own",
+                path_display(r)
+            )));
+        }
+    }
     // Destinations first: one that cannot be written fails before the model is even loaded.
     let mut sink = Sink::open(a.output.as_deref())?;
     let mut report = match &a.report {
@@ -432,7 +403,6 @@ fn run(a: Args) -> Result<usize, Fatal> {
     let batch = a.batch_size.clamp(1, inputs.len());
     let mut builder = Classifier::builder(&a.model)
         .label_set(labels)
-        .template(a.template.as_str())
         .device(device)
         .precision(precision)
         .threads(a.threads)
@@ -440,6 +410,9 @@ fn run(a: Args) -> Result<usize, Fatal> {
         .cache_dir(cache_dir);
     if let Some(p) = &a.prompts {
         builder = builder.prompts(p);
+    }
+    if let Some(t) = &a.template {
+        builder = builder.template(t.as_str());
     }
     let mut c = builder.build()?;
     if device != Device::Cpu && !a.quiet {

@@ -124,6 +124,10 @@ pub trait TensorSource {
     /// it) into its own layout: a source backed by a memory map may drop those pages (so loading
     /// never holds the file and the model at once), and may fingerprint what was read.
     fn release(&self, _name: &str, _view: &TensorView<'_>) {}
+    /// A value of the file's free-form metadata (safetensors' `__metadata__`), if it has one.
+    fn metadata(&self, _key: &str) -> Option<&str> {
+        None
+    }
 }
 
 struct Entry {
@@ -291,6 +295,10 @@ fn parse_entry(name: &str, v: &Value, data_len: usize) -> Result<Entry> {
 }
 
 impl TensorSource for SafeTensors<'_> {
+    fn metadata(&self, key: &str) -> Option<&str> {
+        SafeTensors::metadata(self, key)
+    }
+
     fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         self.entries
             .iter()

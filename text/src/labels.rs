@@ -75,6 +75,18 @@ impl LabelSet {
         Self::build(lines, origin)
     }
 
+    /// Parses an inline, comma-separated list (`"cat,dog,a red car"`, as `--labels` takes
+    /// it): the rules of [`parse`](Self::parse), items numbered `item N` in errors.
+    pub fn parse_inline(list: &str, origin: &str) -> Result<LabelSet, TextError> {
+        let items = list
+            .split(',')
+            .enumerate()
+            .map(|(i, l)| (i, l.trim()))
+            .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
+            .map(|(i, t)| (format!("item {}: ", i + 1), t));
+        Self::build(items, origin)
+    }
+
     /// Labels from a list (`["cat", "dog"]`); each is trimmed, none may be empty.
     pub fn from_names<I, S>(names: I, origin: &str) -> Result<LabelSet, TextError>
     where
@@ -288,6 +300,19 @@ mod tests {
         // The label is quoted short (60 characters and an ellipsis), not in full.
         assert!(e.0.contains(&format!("{}…\"", "cat ".repeat(15))), "{e}");
         assert!(e.0.contains("its prompt is 87 tokens"), "{e}");
+    }
+
+    #[test]
+    fn inline_lists_number_their_items() {
+        // Issue 31 (N16): `--labels` errors said "line 1" of a list that has no lines.
+        let l = LabelSet::parse_inline("cat, dog ,a red car", "--labels").unwrap();
+        assert_eq!(l.labels.len(), 3);
+        assert_eq!(l.labels[2].text, "a red car");
+        let e = LabelSet::parse_inline("cat,dog,Cat", "--labels").unwrap_err();
+        assert_eq!(
+            e.0,
+            "--labels: item 3: duplicate label \"Cat\" (same as \"cat\")"
+        );
     }
 
     #[test]
