@@ -42,23 +42,8 @@ pub fn config_for(size: Size) -> ClipConfig {
 pub fn write_model(dir: &Path, spec: &SynthSpec) -> Result<(), Error> {
     let cfg = config_for(spec.size);
     // Checked before anything is sized by them or written.
-    let max_ctx = cfg.text.max_position_embeddings.saturating_sub(2);
-    let layers = cfg
-        .vision
-        .tower
-        .num_hidden_layers
-        .min(cfg.text.tower.num_hidden_layers);
-    if spec.n_ctx == 0 || spec.n_ctx > max_ctx {
-        return Err(Error::Invalid(format!(
-            "n_ctx {}: it must be 1..={max_ctx}",
-            spec.n_ctx
-        )));
-    }
-    if spec.depth == 0 || spec.depth > layers {
-        return Err(Error::Invalid(format!(
-            "prompt depth {}: it must be 1..={layers} (the model's layers)",
-            spec.depth
-        )));
+    if let Some(why) = cfg.prompt_shape_problem(spec.n_ctx, spec.depth) {
+        return Err(Error::Invalid(why));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     write_atomic(&dir.join("config.json"), hf_config_json(&cfg).as_bytes())?;

@@ -408,23 +408,8 @@ impl Trainer {
         let config = read_config(model_dir)?;
         if opts.init.is_none() {
             // Checked before anything is sized by them (PromptParams::init checks again).
-            let max_ctx = config.text.max_position_embeddings.saturating_sub(2);
-            let layers = config
-                .vision
-                .tower
-                .num_hidden_layers
-                .min(config.text.tower.num_hidden_layers);
-            if opts.n_ctx == 0 || opts.n_ctx > max_ctx {
-                return Err(Error::Invalid(format!(
-                    "--n-ctx {}: it must be 1..={max_ctx}",
-                    opts.n_ctx
-                )));
-            }
-            if opts.depth == 0 || opts.depth > layers {
-                return Err(Error::Invalid(format!(
-                    "--depth {}: it must be 1..={layers} (the model's layers)",
-                    opts.depth
-                )));
+            if let Some(why) = config.prompt_shape_problem(opts.n_ctx, opts.depth) {
+                return Err(Error::Invalid(why));
             }
         }
         let (mut model, _) = load_model_fingerprinted(model_dir, None, false)?;
@@ -733,17 +718,7 @@ impl Trainer {
         if labels.is_empty() {
             return Ok(());
         }
-        let StepStats { loss, .. } = self
-            .model
-            .loss_and_grad(
-                &self.par,
-                &mut self.ws,
-                &self.params,
-                pixels,
-                labels,
-                &mut self.grads,
-            )
-            .map_err(Error::Compute)?;
+        let loss = self.loss_and_grad(pixels, labels)?.loss;
         if loss.is_finite() {
             return Ok(());
         }
@@ -810,6 +785,20 @@ impl Trainer {
         Ok(k)
     }
 
+    /// The loss of the current prompts on a batch, and its gradients into `self.grads`.
+    fn loss_and_grad(&mut self, pixels: &[f32], labels: &[usize]) -> Result<StepStats> {
+        self.model
+            .loss_and_grad(
+                &self.par,
+                &mut self.ws,
+                &self.params,
+                pixels,
+                labels,
+                &mut self.grads,
+            )
+            .map_err(Error::Compute)
+    }
+
     /// One SGD step on a batch: loss and gradients, the update, and the check that the loss
     /// and every updated prompt value are finite (a learning rate too large for the data
     /// ends the run here, before anything of this epoch is written).
@@ -820,17 +809,7 @@ impl Trainer {
         lr: f32,
         e: &mut EpochStats,
     ) -> Result<f32> {
-        let StepStats { loss, correct } = self
-            .model
-            .loss_and_grad(
-                &self.par,
-                &mut self.ws,
-                &self.params,
-                pixels,
-                labels,
-                &mut self.grads,
-            )
-            .map_err(Error::Compute)?;
+        let StepStats { loss, correct } = self.loss_and_grad(pixels, labels)?;
         let diverged = |what: &str| {
             Error::Invalid(format!(
                 "{what} at step {} (learning rate {lr}); nothing was written for this epoch \

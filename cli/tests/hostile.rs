@@ -5,16 +5,13 @@
 
 mod common;
 
-use common::{fixtures, scratch, spawn_with_stdin};
+use common::{fatal, fixtures, scratch, spawn_with_stdin, stderr, tiny};
 use maple_core::safetensors::{serialize, OwnedTensor};
 use maple_core::synth::{clip_tensors, hf_config_json, maple_tensors, tiny_config};
 use maple_core::Dtype;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn tiny() -> PathBuf {
-    fixtures().join("tiny")
-}
 fn image(n: &str) -> PathBuf {
     fixtures().join("images").join(n)
 }
@@ -34,22 +31,6 @@ fn classify() -> Command {
         .arg("--model")
         .arg(tiny());
     c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit 1, one line on stderr containing every `needle`, no panic.
-fn fatal(o: &Output, needles: &[&str]) -> String {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
-    for n in needles {
-        assert!(e.contains(n), "{e:?} does not mention {n:?}");
-    }
-    e
 }
 
 fn ok(o: &Output) {

@@ -5,14 +5,11 @@
 
 mod common;
 
-use common::{fixtures, scratch, spawn_with_stdin};
+use common::{fatal, fixtures, run_within, scratch, spawn_with_stdin, stderr, tiny};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn tiny() -> PathBuf {
-    fixtures().join("tiny")
-}
 fn image(n: &str) -> PathBuf {
     fixtures().join("images").join(n)
 }
@@ -30,41 +27,6 @@ fn classify(cache: &Path) -> Command {
         .arg("--model")
         .arg(tiny());
     c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit 1, one line on stderr mentioning every needle, no panic.
-fn fatal(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
-    for n in needles {
-        assert!(e.contains(n), "{e:?} does not mention {n:?}");
-    }
-}
-
-/// Runs `c` for at most `secs` seconds (killed and failed after that: a hang).
-fn run_within(c: &mut Command, secs: u64) -> Output {
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {secs} s: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// The names in `dir`, sorted.

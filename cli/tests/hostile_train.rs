@@ -5,33 +5,23 @@
 
 mod common;
 
-use common::{fixtures, scratch};
+use common::{fixtures, maple_train, run_within, scratch, stderr, tiny};
 use maple_core::safetensors::{serialize, OwnedTensor, SafeTensors, TensorSource};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn tiny() -> PathBuf {
-    fixtures().join("tiny")
-}
 
 fn train(data: &Path, out: &Path) -> Command {
+    maple_train(data, out)
+}
+
+/// maple-train without the threads and depth `train` sets (to set them otherwise).
+fn bare_train(data: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maple-train"));
-    c.env_remove("MAPLE_SIMD")
-        .arg(data)
-        .arg("--model")
-        .arg(tiny())
-        .arg("--out")
-        .arg(out)
-        .args(["--depth", "3", "--threads", "2"]);
+    c.arg(data).arg("--model").arg(tiny()).arg("--out").arg(out);
     c
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit 1, no panic, the last line of stderr mentions every needle.
+/// Exit 1, no panic, the last line of stderr mentions every needle (warnings may precede it).
 fn fails(o: &Output, needles: &[&str]) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(1), "stderr: {e}");
@@ -40,29 +30,6 @@ fn fails(o: &Output, needles: &[&str]) {
     for n in needles {
         assert!(last.contains(n), "{last:?} does not mention {n:?}");
     }
-}
-
-/// Runs `c` for at most `secs` seconds (killed and failed after that: a hang).
-fn run_within(c: &mut Command, secs: u64) -> Output {
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {secs} s; stderr (last 500 bytes): {:?}",
-                String::from_utf8_lossy(&o.stderr[o.stderr.len().saturating_sub(500)..])
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// A two-class ImageFolder of fixture images.
@@ -206,12 +173,7 @@ fn absurd_sizes_are_clamped_or_refused() {
     let d = data(&dir);
     let out = dir.join("a.st");
     for threads in ["18446744073709551615", "10000"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_maple-train"))
-            .arg(&d)
-            .arg("--model")
-            .arg(tiny())
-            .arg("--out")
-            .arg(&out)
+        let o = bare_train(&d, &out)
             .args(["--depth", "3", "--threads", threads, "--max-steps", "1"])
             .arg("--no-checkpoints")
             .output()
@@ -230,17 +192,15 @@ fn absurd_sizes_are_clamped_or_refused() {
         .args(["--n-ctx", "18446744073709551615", "--no-checkpoints"])
         .output()
         .unwrap();
-    fails(&o, &["--n-ctx 18446744073709551615", "it must be 1..="]);
-    let o = Command::new(env!("CARGO_BIN_EXE_maple-train"))
-        .arg(&d)
-        .arg("--model")
-        .arg(tiny())
-        .arg("--out")
-        .arg(&out)
+    fails(&o, &["n_ctx 18446744073709551615", "it must be 1..="]);
+    let o = bare_train(&d, &out)
         .args(["--depth", "18446744073709551615", "--no-checkpoints"])
         .output()
         .unwrap();
-    fails(&o, &["--depth 18446744073709551615", "it must be 1..="]);
+    fails(
+        &o,
+        &["prompt depth 18446744073709551615", "it must be 1..="],
+    );
 }
 
 // N9: a workspace that cannot fit is said up front, not an allocation abort. Under a 512 MiB
@@ -433,6 +393,26 @@ fn the_checkpoint_folder_is_checked_before_training() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(deep.join("epoch-1.safetensors").is_file());
+    // A checkpoint that cannot be written mid-run (here a folder in its place; a full disk
+    // alike) is a warning: the run goes on and writes its prompts file.
+    let ck = dir.join("ck");
+    std::fs::create_dir_all(ck.join("epoch-2.safetensors")).unwrap();
+    let out = dir.join("q.st");
+    let o = train(&d, &out)
+        .args(["--epochs", "3", "--batch-size", "4"])
+        .arg("--checkpoints")
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: no checkpoint for this epoch")
+            && stderr(&o).contains("epoch-2.safetensors"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.is_file());
+    assert!(ck.join("epoch-1.safetensors").is_file() && ck.join("epoch-3.safetensors").is_file());
 }
 
 // N13: --out on a device made DEVICE.checkpoints/ beside the device node; `--out -` wrote a

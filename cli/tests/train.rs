@@ -4,31 +4,15 @@
 
 mod common;
 
-use common::{fixtures, scratch};
+use common::{fixtures, maple_train, scratch, stderr, tiny};
 use maple_core::safetensors::{serialize, SafeTensors, TensorSource};
 use maple_core::synth::{clip_tensors, hf_config_json, tiny_config};
 use maple_core::Dtype;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn tiny() -> PathBuf {
-    fixtures().join("tiny")
-}
+use std::path::Path;
+use std::process::Command;
 
 fn train(data: &Path, out: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_maple-train"));
-    c.env_remove("MAPLE_SIMD")
-        .arg(data)
-        .arg("--model")
-        .arg(tiny())
-        .arg("--out")
-        .arg(out)
-        .args(["--depth", "3", "--threads", "2"]);
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    maple_train(data, out)
 }
 
 fn tensors(p: &Path) -> Vec<(String, Vec<f32>)> {

@@ -78,6 +78,28 @@ pub struct ClipConfig {
 }
 
 impl ClipConfig {
+    /// Why a fresh prompt shape does not fit this model, if it does not: `n_ctx` context
+    /// tokens must leave room for BOS and EOT in the text sequence (1..=positions − 2), and
+    /// `depth` (layers that take prompts, the input included) is 1..= the shallower tower's
+    /// layers. Checked before anything is sized by them (no overflow for any `usize`).
+    pub fn prompt_shape_problem(&self, n_ctx: usize, depth: usize) -> Option<String> {
+        let max_ctx = self.text.max_position_embeddings.saturating_sub(2);
+        let layers = self
+            .vision
+            .tower
+            .num_hidden_layers
+            .min(self.text.tower.num_hidden_layers);
+        if n_ctx == 0 || n_ctx > max_ctx {
+            Some(format!("n_ctx {n_ctx}: it must be 1..={max_ctx}"))
+        } else if depth == 0 || depth > layers {
+            Some(format!(
+                "prompt depth {depth}: it must be 1..={layers} (the model's layers)"
+            ))
+        } else {
+            None
+        }
+    }
+
     /// `openai/clip-vit-base-patch16`.
     pub fn vit_b16() -> Self {
         ClipConfig {

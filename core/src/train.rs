@@ -100,21 +100,8 @@ impl PromptParams {
     ) -> Result<Self> {
         let dt = config.text.tower.hidden_size;
         let dv = config.vision.tower.hidden_size;
-        let layers = config
-            .vision
-            .tower
-            .num_hidden_layers
-            .min(config.text.tower.num_hidden_layers);
-        if n_ctx == 0 || n_ctx > config.text.max_position_embeddings.saturating_sub(2) {
-            return Err(Error::Prompts(format!(
-                "n_ctx = {n_ctx}: it must be 1..={}",
-                config.text.max_position_embeddings - 2
-            )));
-        }
-        if depth == 0 || depth > layers {
-            return Err(Error::Prompts(format!(
-                "prompt depth {depth}: it must be 1..={layers} (the model's layers)"
-            )));
+        if let Some(why) = config.prompt_shape_problem(n_ctx, depth) {
+            return Err(Error::Prompts(why));
         }
         let mut rng = Rng::new(seed);
         let mut p = PromptParams {

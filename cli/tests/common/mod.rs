@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -54,4 +56,63 @@ pub fn spawn_with_stdin(
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child
+}
+
+/// The committed tiny synthetic model.
+pub fn tiny() -> PathBuf {
+    fixtures().join("tiny")
+}
+
+/// A child's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit 1, one line on stderr containing every `needle`, no panic.
+pub fn fatal(o: &Output, needles: &[&str]) -> String {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{e:?} does not mention {n:?}");
+    }
+    e
+}
+
+/// Runs `c` (stdin closed, output captured) for at most `secs` seconds: still running then
+/// is a hang, and fails the test (the child is killed).
+pub fn run_within(c: &mut Command, secs: u64) -> Output {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {secs} s (a hang); stderr ends {:?}",
+                String::from_utf8_lossy(&o.stderr[o.stderr.len().saturating_sub(500)..])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// maple-train on `data` into `out` with the tiny model (which needs `--depth 3`), 2 threads.
+pub fn maple_train(data: &Path, out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_maple-train"));
+    c.env_remove("MAPLE_SIMD")
+        .arg(data)
+        .arg("--model")
+        .arg(tiny())
+        .arg("--out")
+        .arg(out)
+        .args(["--depth", "3", "--threads", "2"]);
+    c
 }
