@@ -439,7 +439,8 @@ fn out_on_a_device_or_stdout() {
         targets.push(node);
     }
     for t in &targets {
-        let o = train(&d, t).arg("--max-steps").arg("1").output().unwrap();
+        // (Before the fix the run trained, then blocked opening the FIFO to write: a hang.)
+        let o = run_within(train(&d, t).arg("--max-steps").arg("1"), 120);
         fails(
             &o,
             &[
