@@ -332,19 +332,11 @@ impl ClassifierBuilder {
         // An unknown kernel set is an error wherever a GPU may run (not a silent fallback to
         // the CPU under Auto); with the CPU asked for it is ignored, with a warning.
         #[cfg(feature = "gpu")]
-        if let Some(v) = std::env::var_os(maple_gpu::KERNELS_ENV) {
-            let v = v.to_string_lossy();
-            if maple_gpu::KernelSet::from_name(&v).is_none() {
-                let what = format!(
-                    "{}={v:?} is not a kernel set; use one of: {}",
-                    maple_gpu::KERNELS_ENV,
-                    maple_gpu::KernelSet::ALL.map(|k| k.name()).join(", ")
-                );
-                if self.device == Device::Cpu {
-                    warnings.push(format!("{what} (ignored: the CPU is asked for)"));
-                } else {
-                    return Err(Error::Invalid(what));
-                }
+        if let Err(e) = maple_gpu::KernelSet::from_env() {
+            if self.device == Device::Cpu {
+                warnings.push(format!("{} (ignored: the CPU is asked for)", e.0));
+            } else {
+                return Err(Error::Invalid(e.0));
             }
         }
         if self.precision == Precision::Bf16 && !maple_core::bf16::has_bf16() {
@@ -389,10 +381,7 @@ impl ClassifierBuilder {
             _ => (None, None),
         };
         // Every run needs the image tower: its blocks are checked on every thread at once.
-        let threads = match std::thread::available_parallelism() {
-            Ok(cores) => self.threads.min(cores.get()),
-            Err(_) => self.threads.min(64),
-        };
+        let threads = crate::cap_threads(self.threads);
         // (An int8 or bf16 run whose converted file is valid never reads the encoder layers'
         // f32 panels: only the rest of the image tower is checked there.)
         let low_valid = low_packs.as_ref().is_some_and(PackCache::is_valid);

@@ -39,7 +39,7 @@ fn convert_dtype(t: &TensorView, to: Option<Dtype>) -> (Dtype, Vec<u8>) {
 /// destination is checked before the input is read: one that cannot be written fails first.
 pub fn convert(input: &Path, output: &Path, dtype: Option<Dtype>) -> Result<(Kind, usize), Error> {
     OutputFile::check(output)?;
-    if same_file(input, output) {
+    if crate::outfile::same_file(input, output) {
         return Err(Error::Invalid(format!(
             "{}: is the input file itself; give another output name (the input is read while \
              the output is written, and would be replaced)",
@@ -51,27 +51,6 @@ pub fn convert(input: &Path, output: &Path, dtype: Option<Dtype>) -> Result<(Kin
     out.write_bytes(&bytes)?;
     out.commit()?;
     Ok((kind, n))
-}
-
-/// Whether `a` and `b` are one file (the same name, a link to it, or a hard link): the same
-/// device and inode on Unix, the same canonical path elsewhere. A name that does not exist is
-/// no other file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(x), Ok(y)) => x.is_file() && x.dev() == y.dev() && x.ino() == y.ino(),
-            _ => false,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-            (Ok(x), Ok(y)) => x == y,
-            _ => false,
-        }
-    }
 }
 
 /// [`convert`], returning the safetensors file's bytes (and what it holds, and how many

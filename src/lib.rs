@@ -54,6 +54,15 @@ pub use maple_core as engine;
 pub use maple_text as text;
 pub use maple_text::{Label, LabelSet};
 
+/// `threads`, but never more than the cores this process may use
+/// (`std::thread::available_parallelism`, else 64): more only slow a run down.
+pub(crate) fn cap_threads(threads: usize) -> usize {
+    match std::thread::available_parallelism() {
+        Ok(cores) => threads.min(cores.get()),
+        Err(_) => threads.min(64),
+    }
+}
+
 /// The text-feature cache's usual directory: `MAPLE_CACHE_DIR`, else the platform's cache
 /// directory + `maple` (`~/.cache/maple` on Linux). `None` when no home directory is known.
 pub fn default_cache_dir() -> Option<std::path::PathBuf> {

@@ -125,10 +125,7 @@ impl OutputFile {
         let Some(target) = resolve(path)? else {
             return direct(path);
         };
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let (dir, name) = dir_and_name(&target);
         if !dir.is_dir() {
             return Err(Error::Invalid(format!(
                 "{}: cannot create it, {} is not a directory",
@@ -136,10 +133,6 @@ impl OutputFile {
                 path_display(&dir)
             )));
         }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "output".into());
         remove_stale_temporaries(&dir, Some(&name));
         let (tmp, f, live) = temporary(&dir, &name).map_err(|e| Error::io(path, e))?;
         let f = OutputFile {
@@ -171,14 +164,7 @@ impl OutputFile {
                 path_display(path)
             )));
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "output".into());
+        let (dir, name) = dir_and_name(path);
         let (tmp, f, live) = temporary(&dir, &name).map_err(|e| Error::io(path, e))?;
         Ok(OutputFile {
             path: path.to_path_buf(),
@@ -255,6 +241,43 @@ impl Drop for OutputFile {
             live::forget(i);
         }
     }
+}
+
+/// Whether `a` and `b` are one existing regular file (the same name, a link to it, or a
+/// hard link): the same device and inode on Unix, the same canonical path elsewhere.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    if !x.is_file() {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        x.dev() == y.dev() && x.ino() == y.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = y;
+        matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(p), Ok(q)) if p == q
+        )
+    }
+}
+
+/// Where a new file at `path` goes: its folder (`.` for a bare name) and its file name.
+fn dir_and_name(path: &Path) -> (PathBuf, String) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    (dir, name)
 }
 
 /// Creates a new temporary file `.NAME.PID-N.tmp` in `dir` (exclusively: never an existing

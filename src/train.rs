@@ -401,10 +401,7 @@ impl Trainer {
     pub fn new(model_dir: &Path, data: Dataset, mut opts: TrainOptions) -> Result<Trainer> {
         opts.check()?;
         // More threads than cores are never started (as maple-classify); at least one.
-        opts.threads = match std::thread::available_parallelism() {
-            Ok(cores) => opts.threads.clamp(1, cores.get()),
-            Err(_) => opts.threads.clamp(1, 64),
-        };
+        opts.threads = crate::cap_threads(opts.threads).max(1);
         let config = read_config(model_dir)?;
         if opts.init.is_none() {
             // Checked before anything is sized by them (PromptParams::init checks again).

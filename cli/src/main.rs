@@ -235,21 +235,16 @@ fn same_destination(a: &Path, b: &Path) -> bool {
     if std::fs::metadata(a).is_ok_and(|m| !m.is_file()) {
         return false;
     }
-    if a == b {
+    if a == b || maple::outfile::same_file(a, b) {
         return true;
     }
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y && std::fs::metadata(&x).is_ok_and(|m| m.is_file()),
-        _ => {
-            // Names that do not exist yet: the same place once their folders are resolved.
-            let place = |p: &Path| {
-                let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-                let dir = std::fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()?;
-                Some(dir.join(p.file_name()?))
-            };
-            matches!((place(a), place(b)), (Some(x), Some(y)) if x == y)
-        }
-    }
+    // Names that do not exist yet: the same place once their folders are resolved.
+    let place = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = std::fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()?;
+        Some(dir.join(p.file_name()?))
+    };
+    matches!((place(a), place(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// `--top-k`: at least 1 (0 would print nothing for every image and still exit 0).

@@ -40,12 +40,19 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 /// The cache files a warm run of the tiny model keeps (f32 panels, int8 Linears, text).
+/// One int8 run of a fixture image (int8 keeps all three cache files).
+fn int8(cache: &Path) -> Command {
+    let mut c = classify(cache);
+    c.args(["--precision", "int8"]).arg(image("rgb_100x80.png"));
+    c
+}
+
+fn int8_run(cache: &Path) -> std::process::Output {
+    int8(cache).output().unwrap()
+}
+
 fn warm_cache(cache: &Path) -> Vec<PathBuf> {
-    let o = classify(cache)
-        .args(["--precision", "int8"])
-        .arg(image("rgb_100x80.png"))
-        .output()
-        .unwrap();
+    let o = int8_run(cache);
     assert!(o.status.success(), "{}", stderr(&o));
     let files: Vec<PathBuf> = names(cache).iter().map(|n| cache.join(n)).collect();
     assert_eq!(files.len(), 3, "{:?}", names(cache));
@@ -68,11 +75,7 @@ fn links_planted_at_cache_names_are_replaced_not_followed() {
         std::os::unix::fs::symlink(&victim, f).unwrap();
         victims.push(victim);
     }
-    let o = classify(&cache)
-        .args(["--precision", "int8"])
-        .arg(image("rgb_100x80.png"))
-        .output()
-        .unwrap();
+    let o = int8_run(&cache);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("not a regular file the cache wrote"),
@@ -91,11 +94,7 @@ fn links_planted_at_cache_names_are_replaced_not_followed() {
         );
     }
     // And the rebuilt cache is used: a third run warns of nothing.
-    let o = classify(&cache)
-        .args(["--precision", "int8"])
-        .arg(image("rgb_100x80.png"))
-        .output()
-        .unwrap();
+    let o = int8_run(&cache);
     assert!(o.status.success());
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
@@ -135,12 +134,7 @@ fn fifos_at_cache_names_do_not_hang() {
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     }
-    let o = run_within(
-        classify(&cache)
-            .args(["--precision", "int8"])
-            .arg(image("rgb_100x80.png")),
-        120,
-    );
+    let o = run_within(&mut int8(&cache), 120);
     assert!(o.status.success(), "{}", stderr(&o));
     for f in &files {
         assert!(std::fs::symlink_metadata(f).unwrap().file_type().is_file());

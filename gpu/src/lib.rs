@@ -92,15 +92,7 @@ impl Gpu {
     /// The kernel set is the adapter's default ([`KernelSet::for_adapter`]) unless
     /// `MAPLE_GPU_KERNELS` names one (an unknown name is an error that lists the valid ones).
     pub async fn open_async(choice: AdapterChoice) -> Result<Self> {
-        let from_env = match std::env::var(KERNELS_ENV) {
-            Ok(v) => Some(KernelSet::from_name(&v).ok_or_else(|| {
-                GpuError(format!(
-                    "{KERNELS_ENV}={v:?} is not a kernel set; use one of: {}",
-                    KernelSet::ALL.map(|k| k.name()).join(", ")
-                ))
-            })?),
-            Err(_) => None,
-        };
+        let from_env = KernelSet::from_env()?;
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         // GL is a secondary backend: probing it prints EGL noise on headless machines and its
         // software adapter compiles shaders slowly. Use it only when WGPU_BACKEND asks for it.

@@ -39,6 +39,21 @@ impl KernelSet {
         }
     }
 
+    /// The set `MAPLE_GPU_KERNELS` names, if it is set; an unknown name is an error that
+    /// lists the valid ones (also for a CPU-only run that wants to say so before falling back).
+    pub fn from_env() -> Result<Option<Self>, crate::GpuError> {
+        match std::env::var(crate::KERNELS_ENV) {
+            Ok(v) => Self::from_name(&v).map(Some).ok_or_else(|| {
+                crate::GpuError(format!(
+                    "{}={v:?} is not a kernel set; use one of: {}",
+                    crate::KERNELS_ENV,
+                    Self::ALL.map(|k| k.name()).join(", ")
+                ))
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// The set called `name` (as [`KernelSet::name`] spells it, any case).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL
