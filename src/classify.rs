@@ -771,8 +771,53 @@ impl Classifier {
         &mut self,
         images: Vec<Result<Vec<f32>>>,
     ) -> Result<Vec<Result<Classification>>> {
+        let feats = self.embed_preprocessed(images)?;
+        Ok(feats
+            .into_iter()
+            .map(|f| f.and_then(|f| self.scores(&f)))
+            .collect())
+    }
+
+    /// The length of a feature row ([`embed_images`](Self::embed_images),
+    /// [`embed_texts`](Self::embed_texts)): CLIP's projection size, 512 for ViT-B/16.
+    pub fn embedding_dim(&self) -> usize {
+        self.model.clip.config.projection_dim
+    }
+
+    /// The model's logit scale, exp(`logit_scale`) (100 for trained CLIP): a logit is this times
+    /// the dot product of an image row and a text row.
+    pub fn logit_scale(&self) -> f32 {
+        self.model.clip.logit_scale.exp()
+    }
+
+    /// The labels' text features, `[labels, E]` row-major, L2-normalised: the rows
+    /// [`embed_texts`](Self::embed_texts) gives for the labels' names.
+    pub fn text_features(&self) -> &[f32] {
+        &self.text.data
+    }
+
+    /// Image features: each image's row of [`embedding_dim`](Self::embedding_dim) values,
+    /// L2-normalised, in order, an image that cannot be read or decoded an `Err` in its place
+    /// (as in [`classify_batch`](Self::classify_batch)). With MaPLe prompts these are the
+    /// prompted image tower's features, the ones classification compares with the labels';
+    /// the logits are [`logit_scale`](Self::logit_scale) times their dot products.
+    pub fn embed_images(&mut self, images: &[ImageSource<'_>]) -> Result<Vec<Result<Vec<f32>>>> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(self.batch_size) {
+            let pre: Vec<Result<Vec<f32>>> = chunk.iter().map(|i| self.preprocess(i)).collect();
+            out.extend(self.embed_preprocessed(pre)?);
+        }
+        Ok(out)
+    }
+
+    /// [`embed_images`](Self::embed_images) for images already preprocessed.
+    pub fn embed_preprocessed(
+        &mut self,
+        images: Vec<Result<Vec<f32>>>,
+    ) -> Result<Vec<Result<Vec<f32>>>> {
         let img_len = 3 * self.image_size() * self.image_size();
-        let mut out: Vec<Result<Classification>> = Vec::with_capacity(images.len());
+        let e = self.embedding_dim();
+        let mut out: Vec<Result<Vec<f32>>> = Vec::with_capacity(images.len());
         let mut pending: Vec<usize> = Vec::new();
         let mut pixels: Vec<f32> = Vec::new();
         let n = images.len();
@@ -781,7 +826,7 @@ impl Classifier {
                 Ok(px) if px.len() == img_len => {
                     pixels.extend_from_slice(&px);
                     pending.push(i);
-                    out.push(Err(Error::Invalid("not classified".into())));
+                    out.push(Err(Error::Invalid("not embedded".into())));
                 }
                 Ok(px) => out.push(Err(Error::Invalid(format!(
                     "expected 3×{s}×{s} preprocessed values, got {}",
@@ -795,15 +840,44 @@ impl Classifier {
                 if feats.iter().any(|v| !v.is_finite()) {
                     return Err(self.non_finite("the image tower"));
                 }
-                let e = self.text.dim;
                 for (&j, f) in pending.iter().zip(feats.chunks_exact(e)) {
-                    out[j] = Ok(self.scores(f)?);
+                    out[j] = Ok(f.to_vec());
                 }
                 pending.clear();
                 pixels.clear();
             }
         }
         Ok(out)
+    }
+
+    /// Text features of any texts, one row each, L2-normalised, computed as the labels' are:
+    /// each text goes into the template ("a photo of a {text}.") behind the prompts' learned
+    /// context, so `embed_texts(&["dog"])` is the row a label "dog" would get. The labels, the
+    /// text-feature cache and the classifier's state are left as they are. A text the label
+    /// rules refuse (empty, over 64 KiB, too long for the context) is an error naming it.
+    pub fn embed_texts<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        let set = LabelSet::from_names(texts.iter().map(|t| t.as_ref()), "texts")?;
+        let rows = self.rows_for(&set)?;
+        self.load_text_tower()?;
+        let feats = match Self::encode_rows(&mut self.backend, &self.model, &self.par, &rows) {
+            Ok(t) => t,
+            Err(e) if self.requested == Device::Auto && self.backend_tag() != "cpu" => {
+                self.move_to_cpu(e)?;
+                Self::encode_rows(&mut self.backend, &self.model, &self.par, &rows)
+                    .map_err(|e| Error::Text(maple_text::TextError(format!("texts: {e}"))))?
+            }
+            Err(e) if self.backend_tag() != "cpu" => return Err(Error::Device(e)),
+            Err(e) => return Err(Error::Text(maple_text::TextError(format!("texts: {e}")))),
+        };
+        if let Some(i) = feats.data.iter().position(|v| !v.is_finite()) {
+            let text = &set.labels[i / feats.dim.max(1)].text;
+            return Err(self.non_finite(&format!("the text tower (text \"{text}\")")));
+        }
+        Ok(feats
+            .data
+            .chunks_exact(feats.dim.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
     fn scores(&self, feature: &[f32]) -> Result<Classification> {
@@ -848,19 +922,27 @@ impl Classifier {
         if self.text_rows.is_some() {
             return Ok(());
         }
+        let labels = Arc::clone(&self.labels);
+        self.text_rows = Some(self.rows_for(&labels)?);
+        Ok(())
+    }
+
+    /// The token rows of `labels` in this classifier's template (building the tokenizer and
+    /// checking the template against the prompts first, if no call has yet).
+    fn rows_for(&mut self, labels: &LabelSet) -> Result<Vec<TokenRow>> {
         if self.tok.is_none() {
-            self.tok = Some(self.tok_src.load()?);
+            let tok = self.tok_src.load()?;
+            let n_ctx = self.model.prompts.as_ref().map_or(0, |p| p.n_ctx);
+            let what = self
+                .prompts_path
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string());
+            check_template(&tok, &self.template, n_ctx, &what)?;
+            self.tok = Some(tok);
         }
         let tok = self.tok.as_ref().expect("built above");
-        let n_ctx = self.model.prompts.as_ref().map_or(0, |p| p.n_ctx);
-        let what = self
-            .prompts_path
-            .as_ref()
-            .map_or_else(String::new, |p| p.display().to_string());
-        check_template(tok, &self.template, n_ctx, &what)?;
         let max_len = self.model.clip.config.text.max_position_embeddings;
-        self.text_rows = Some(tokenize_labels(tok, &self.template, &self.labels, max_len)?);
-        Ok(())
+        Ok(tokenize_labels(tok, &self.template, labels, max_len)?)
     }
 
     fn open_device(&mut self) -> Result<()> {
@@ -1042,11 +1124,18 @@ impl Classifier {
     /// The labels' features from their token rows ([`Self::ensure_rows`] first).
     fn encode_texts_on_device(&mut self) -> std::result::Result<TextFeatures, String> {
         let rows = self.text_rows.as_deref().unwrap_or_default();
-        match &mut self.backend {
-            Backend::Cpu(_) => self
-                .model
-                .encode_texts(&self.par, rows)
-                .map_err(|e| e.to_string()),
+        Self::encode_rows(&mut self.backend, &self.model, &self.par, rows)
+    }
+
+    /// Text features of token rows on the current device.
+    fn encode_rows(
+        backend: &mut Backend,
+        model: &Model,
+        par: &Parallel,
+        rows: &[TokenRow],
+    ) -> std::result::Result<TextFeatures, String> {
+        match backend {
+            Backend::Cpu(_) => model.encode_texts(par, rows).map_err(|e| e.to_string()),
             #[cfg(feature = "gpu")]
             Backend::Gpu(g) => g.encode_texts(rows).map_err(|e| e.0),
         }

@@ -235,3 +235,53 @@ fn the_classifier_can_move_to_a_worker_thread() {
         .unwrap();
     assert_close(&r, &want(&g, "rgb_100x80.png"), "thread");
 }
+
+#[test]
+fn embeddings_are_unit_rows_whose_scaled_products_are_pytorchs_logits() {
+    let g = golden("golden_tiny.json");
+    let mut c = classifier();
+    let (a, b) = ("photo_320x240.jpg", "rgb_100x80.png");
+    let (pa, pb) = (image(a), image(b));
+    let rows = c
+        .embed_images(&[
+            ImageSource::Path(&pa),
+            ImageSource::Bytes(b"not an image"),
+            ImageSource::Path(&pb),
+        ])
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(matches!(rows[1], Err(Error::Image { .. })), "{:?}", rows[1]);
+    let texts: Vec<String> = c.labels().iter().map(|l| l.text.clone()).collect();
+    let t = c.embed_texts(&texts).unwrap();
+    let e = c.embedding_dim();
+    assert_eq!(t.len(), texts.len());
+    let scale = c.logit_scale();
+    for (name, row) in [(a, &rows[0]), (b, &rows[2])] {
+        let row = row.as_ref().unwrap();
+        assert_eq!(row.len(), e);
+        let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{name}: |row| = {norm}");
+        for (j, (w, tj)) in want(&g, name).iter().zip(&t).enumerate() {
+            let dot: f32 = row.iter().zip(tj).map(|(x, y)| x * y).sum();
+            assert!(
+                (scale * dot - w).abs() <= TOL,
+                "{name}, label {j}: {} vs {w}",
+                scale * dot
+            );
+        }
+    }
+    // The labels' own rows are the same texts' rows; embedding texts changed nothing.
+    assert_eq!(c.text_features().len(), texts.len() * e);
+    for (r, tr) in c.text_features().chunks_exact(e).zip(&t) {
+        assert!(r.iter().zip(tr).all(|(x, y)| (x - y).abs() < 1e-6));
+    }
+    assert_close(
+        &c.classify_path(&pa).unwrap(),
+        &want(&g, a),
+        "after embed_texts",
+    );
+    // A text the label rules refuse is an error naming the texts; the labels stay.
+    let err = c.embed_texts(&["cat", ""]).unwrap_err();
+    assert!(err.to_string().contains("texts"), "{err}");
+    assert_eq!(c.labels().len(), texts.len());
+}

@@ -150,7 +150,7 @@ pub struct Clip {
     pub visual_projection: PackedMatrix,
     /// `[Dt]` → `[E]`
     pub text_projection: PackedMatrix,
-    /// `exp(logit_scale)`, the factor on the cosine similarity.
+    /// The checkpoint's `logit_scale`, a logarithm: the factor on the cosine similarity is its exp.
     pub logit_scale: f32,
 }
 

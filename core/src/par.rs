@@ -1,6 +1,7 @@
 //! Work splitting. Without `std` everything runs on the calling thread; with `std` a persistent
 //! pool (built once, with the workspace) runs one closure on every thread and waits for all of
-//! them. Dispatching a job allocates nothing, so a forward pass stays allocation-free.
+//! them. Dispatching a job allocates nothing, so a forward pass stays allocation-free. In a child
+//! of `fork()` (whose workers stayed in the parent) a pool runs every share on the calling thread.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -137,6 +138,9 @@ mod pool {
         shared: Arc<Shared>,
         workers: Vec<JoinHandle<()>>,
         n: usize,
+        /// The process that started the workers. After `fork()` the child has only the thread
+        /// that forked: the workers, and any lock one of them held, exist in the parent alone.
+        pid: u32,
     }
 
     impl Pool {
@@ -162,7 +166,12 @@ mod pool {
                         .expect("spawning a worker thread")
                 })
                 .collect();
-            let pool = Pool { shared, workers, n };
+            let pool = Pool {
+                shared,
+                workers,
+                n,
+                pid: std::process::id(),
+            };
             // Return only once every worker runs (thread start-up allocates; a forward pass must not).
             pool.run(&|_, _| {});
             pool
@@ -172,7 +181,21 @@ mod pool {
             self.n
         }
 
+        /// Whether this is a child process forked after the pool started.
+        fn forked(&self) -> bool {
+            std::process::id() != self.pid
+        }
+
         pub fn run<'a>(&self, f: &'a (dyn Fn(usize, usize) + Sync + 'a)) {
+            if self.forked() {
+                // A child of `fork()`: no worker exists here and the state's lock may be held
+                // forever by one that did in the parent. Run every thread's share on this one,
+                // in order, touching nothing shared: the same results, one core.
+                for tid in 0..self.n {
+                    f(tid, self.n);
+                }
+                return;
+            }
             // SAFETY: the pointer is only dereferenced by workers between here and the wait
             // below, which returns only after every worker has finished with it.
             let ptr = JobPtr(unsafe {
@@ -255,6 +278,13 @@ mod pool {
 
     impl Drop for Pool {
         fn drop(&mut self) {
+            if self.forked() {
+                // The workers are the parent's: nothing to stop or join here.
+                for w in self.workers.drain(..) {
+                    core::mem::forget(w);
+                }
+                return;
+            }
             lock(&self.shared.state).shutdown = true;
             self.shared.work.notify_all();
             for w in self.workers.drain(..) {
