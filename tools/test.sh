@@ -44,5 +44,16 @@ cargo test -p maple-gpu -- --nocapture --test-threads=1
 # Windows: maple-classify.exe cross-built and run under wine against the golden logits.
 bash tools/windows-test.sh
 cargo test -p maple-clip-core --no-default-features
+# The Python wheel (bindings/python, PEP 517 + maturin) installed into a virtual environment, then
+# its pytest suite: every image kind against the golden logits, training against PyTorch autograd,
+# the GIL, fork, pickling, mypy --strict, and a Ray Data job on a two-node local cluster with an
+# actor killed mid-job, compared with maple-classify. Pinned versions: the same packages each run.
+PYENV=target/pyenv
+[ -x $PYENV/bin/python ] || python3 -m venv $PYENV
+$PYENV/bin/python -m pip install --quiet --disable-pip-version-check \
+  numpy==2.4.6 pillow==13.0.0 pytest==9.2.0 mypy==2.4.1 "ray[data]==2.60.0"
+$PYENV/bin/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
+cargo build -q -p maple-cli --bin maple-classify
+MAPLE_CLASSIFY="$PWD/target/debug/maple-classify" $PYENV/bin/python -m pytest -q -p no:cacheprovider bindings/python/tests
 # The browser build in headless Chromium on WebGPU (SKIPPED only if wasm32 cannot be installed).
 bash web/test.sh
