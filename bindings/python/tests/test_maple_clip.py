@@ -289,3 +289,13 @@ def test_mypy_strict_accepts_the_usage_file() -> None:
 
     out, err, status = api.run(["--strict", str(pathlib.Path(__file__).with_name("usage.py"))])
     assert status == 0, out + err
+
+
+def test_the_gpu_path_gives_pytorchs_logits() -> None:
+    # CI's adapter is Mesa's lavapipe (software Vulkan, installed by tools/test.sh).
+    c = maple_clip.Classifier(TINY, prompts=PROMPTS, labels=FIX / "labels.txt", device="gpu",
+                              cache=False)
+    assert c.device == "gpu" and c.device_info.startswith("running on the GPU"), c.device_info
+    names = GOLDEN["images"][:4]
+    close(c.logits([FIX / "images" / n for n in names]), np.stack([want(n) for n in names]))
+    close(c.embed_texts(c.labels), c.text_features)
