@@ -109,6 +109,12 @@ async function inPage({ url, labelsText, images, kinds }) {
     // Labels as a list; a label set that cannot work is an error and leaves the old one.
     await m.setLabels(["cat", "Eiffel_Tower"]);
     out.push({ name: images[0], kind: "list", logits: (await m.classify(blob)).scores.map((s) => s.logit) });
+    // Features: logitScale · image row · text rows are the golden logits of those labels.
+    const f = await m.embedImage(blob);
+    const rows = await m.embedTexts(["cat", "Eiffel_Tower"]);
+    const dot = (a, b) => a.reduce((s, v, k) => s + v * b[k], 0);
+    out.push({ name: images[0], kind: "embed", logits: rows.map((t) => m.logitScale * dot(f, t)),
+      dim: f.length === m.embeddingDim && rows.every((t) => t.length === m.embeddingDim) });
     let err = "";
     try { await m.setLabels(["cat", "cat"]); } catch (e) { err = String(e.message || e); }
     out.push({ kind: "error", err, labels: m.labels });
@@ -122,7 +128,7 @@ function goldenDiff(out) {
     if (kind === "error") continue;
     const i = golden.images.indexOf(name);
     let want = golden.maple.logits[i];
-    if (kind === "list") want = [want[0], want[7]];
+    if (kind === "list" || kind === "embed") want = [want[0], want[7]];
     check(logits.length === want.length, `${kind} ${name}: ${logits.length} logits, want ${want.length}`);
     want.forEach((g, j) => { maxDiff = Math.max(maxDiff, Math.abs(g - logits[j])); });
   }
@@ -146,6 +152,8 @@ try {
   summary.msPerImage = Math.round(first.msPerImage);
   summary.firstLoadMs = Math.round(first.loadMs);
   check(summary.maxAbsLogitDiff <= 1e-3, `logits differ from the PyTorch golden by ${summary.maxAbsLogitDiff}`);
+  const embed = first.out.find((r) => r.kind === "embed");
+  check(embed && embed.dim, "embedImage / embedTexts rows are not embeddingDim long");
   for (const r of first.out.filter((r) => r.top)) {
     const want = golden.maple.top5[golden.images.indexOf(r.name)];
     check(JSON.stringify(r.top) === JSON.stringify(want), `${r.name}: top-5 ${r.top} != golden ${want}`);

@@ -69,6 +69,14 @@ export class MapleModel {
   setLabels(labels: string[] | string): Promise<number>;
   /** Classifies an image against the labels. */
   classify(image: ImageBitmap | ImageData | Blob): Promise<Classification>;
+  /** The length of a feature row (512 for ViT-B/16). */
+  readonly embeddingDim: number;
+  /** A logit is this times the dot product of an image row and a text row. */
+  readonly logitScale: number;
+  /** An image's feature row, L2-normalised (what classify compares with the labels' rows). */
+  embedImage(image: ImageBitmap | ImageData | Blob): Promise<Float32Array>;
+  /** One L2-normalised row per text, each embedded as a label of that name would be. */
+  embedTexts(texts: string[]): Promise<Float32Array[]>;
   /** Frees the model's GPU and wasm memory. */
   free(): void;
 }

@@ -220,6 +220,36 @@ export class MapleModel {
     });
   }
 
+  /** The length of a feature row (512 for ViT-B/16). */
+  get embeddingDim() {
+    return this.#inner.embedding_dim();
+  }
+
+  /** A logit is this times the dot product of an image row and a text row. */
+  get logitScale() {
+    return this.#inner.logit_scale();
+  }
+
+  /** An image's feature row (`Float32Array` of `embeddingDim`, L2-normalised). */
+  embedImage(image) {
+    return this.#run(async () => {
+      const { rgba, width, height } = await pixelsOf(image);
+      return this.#inner.embed_image(rgba, width, height);
+    });
+  }
+
+  /**
+   * Text features, one `Float32Array` row per text, L2-normalised: each text is put in the
+   * template as a label of that name would be. The labels stay as they are.
+   */
+  embedTexts(texts) {
+    return this.#run(async () => {
+      const flat = await this.#inner.embed_texts(texts.map(String));
+      const e = this.#inner.embedding_dim();
+      return texts.map((_, i) => flat.slice(i * e, (i + 1) * e));
+    });
+  }
+
   /** Frees the model's GPU and wasm memory. */
   free() {
     this.#inner.free();

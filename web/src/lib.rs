@@ -122,21 +122,70 @@ impl Maple {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
-            let (w, h) = (width as usize, height as usize);
-            if rgba.len() != w * h * 4 {
-                return Err(js(format!(
-                    "{width}×{height} RGBA needs {} bytes, got {}",
-                    w * h * 4,
-                    rgba.len()
-                )));
-            }
-            let s = i.model.clip.config.vision.image_size;
-            let px = preprocess(&rgb_from_rgba(&rgba), w, h, s).map_err(js)?;
-            let f = i.gpu.encode_images_async(&px, 1).await.map_err(js)?;
+            let f = image_feature(&mut i, &rgba, width, height).await?;
             let text = i.text.as_ref().ok_or_else(|| js("set labels first"))?;
             let mut logits = vec![0.0f32; text.len()];
             i.model.logits(&f, text, &mut logits).map_err(js)?;
             Ok(js_sys::Float32Array::from(logits.as_slice()).into())
         })
     }
+
+    /// An RGBA image's feature row (`embedding_dim` values, L2-normalised): what `classify`
+    /// compares with the labels' rows.
+    #[allow(clippy::await_holding_refcell_ref)] // see `set_labels`
+    pub fn embed_image(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
+            let f = image_feature(&mut i, &rgba, width, height).await?;
+            Ok(js_sys::Float32Array::from(f.as_slice()).into())
+        })
+    }
+
+    /// Text features of `texts`, each put in the template as a label of that name would be:
+    /// `texts.len() × embedding_dim` values, row after row, each row L2-normalised. The labels
+    /// stay as they are.
+    #[allow(clippy::await_holding_refcell_ref)] // see `set_labels`
+    pub fn embed_texts(&self, texts: Vec<String>) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
+            let set = LabelSet::from_names(&texts, "texts").map_err(js)?;
+            let max_len = i.model.clip.config.text.max_position_embeddings;
+            let rows: Vec<TokenRow> =
+                tokenize_labels(&i.tok, TEMPLATE, &set, max_len).map_err(js)?;
+            let text = i.gpu.encode_texts_async(&rows).await.map_err(js)?;
+            Ok(js_sys::Float32Array::from(text.data.as_slice()).into())
+        })
+    }
+
+    /// The length of a feature row (512 for ViT-B/16).
+    pub fn embedding_dim(&self) -> u32 {
+        self.inner.borrow().model.clip.config.projection_dim as u32
+    }
+
+    /// A logit is this times the dot product of an image row and a text row.
+    pub fn logit_scale(&self) -> f32 {
+        self.inner.borrow().model.clip.logit_scale.exp()
+    }
+}
+
+/// One RGBA image's feature row on the GPU.
+async fn image_feature(
+    i: &mut Inner,
+    rgba: &[u8],
+    width: u32,
+    height: u32,
+) -> Result<Vec<f32>, JsValue> {
+    let (w, h) = (width as usize, height as usize);
+    if rgba.len() != w * h * 4 {
+        return Err(js(format!(
+            "{width}×{height} RGBA needs {} bytes, got {}",
+            w * h * 4,
+            rgba.len()
+        )));
+    }
+    let s = i.model.clip.config.vision.image_size;
+    let px = preprocess(&rgb_from_rgba(rgba), w, h, s).map_err(js)?;
+    i.gpu.encode_images_async(&px, 1).await.map_err(js)
 }
