@@ -497,20 +497,20 @@ impl ClassifierBuilder {
 /// Warnings for settings in the environment that would otherwise be ignored without a word:
 /// `MAPLE_SIMD` naming no kernel path or one this CPU lacks, `WGPU_BACKEND` naming no backend.
 fn env_warnings(device: Device) -> Vec<String> {
-    use maple_core::simd::{available, isa, Isa};
+    use maple_core::simd::{isa, Isa, IsaRefusal};
     let mut w = Vec::new();
     if let Some(v) = std::env::var_os("MAPLE_SIMD") {
         let v = v.to_string_lossy();
         match Isa::from_env_value(&v) {
-            None => w.push(format!(
+            Err(IsaRefusal::Unknown) => w.push(format!(
                 "MAPLE_SIMD=\"{v}\" is not one of avx512, avx2, portable; ignored (using {})",
                 isa().name()
             )),
-            Some(i) if !available().contains(&i) => w.push(format!(
+            Err(IsaRefusal::Unsupported) => w.push(format!(
                 "MAPLE_SIMD={v}: this CPU cannot run that path; using {}",
                 isa().name()
             )),
-            Some(_) => {}
+            Ok(_) => {}
         }
     }
     if device != Device::Cpu {
@@ -854,8 +854,12 @@ impl Classifier {
     /// each text goes into the template ("a photo of a {text}.") behind the prompts' learned
     /// context, so `embed_texts(&["dog"])` is the row a label "dog" would get. The labels, the
     /// text-feature cache and the classifier's state are left as they are. A text the label
-    /// rules refuse (empty, over 64 KiB, too long for the context) is an error naming it.
+    /// rules refuse (empty, over 64 KiB, too long for the context) is an error naming it; no
+    /// texts give no rows.
     pub fn embed_texts<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
         let set = LabelSet::from_names(texts.iter().map(|t| t.as_ref()), "texts")?;
         let rows = self.rows_for(&set)?;
         self.load_text_tower()?;

@@ -281,6 +281,7 @@ fn embeddings_are_unit_rows_whose_scaled_products_are_pytorchs_logits() {
         "after embed_texts",
     );
     // A text the label rules refuse is an error naming the texts; the labels stay.
+    assert!(c.embed_texts::<&str>(&[]).unwrap().is_empty());
     let err = c.embed_texts(&["cat", ""]).unwrap_err();
     assert!(err.to_string().contains("texts"), "{err}");
     assert_eq!(c.labels().len(), texts.len());

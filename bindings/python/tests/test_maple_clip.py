@@ -119,6 +119,8 @@ def test_embeddings_times_the_scale_are_the_logits(clf: maple_clip.Classifier) -
     close(clf.logit_scale * img @ txt.T, np.stack([want(n) for n in names]))
     with pytest.raises(maple_clip.LabelError, match="texts"):
         clf.embed_texts(["cat", ""])
+    assert clf.embed_texts([]).shape == (0, clf.embedding_dim)
+    assert clf.embed_images([]).shape == (0, clf.embedding_dim)
     with pytest.raises(maple_clip.ImageError):
         clf.embed_images([b"junk"])
 
