@@ -625,3 +625,33 @@ fn interrupted_runs_leave_the_output_as_it_was() {
     assert_eq!(others(), Vec::<String>::new(), "left behind");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "old\n");
 }
+
+// MAPLE_SIMD governs every kernel: the int8 (VNNI) and bf16 kernels run only on the avx512 path,
+// so `portable` and `avx2` turn them off too (they used to detect the CPU on their own).
+#[test]
+fn maple_simd_governs_the_int8_and_bf16_kernels() {
+    let tiny = tiny();
+    for path in ["portable", "avx2"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_maple-bench"))
+            .env("MAPLE_SIMD", path)
+            .arg("--model")
+            .arg(&tiny)
+            .args(["--int8", "--labels", "3", "--batches", "1", "--reps", "1"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{out}{}", stderr(&o));
+        let line = out.lines().last().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let cpu_has = |f: &str| v[f].as_bool() == Some(true);
+        if v["simd"] == "portable" || v["simd"] == "avx2+fma" {
+            assert!(
+                !cpu_has("int8_vnni") && !cpu_has("bf16_hw"),
+                "MAPLE_SIMD={path}: {line}"
+            );
+        }
+        if path == "portable" {
+            assert_eq!(v["simd"], "portable", "{line}");
+        }
+    }
+}

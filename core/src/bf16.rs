@@ -13,7 +13,7 @@ use crate::buf::{starts_aligned, Buf};
 use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel};
-use crate::simd::{self, Isa};
+use crate::simd;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -120,11 +120,12 @@ impl Bf16Scratch {
     }
 }
 
-/// Whether the AVX-512 BF16 kernel runs here (else the portable one).
+/// Whether the AVX-512 BF16 kernel runs here (else the portable one): the CPU has AVX-512 BF16
+/// and the chosen path ([`simd::isa`], which `MAPLE_SIMD` sets) is `avx512`.
 pub fn has_bf16() -> bool {
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+        simd::isa().path() == simd::Path::Avx512 && std::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
     {
@@ -205,7 +206,7 @@ pub(crate) fn gemm_bf16_with(
         #[cfg(not(target_arch = "x86_64"))]
         tile_portable(t.mr(), k2, arows, bp, acc);
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && t.nv() == NR {
+        if isa.path() == simd::Path::Avx512 && t.nv() == NR {
             // SAFETY: AVX-512F; a whole panel: bias (len ≥ n) holds NR values from n0.
             unsafe { x86::epilogue(acc, t, &ep) };
             return;

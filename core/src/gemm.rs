@@ -473,11 +473,11 @@ pub(crate) unsafe fn gemm_seq(
 type Kernel = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32, usize, bool);
 
 fn kernel(isa: Isa) -> (Kernel, usize) {
-    match isa {
+    match isa.path() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (x86::kernel_avx512, 12),
+        simd::Path::Avx512 => (x86::kernel_avx512, 12),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (x86::kernel_avx2, 6),
+        simd::Path::Avx2 => (x86::kernel_avx2, 6),
         _ => (kernel_portable, 6),
     }
 }
@@ -504,7 +504,7 @@ unsafe fn gemm_panels(
     // the rows of a tile then fall into one or two L1 sets (set = address bits 6..12), which a
     // 12-row tile overflows. Other strides spread the rows over the sets and are read in place,
     // saving the copy. The portable path (wasm) never copies and keeps its stack small.
-    let pack_a = isa != Isa::Portable
+    let pack_a = isa != Isa::PORTABLE
         && cfg!(target_arch = "x86_64")
         && (lda * core::mem::size_of::<f32>()).is_multiple_of(2048);
     let mut apack = core::mem::MaybeUninit::<AlignedA>::uninit();
@@ -615,7 +615,7 @@ const A_BLOCK: usize = 0;
 /// f16 bits → f32 (exact).
 fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
+    if isa != Isa::PORTABLE {
         // SAFETY: Avx2/Avx512 imply F16C (checked in simd::detect).
         unsafe { x86::widen_f16c(src, dst) };
         return;

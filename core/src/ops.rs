@@ -7,7 +7,7 @@ use crate::simd;
 /// `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b` for each row of width `d` (biased variance).
 pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
-    if simd::isa() != simd::Isa::Portable {
+    if simd::isa() != simd::Isa::PORTABLE {
         // SAFETY: AVX2 and FMA detected (every non-portable ISA has them).
         unsafe { layer_norm_avx2(x, out, d, w, b, eps) };
         return;

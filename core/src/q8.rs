@@ -15,7 +15,7 @@ use crate::buf::{starts_aligned, Buf};
 use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel, SyncPtr};
-use crate::simd::{self, Isa};
+use crate::simd;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -136,11 +136,12 @@ impl Q8Scratch {
     }
 }
 
-/// Whether the VNNI kernel runs here (else the portable one: same results, slower).
+/// Whether the VNNI kernel runs here (else the portable one: same results, slower): the CPU
+/// has AVX-512 VNNI and the chosen path ([`simd::isa`], which `MAPLE_SIMD` sets) is `avx512`.
 pub fn has_vnni() -> bool {
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     {
-        std::is_x86_feature_detected!("avx512f")
+        simd::isa().path() == simd::Path::Avx512
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni")
     }
@@ -231,7 +232,7 @@ pub(crate) fn gemm_q8_with(
         let arows = &ua[t.i0() * k4..(t.i0() + t.mr()) * k4];
         let rows_sa = &sa[2 * t.i0()..2 * (t.i0() + t.mr())];
         #[cfg(target_arch = "x86_64")]
-        if vnni && isa == Isa::Avx512 && t.nv() == NR {
+        if vnni && isa.path() == simd::Path::Avx512 && t.nv() == NR {
             // SAFETY: VNNI detected (with AVX-512F/BW); a whole panel; slices sized above.
             unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, (bs, bc), &ep) };
             return;

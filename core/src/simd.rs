@@ -7,9 +7,23 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-/// Instruction sets the kernels are built for.
+/// A SIMD code path this CPU can run: a token that only detection makes ([`isa`], [`available`],
+/// [`Isa::from_env_value`], which refuse a path the CPU lacks) or [`Isa::PORTABLE`] (plain Rust,
+/// runs anywhere). The safe functions that take one ([`bias_act`], [`quick_gelu_slice`],
+/// [`exp_scaled_sum`], `gemm::gemm_isa`) therefore never run an instruction the CPU lacks: safe
+/// code has no other way to make an `Isa`.
+///
+/// ```compile_fail
+/// // The paths are private: no safe code outside this module names one.
+/// let _ = maple_core::simd::Isa(maple_core::simd::Path::Avx512);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Isa {
+pub struct Isa(Path);
+
+/// The code paths (crate-internal: kernels match on them; only this module wraps one in an
+/// [`Isa`], after detection).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Path {
     /// AVX-512F (+ FMA): 16-lane kernels.
     Avx512,
     /// AVX2 + FMA + F16C: 8-lane kernels.
@@ -18,24 +32,45 @@ pub enum Isa {
     Portable,
 }
 
+/// Why [`Isa::from_env_value`] gave no path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IsaRefusal {
+    /// The value names no path (`avx512`, `avx2` and `portable` are the names).
+    Unknown,
+    /// The path exists but this CPU cannot run it.
+    Unsupported,
+}
+
 impl Isa {
-    /// The path a `MAPLE_SIMD` value asks for (`avx512`, `avx2`, `portable`), if it names one.
-    pub fn from_env_value(v: &str) -> Option<Isa> {
-        match v {
-            "avx512" => Some(Isa::Avx512),
-            "avx2" => Some(Isa::Avx2),
-            "portable" => Some(Isa::Portable),
-            _ => None,
-        }
+    /// The plain-Rust path: every CPU runs it.
+    pub const PORTABLE: Isa = Isa(Path::Portable);
+
+    /// The path a `MAPLE_SIMD` value (`avx512`, `avx2`, `portable`) names, if this CPU runs it.
+    pub fn from_env_value(v: &str) -> Result<Isa, IsaRefusal> {
+        let path = match v {
+            "avx512" => Path::Avx512,
+            "avx2" => Path::Avx2,
+            "portable" => Path::Portable,
+            _ => return Err(IsaRefusal::Unknown),
+        };
+        available()
+            .into_iter()
+            .find(|i| i.0 == path)
+            .ok_or(IsaRefusal::Unsupported)
     }
 
     /// How `MAPLE_SIMD` names it.
     pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512 => "avx512",
-            Isa::Avx2 => "avx2+fma",
-            Isa::Portable => "portable",
+        match self.0 {
+            Path::Avx512 => "avx512",
+            Path::Avx2 => "avx2+fma",
+            Path::Portable => "portable",
         }
+    }
+
+    /// Its path, for a kernel to dispatch on.
+    pub(crate) fn path(self) -> Path {
+        self.0
     }
 }
 
@@ -43,20 +78,21 @@ static CHOSEN: AtomicU8 = AtomicU8::new(0);
 
 /// The best path this CPU supports (detected at run time with `std`, from the compile-time
 /// target features without). With `std`, `MAPLE_SIMD=avx512|avx2|portable` picks another
-/// supported one (for benchmarks and for checking the fallbacks). The first call may allocate (std reads the
-/// environment), so workspaces call it before any forward pass.
+/// supported one (for benchmarks and for checking the fallbacks); it also governs the int8
+/// (VNNI) and bf16 kernels, which run only on the `avx512` path. The first call may allocate (std
+/// reads the environment), so workspaces call it before any forward pass.
 pub fn isa() -> Isa {
     match CHOSEN.load(Ordering::Relaxed) {
-        1 => Isa::Avx512,
-        2 => Isa::Avx2,
-        3 => Isa::Portable,
+        1 => Isa(Path::Avx512),
+        2 => Isa(Path::Avx2),
+        3 => Isa(Path::Portable),
         _ => {
             let i = detect();
             CHOSEN.store(
-                match i {
-                    Isa::Avx512 => 1,
-                    Isa::Avx2 => 2,
-                    Isa::Portable => 3,
+                match i.0 {
+                    Path::Avx512 => 1,
+                    Path::Avx2 => 2,
+                    Path::Portable => 3,
                 },
                 Ordering::Relaxed,
             );
@@ -68,47 +104,45 @@ pub fn isa() -> Isa {
 /// The paths this machine can run, best first (tests run each).
 pub fn available() -> alloc::vec::Vec<Isa> {
     let best = detect_hw();
-    [Isa::Avx512, Isa::Avx2, Isa::Portable]
+    [Path::Avx512, Path::Avx2, Path::Portable]
         .into_iter()
-        .filter(|i| rank(*i) >= rank(best))
+        .filter(|p| rank(*p) >= rank(best))
+        .map(Isa)
         .collect()
 }
 
-fn rank(i: Isa) -> u8 {
-    match i {
-        Isa::Avx512 => 0,
-        Isa::Avx2 => 1,
-        Isa::Portable => 2,
+fn rank(p: Path) -> u8 {
+    match p {
+        Path::Avx512 => 0,
+        Path::Avx2 => 1,
+        Path::Portable => 2,
     }
 }
 
 fn detect() -> Isa {
-    let hw = detect_hw();
     #[cfg(feature = "std")]
+    if let Some(Ok(i)) = std::env::var("MAPLE_SIMD")
+        .ok()
+        .map(|v| Isa::from_env_value(&v))
     {
-        let want = std::env::var("MAPLE_SIMD")
-            .ok()
-            .and_then(|v| Isa::from_env_value(&v));
-        if let Some(w) = want.filter(|w| rank(*w) >= rank(hw)) {
-            return w;
-        }
+        return i;
     }
-    hw
+    Isa(detect_hw())
 }
 
-fn detect_hw() -> Isa {
+fn detect_hw() -> Path {
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     {
         let avx2 = std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c");
         if avx2 && std::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
+            return Path::Avx512;
         }
         if avx2 {
-            return Isa::Avx2;
+            return Path::Avx2;
         }
-        Isa::Portable
+        Path::Portable
     }
     #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
     {
@@ -118,20 +152,20 @@ fn detect_hw() -> Isa {
             target_feature = "f16c",
             target_feature = "avx512f"
         )) {
-            Isa::Avx512
+            Path::Avx512
         } else if cfg!(all(
             target_feature = "avx2",
             target_feature = "fma",
             target_feature = "f16c"
         )) {
-            Isa::Avx2
+            Path::Avx2
         } else {
-            Isa::Portable
+            Path::Portable
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        Isa::Portable
+        Path::Portable
     }
 }
 
@@ -170,10 +204,10 @@ pub fn bias_act(isa: Isa, v: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
     if let Some(b) = bias {
         assert!(b.len() >= v.len(), "bias_act: bias shorter than the row");
     }
-    match isa {
+    match isa.path() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the ISA was detected; bias covers v (checked above).
-        Isa::Avx512 => unsafe { x86::bias_act512(v, bias, gelu) },
+        // SAFETY: only detection makes an AVX-512 `Isa`; bias covers v (checked above).
+        Path::Avx512 => unsafe { x86::bias_act512(v, bias, gelu) },
         _ => {
             if let Some(b) = bias {
                 v.iter_mut().zip(b).for_each(|(x, &bb)| *x += bb);
@@ -187,11 +221,13 @@ pub fn bias_act(isa: Isa, v: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
 
 /// `x · sigmoid(1.702 x)` (CLIP's activation, spec §4) over a slice.
 pub fn quick_gelu_slice(isa: Isa, v: &mut [f32]) {
-    match isa {
+    match isa.path() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::gelu512(v) },
+        // SAFETY: only detection makes an AVX-512 or AVX2+FMA `Isa`.
+        Path::Avx512 => unsafe { x86::gelu512(v) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::gelu256(v) },
+        // SAFETY: as above.
+        Path::Avx2 => unsafe { x86::gelu256(v) },
         _ => v.iter_mut().for_each(|x| *x = gelu1(*x)),
     }
 }
@@ -203,11 +239,13 @@ fn gelu1(x: f32) -> f32 {
 
 /// `v[i] = exp(v[i]·scale − shift)`; returns the sum (softmax's numerator and denominator).
 pub fn exp_scaled_sum(isa: Isa, v: &mut [f32], scale: f32, shift: f32) -> f32 {
-    match isa {
+    match isa.path() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::exp_sum512(v, scale, shift) },
+        // SAFETY: only detection makes an AVX-512 or AVX2+FMA `Isa`.
+        Path::Avx512 => unsafe { x86::exp_sum512(v, scale, shift) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::exp_sum256(v, scale, shift) },
+        // SAFETY: as above.
+        Path::Avx2 => unsafe { x86::exp_sum256(v, scale, shift) },
         _ => {
             let mut s = 0.0;
             for x in v.iter_mut() {
@@ -497,9 +535,9 @@ mod tests {
 
     #[test]
     fn avx512_exp_and_gelu_equal_their_scalar_twins_bit_for_bit_tails_and_nan_included() {
-        if !available().contains(&Isa::Avx512) {
+        let Some(avx512) = available().into_iter().find(|i| i.path() == Path::Avx512) else {
             return;
-        }
+        };
         for n in 0..50 {
             // Every 7th value NaN (in the vector body and in the tails).
             let xs: Vec<f32> = (0..n)
@@ -509,9 +547,9 @@ mod tests {
                 })
                 .collect();
             let mut g = xs.clone();
-            quick_gelu_slice(Isa::Avx512, &mut g);
+            quick_gelu_slice(avx512, &mut g);
             let mut e = xs.clone();
-            exp_scaled_sum(Isa::Avx512, &mut e, 0.37, 1.5);
+            exp_scaled_sum(avx512, &mut e, 0.37, 1.5);
             for i in 0..n {
                 if xs[i].is_nan() {
                     assert!(g[i].is_nan() && e[i].is_nan(), "NaN lost: n={n} i={i}");
