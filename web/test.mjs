@@ -84,10 +84,10 @@ const summary = {};
 let logs = [];
 
 // In the page: load by URL, classify every image kind, return logits and progress events.
-async function inPage({ url, labelsText, images, kinds }) {
+async function inPage({ url, labelsText, images, kinds, device }) {
   const events = [];
   const t0 = performance.now();
-  const m = await window.lib.loadModel(url, { prompts: "maple_prompts.safetensors", onProgress: (e) => events.push(e) });
+  const m = await window.lib.loadModel(url, { prompts: "maple_prompts.safetensors", device, onProgress: (e) => events.push(e) });
   const loadMs = performance.now() - t0;
   await m.setLabels(labelsText);
   const out = [];
@@ -119,7 +119,7 @@ async function inPage({ url, labelsText, images, kinds }) {
     try { await m.setLabels(["cat", "cat"]); } catch (e) { err = String(e.message || e); }
     out.push({ kind: "error", err, labels: m.labels });
   }
-  return { adapter: m.adapter, events, out, loadMs, msPerImage: ms / images.length };
+  return { adapter: m.adapter, device: m.device, reason: m.deviceReason, events, out, loadMs, msPerImage: ms / images.length };
 }
 
 function goldenDiff(out) {
@@ -146,7 +146,8 @@ try {
   // 3. First visit: everything downloads once, with progress.
   await page.goto(`${base}/app/index.html`);
   await page.waitForFunction(() => window.lib !== undefined, null, { timeout: 60000 });
-  const first = await page.evaluate(inPage, { url: tinyUrl, labelsText, images, kinds: true });
+  const first = await page.evaluate(inPage, { url: tinyUrl, labelsText, images, kinds: true, device: "gpu" });
+  check(first.device === "gpu", `device "gpu" runs on ${first.device}`);
   summary.adapter = first.adapter;
   summary.maxAbsLogitDiff = goldenDiff(first.out);
   summary.msPerImage = Math.round(first.msPerImage);
@@ -182,6 +183,18 @@ try {
   check(refetched.length === 0, `reload fetched again: ${JSON.stringify(refetched)}`);
   summary.requestsOnReload = refetched.length;
   summary.reloadLoadMs = Math.round(second.loadMs);
+
+  // 4b. The CPU path: "auto" takes the CPU when the only adapter is a software one (headless
+  // Chromium's SwiftShader), "cpu" always; every image against the golden, features included.
+  const software = /\bCpu\)/.test(first.adapter);
+  const auto = await page.evaluate(inPage, { url: tinyUrl, labelsText, images, kinds: true, device: "auto" });
+  check(auto.device === (software ? "cpu" : "gpu"), `auto chose ${auto.device} with adapter ${first.adapter}`);
+  if (software) check(/software adapter/.test(auto.reason), `auto's reason: ${auto.reason}`);
+  const cpu = software ? auto : await page.evaluate(inPage, { url: tinyUrl, labelsText, images, kinds: true, device: "cpu" });
+  check(cpu.device === "cpu" && cpu.adapter.startsWith("CPU"), `device "cpu" runs on ${cpu.device} (${cpu.adapter})`);
+  const cpuDiff = goldenDiff(cpu.out);
+  check(cpuDiff <= 1e-3, `CPU path: logits differ from the PyTorch golden by ${cpuDiff}`);
+  summary.cpu = { adapter: cpu.adapter, reason: cpu.reason, maxAbsLogitDiff: cpuDiff, msPerImage: Math.round(cpu.msPerImage) };
 
   // 5. The demo page, as a person: a model URL, then the file pickers.
   await page.goto(`${base}/web/index.html`);
@@ -222,7 +235,7 @@ try {
     const labels = ref.scores.map((s) => s.label);
     const r = await page.evaluate(async ({ url, name, labels }) => {
       const t0 = performance.now();
-      const m = await window.maple.loadModel(url, { prompts: "maple_prompts.safetensors", cache: false });
+      const m = await window.maple.loadModel(url, { prompts: "maple_prompts.safetensors", cache: false, device: "gpu" });
       const loadMs = performance.now() - t0;
       const t1 = performance.now();
       await m.setLabels(labels);

@@ -113,10 +113,11 @@ impl Gpu {
             })?;
         let info = adapter.get_info();
         if choice == AdapterChoice::Hardware && info.device_type == wgpu::DeviceType::Cpu {
-            return Err(GpuError(format!(
-                "only a software adapter is available: {}",
-                info.name
-            )));
+            return Err(GpuError(if info.name.is_empty() {
+                "only a software adapter is available (browsers name none)".to_string()
+            } else {
+                format!("only a software adapter is available: {}", info.name)
+            }));
         }
         let offered = adapter.features();
         let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;

@@ -34,6 +34,11 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Where `maple_web_bg.wasm` is; by default next to `maple_web.js`. */
   wasm?: string | URL;
+  /**
+   * "auto" (default): a hardware GPU adapter, else the CPU (a software WebGPU adapter is slower
+   * than the CPU path); "gpu": any adapter, software ones included; "cpu": the CPU path.
+   */
+  device?: "auto" | "gpu" | "cpu";
 }
 
 /** One label's score. */
@@ -58,11 +63,15 @@ export class Classification {
   best(): Score;
 }
 
-/** A model on the page's GPU. Calls are queued: one runs at a time. */
+/** A model on the page's GPU or CPU. Calls are queued: one runs at a time. */
 export class MapleModel {
-  private constructor(inner: Maple);
-  /** The GPU adapter in use. */
+  private constructor(inner: Maple, reason?: string);
+  /** The GPU adapter in use, or the CPU path. */
   readonly adapter: string;
+  /** What runs the model. */
+  readonly device: "gpu" | "cpu";
+  /** Why the CPU runs it ("" on a GPU). */
+  readonly deviceReason: string;
   /** The labels, in order. */
   readonly labels: string[];
   /** An array of names, or the text of a labels file (one per line; blank and `#` lines skipped). */

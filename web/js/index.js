@@ -92,19 +92,30 @@ function resolveUrl(base, nameOrUrl) {
 }
 
 /**
- * Loads a model by URL and puts it on the page's GPU.
+ * Loads a model by URL and puts it on the page's GPU, or keeps it on the CPU.
  *
  * `base`: a directory URL holding `config.json` and `model.safetensors` (f32 or f16): a Hugging
  * Face `resolve/main/` URL (see `hubUrl`) or any same-origin path.
  * Options: `prompts` (file name or URL of MaPLe prompts in safetensors, relative to `base`;
  * omit for zero-shot CLIP), `weights` (default `model.safetensors`), `config` (default
  * `config.json`), `onProgress(event)`, `cache` (`true`: the default bucket, a string: that
- * bucket, `false`: no caching), `signal` (an AbortSignal), `wasm` (URL of the wasm file).
+ * bucket, `false`: no caching), `signal` (an AbortSignal), `wasm` (URL of the wasm file),
+ * `device` ("auto", the default: a hardware GPU adapter, else the CPU, as software WebGPU
+ * adapters such as SwiftShader are far slower than the CPU path; "gpu": any adapter; "cpu").
+ * `model.device` and `model.deviceReason` say what was chosen and why.
  */
 export async function loadModel(base, options = {}) {
   const { onProgress, signal } = options;
   await initWasm(options.wasm);
-  if (!globalThis.navigator?.gpu) throw new Error("this browser has no WebGPU (navigator.gpu is missing)");
+  const asked = options.device ?? "auto";
+  if (!["auto", "gpu", "cpu"].includes(asked)) throw new Error(`device "${asked}": use "auto", "gpu" or "cpu"`);
+  let device = asked;
+  let noWebGpu = "";
+  if (!globalThis.navigator?.gpu && asked !== "cpu") {
+    if (asked === "gpu") throw new Error("this browser has no WebGPU (navigator.gpu is missing)");
+    device = "cpu";
+    noWebGpu = "this browser has no WebGPU (navigator.gpu is missing)";
+  }
   const useCache = options.cache ?? true;
   let cache = null;
   if (useCache && globalThis.caches) {
@@ -124,8 +135,8 @@ export async function loadModel(base, options = {}) {
     got[key] = await fetchBytes(resolveUrl(base, name), name, cache, onProgress, signal);
   }));
   const config = new TextDecoder().decode(got.config);
-  const inner = await Maple.load(config, got.weights, got.prompts);
-  return new MapleModel(inner);
+  const inner = await Maple.load(config, got.weights, got.prompts, device);
+  return new MapleModel(inner, noWebGpu);
 }
 
 /** Removes every cached model file (or those of the bucket `name`). */
@@ -176,13 +187,28 @@ export class Classification {
   }
 }
 
-/** A model on the page's GPU. Calls are queued: one runs at a time. */
+/** A model on the page's GPU or CPU. Calls are queued: one runs at a time. */
 export class MapleModel {
   #inner;
+  #reason;
   #queue = Promise.resolve();
 
-  constructor(inner) {
+  constructor(inner, reason = "") {
     this.#inner = inner;
+    this.#reason = reason;
+  }
+
+  /** "gpu" or "cpu": what runs the model. */
+  get device() {
+    return this.#inner.device();
+  }
+
+  /**
+   * Why the CPU runs the model ("" on a GPU): `device: "cpu"` was asked for, the browser has no
+   * WebGPU, or (under "auto") its only adapter is a software one, which is slower than the CPU.
+   */
+  get deviceReason() {
+    return this.#reason || this.#inner.device_reason();
   }
 
   #run(f) {
@@ -191,7 +217,7 @@ export class MapleModel {
     return next;
   }
 
-  /** The GPU adapter in use. */
+  /** The GPU adapter in use, or the CPU path ("CPU (portable, 1 thread)"). */
   get adapter() {
     return this.#inner.adapter();
   }

@@ -4,11 +4,18 @@
 //! This is the low-level binding; the npm package's `index.js` (web/js/) wraps it with model
 //! loading by URL, the browser cache, progress events and image conversion.
 //!
-//! JS: `const m = await Maple.load(configJson, weights, prompts?); await m.set_labels(text);
+//! JS: `const m = await Maple.load(configJson, weights, prompts?, device?); await m.set_labels(text);
 //! const logits = await m.classify(rgba, width, height);`
+//!
+//! `device` is "auto" (the default: a hardware GPU adapter, else the CPU, as the CLI chooses),
+//! "gpu" (any adapter, software ones included) or "cpu" (the engine's portable kernels in wasm,
+//! one thread).
 
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
-use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TextFeatures, TokenRow};
+use maple_core::{
+    Clip, ClipConfig, MaplePrompts, Model, Parallel, SafeTensors, TextFeatures, TokenRow,
+    VisionWorkspace,
+};
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
 use maple_text::labels::check_template;
 use maple_text::{tokenize_labels, ClipTokenizer, LabelSet};
@@ -18,16 +25,37 @@ use wasm_bindgen::prelude::*;
 
 const TEMPLATE: &str = "a photo of a";
 
+/// What runs the towers.
+#[allow(clippy::large_enum_variant)] // one value per model
+enum Backend {
+    Gpu(GpuModel),
+    /// The CPU, with the image workspace once the first image has come.
+    Cpu(Option<VisionWorkspace>),
+}
+
 struct Inner {
     model: Model,
-    gpu: GpuModel,
+    backend: Backend,
+    /// One thread: the page's (a wasm thread pool needs a cross-origin-isolated page).
+    par: Parallel,
     tok: ClipTokenizer,
     labels: Vec<String>,
     text: Option<TextFeatures>,
     adapter: String,
+    /// Why the CPU runs the model ("" on the GPU).
+    reason: String,
 }
 
-/// A model on the page's GPU.
+impl Inner {
+    async fn encode_texts(&mut self, rows: &[TokenRow]) -> Result<TextFeatures, JsValue> {
+        match &mut self.backend {
+            Backend::Gpu(g) => g.encode_texts_async(rows).await.map_err(js),
+            Backend::Cpu(_) => self.model.encode_texts(&self.par, rows).map_err(js),
+        }
+    }
+}
+
+/// A model on the page's GPU or its CPU.
 #[wasm_bindgen]
 pub struct Maple {
     inner: Rc<RefCell<Inner>>,
@@ -40,11 +68,13 @@ fn js(e: impl std::fmt::Display) -> JsValue {
 #[wasm_bindgen]
 impl Maple {
     /// Builds the model from a HF `config.json` text, `model.safetensors` bytes and optional
-    /// MaPLe prompt bytes (safetensors), then uploads it to the GPU.
+    /// MaPLe prompt bytes (safetensors), then uploads it to the GPU `device` chooses (see the
+    /// module docs) or keeps it on the CPU.
     pub async fn load(
         config_json: String,
         weights: Vec<u8>,
         prompts: Option<Vec<u8>>,
+        device: Option<String>,
     ) -> Result<Maple, JsValue> {
         let cfg =
             ClipConfig::from_hf_json(&config_json).map_err(|e| js(format!("config.json: {e}")))?;
@@ -59,25 +89,66 @@ impl Maple {
             None => None,
         };
         let model = Model::new(clip, prompts);
-        let gpu = Gpu::open_async(AdapterChoice::Any).await.map_err(js)?;
-        let adapter = gpu.describe();
-        let gpu = GpuModel::upload(gpu, &model, Precision::F32).map_err(js)?;
+        let device = device.as_deref().unwrap_or("auto");
+        let choice = match device {
+            "auto" => Some(AdapterChoice::Hardware),
+            "gpu" => Some(AdapterChoice::Any),
+            "cpu" => None,
+            d => {
+                return Err(js(format!(
+                    "device \"{d}\": use \"auto\", \"gpu\" or \"cpu\""
+                )))
+            }
+        };
+        let opened = match choice {
+            Some(c) => Some(Gpu::open_async(c).await),
+            None => None,
+        };
+        let (backend, adapter, reason) = match opened {
+            Some(Ok(gpu)) => {
+                let adapter = gpu.describe();
+                let g = GpuModel::upload(gpu, &model, Precision::F32).map_err(js)?;
+                (Backend::Gpu(g), adapter, String::new())
+            }
+            Some(Err(e)) if device == "gpu" => return Err(js(e)),
+            Some(Err(e)) => (Backend::Cpu(None), cpu_name(), e.to_string()),
+            None => (
+                Backend::Cpu(None),
+                cpu_name(),
+                "device \"cpu\" asked for".into(),
+            ),
+        };
         let tok = ClipTokenizer::builtin().map_err(js)?;
         let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
         check_template(&tok, TEMPLATE, n_ctx, "prompts").map_err(js)?;
         Ok(Maple {
             inner: Rc::new(RefCell::new(Inner {
                 model,
-                gpu,
+                backend,
+                par: Parallel::sequential(),
                 tok,
                 labels: Vec::new(),
                 text: None,
                 adapter,
+                reason,
             })),
         })
     }
 
-    /// The GPU adapter in use.
+    /// "gpu" or "cpu": what runs the model.
+    pub fn device(&self) -> String {
+        match self.inner.borrow().backend {
+            Backend::Gpu(_) => "gpu".into(),
+            Backend::Cpu(_) => "cpu".into(),
+        }
+    }
+
+    /// Why the CPU runs the model (no hardware adapter, none at all, asked for); "" on a GPU.
+    pub fn device_reason(&self) -> String {
+        self.inner.borrow().reason.clone()
+    }
+
+    /// The GPU adapter in use, or the CPU path.
     pub fn adapter(&self) -> String {
         self.inner.borrow().adapter.clone()
     }
@@ -109,7 +180,7 @@ impl Maple {
             let max_len = i.model.clip.config.text.max_position_embeddings;
             let rows: Vec<TokenRow> =
                 tokenize_labels(&i.tok, TEMPLATE, &labels, max_len).map_err(js)?;
-            let text = i.gpu.encode_texts_async(&rows).await.map_err(js)?;
+            let text = i.encode_texts(&rows).await?;
             i.text = Some(text);
             i.labels = labels.labels.into_iter().map(|l| l.text).collect();
             Ok(JsValue::from(i.labels.len() as u32))
@@ -154,7 +225,7 @@ impl Maple {
             let max_len = i.model.clip.config.text.max_position_embeddings;
             let rows: Vec<TokenRow> =
                 tokenize_labels(&i.tok, TEMPLATE, &set, max_len).map_err(js)?;
-            let text = i.gpu.encode_texts_async(&rows).await.map_err(js)?;
+            let text = i.encode_texts(&rows).await?;
             Ok(js_sys::Float32Array::from(text.data.as_slice()).into())
         })
     }
@@ -187,5 +258,17 @@ async fn image_feature(
     }
     let s = i.model.clip.config.vision.image_size;
     let px = preprocess(&rgb_from_rgba(rgba), w, h, s).map_err(js)?;
-    i.gpu.encode_images_async(&px, 1).await.map_err(js)
+    match &mut i.backend {
+        Backend::Gpu(g) => g.encode_images_async(&px, 1).await.map_err(js),
+        Backend::Cpu(ws) => {
+            let ws = ws.get_or_insert_with(|| i.model.vision_workspace(1, &i.par));
+            let f = i.model.encode_images(&i.par, ws, &px, 1).map_err(js)?;
+            Ok(f.to_vec())
+        }
+    }
+}
+
+/// How the CPU path names itself where a GPU adapter's name would go.
+fn cpu_name() -> String {
+    format!("CPU ({}, 1 thread)", maple_core::simd::isa().name())
 }
