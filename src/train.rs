@@ -1,4 +1,4 @@
-//! Learning MaPLe prompts from a folder of labelled images (`../shared/maple-train-spec.md`):
+//! Learning MaPLe prompts from a folder of labelled images (`docs/training.md`):
 //! the data (one sub-folder per class, few-shot sampling, the training augmentation), the
 //! epoch loop with MaPLe's schedule, checkpoints, evaluation, and the prompts file it writes.
 //! The math is [`maple_core::train`].
@@ -420,7 +420,7 @@ impl Trainer {
                 PromptParams::load(&config, src)
             })?,
             None => {
-                // ctx from the template's token embeddings at positions 1..=n (spec §1).
+                // ctx from the template's token embeddings at positions 1..=n (docs/training.md §1).
                 let tok = load_tokenizer(model_dir)?;
                 let ids = tok.encode(&opts.template)?;
                 let dt = config.text.tower.hidden_size;

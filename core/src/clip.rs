@@ -1,5 +1,5 @@
 //! CLIP ViT-B/16 weights as plain structs mirroring the HF `CLIPModel` checkpoint names
-//! (spec §2.1). Loading checks every shape against the config and packs each Linear for the GEMM.
+//! (docs/model.md §2.1). Loading checks every shape against the config and packs each Linear for the GEMM.
 
 use crate::config::{ClipConfig, TowerConfig};
 use crate::error::{Error, Result};

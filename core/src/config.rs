@@ -1,4 +1,4 @@
-//! Model configuration: the structural fields of a Hugging Face CLIP `config.json` (spec §14).
+//! Model configuration: the structural fields of a Hugging Face CLIP `config.json` (docs/model.md §14).
 
 use crate::error::{Error, Result};
 use alloc::format;

@@ -1,4 +1,4 @@
-//! MaPLe's learned prompts (spec §2.2, §5): read from MaPLe's state-dict names (with or without
+//! MaPLe's learned prompts (docs/model.md §2.2, §5): read from MaPLe's state-dict names (with or without
 //! the `prompt_learner.` prefix) and turned, once per checkpoint, into the fixed matrices the
 //! towers splice in.
 

@@ -18,7 +18,7 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// CLIP plus (optionally) MaPLe prompts. Without prompts it is zero-shot CLIP (spec §9).
+/// CLIP plus (optionally) MaPLe prompts. Without prompts it is zero-shot CLIP (docs/model.md §9).
 pub struct Model {
     /// The frozen CLIP.
     pub clip: Clip,
@@ -165,7 +165,7 @@ impl Ctx<'_> {
 }
 
 /// Where MaPLe's deep prompts go in a tower: before layer `l` (1 ≤ l < depth) rows
-/// `at..at + n` of every sequence are replaced by `deep[l − 1]` (`[n, D]`; spec §5–§6).
+/// `at..at + n` of every sequence are replaced by `deep[l − 1]` (`[n, D]`; docs/model.md §5–§6).
 #[derive(Clone, Copy)]
 struct Splice<'p> {
     deep: &'p [Vec<f32>],
@@ -208,7 +208,7 @@ fn tower(
     }
 }
 
-/// One pre-LN block (spec §4) on `R = seqs·t` rows, in place on `x`.
+/// One pre-LN block (docs/model.md §4) on `R = seqs·t` rows, in place on `x`.
 fn block(cx: &mut Ctx, l: &EncoderLayer, a: &mut Activations, s: Shape) {
     let (d, f, r) = (l.layer_norm1.weight.len(), l.fc1.bias.len(), s.seqs * s.t);
     let Activations {
@@ -501,7 +501,7 @@ impl Model {
         }
     }
 
-    /// One image's input rows `x [T, Dv]` (spec §2–§5): patch embedding of `img` (`[3, S, S]`,
+    /// One image's input rows `x [T, Dv]` (docs/model.md §2–§5): patch embedding of `img` (`[3, S, S]`,
     /// normalised) into rows 1..=G², the class token in row 0, positions added, MaPLe's shared
     /// prompts appended without positions, then `ln_pre` over every row. `patches` is the
     /// `[G², C·P·P]` im2col buffer.
@@ -595,7 +595,7 @@ impl Model {
                 tc.vocab_size
             )));
         }
-        // EOT = first position of the largest id (spec §7).
+        // EOT = first position of the largest id (docs/model.md §7).
         let mut eot = 0;
         for (i, &id) in row.iter().enumerate() {
             if id > row[eot] {
@@ -612,7 +612,7 @@ impl Model {
     }
 
     /// Text features of `rows` into `out` (`[rows.len(), E]`), L2-normalised. Rows are run in
-    /// batches of similar length, each only up to its longest EOT (exact: spec §7).
+    /// batches of similar length, each only up to its longest EOT (exact: docs/model.md §7).
     /// Allocates nothing once the workspace exists.
     pub fn encode_texts_into(
         &self,
@@ -698,7 +698,7 @@ impl Model {
         Ok(TextFeatures { dim: e, data })
     }
 
-    /// `logits[c] = exp(logit_scale) · ⟨img, txt_c⟩` (spec §8); both sides already unit-norm.
+    /// `logits[c] = exp(logit_scale) · ⟨img, txt_c⟩` (docs/model.md §8); both sides already unit-norm.
     pub fn logits(
         &self,
         image_feature: &[f32],

@@ -1,5 +1,5 @@
 //! Image preprocessing, bit-exact with torchvision `Resize(S, BICUBIC)` + `CenterCrop(S)` on a PIL
-//! image (spec §3): Pillow's fixed-point bicubic (22 fractional bits, a = −0.5), horizontal pass
+//! image (docs/model.md §3): Pillow's fixed-point bicubic (22 fractional bits, a = −0.5), horizontal pass
 //! then vertical, long side truncated, crop offsets rounded half-to-even, then CLIP's mean/std.
 //!
 //! Every output pixel of a Pillow resize depends only on its own coefficient window, so only the

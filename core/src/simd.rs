@@ -219,7 +219,7 @@ pub fn bias_act(isa: Isa, v: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
     }
 }
 
-/// `x · sigmoid(1.702 x)` (CLIP's activation, spec §4) over a slice.
+/// `x · sigmoid(1.702 x)` (CLIP's activation, docs/model.md §4) over a slice.
 pub fn quick_gelu_slice(isa: Isa, v: &mut [f32]) {
     match isa.path() {
         #[cfg(target_arch = "x86_64")]

@@ -249,7 +249,7 @@ pub fn clip_tensors(cfg: &ClipConfig, seed: u64, dtype: Dtype) -> Vec<OwnedTenso
 }
 
 #[allow(clippy::vec_init_then_push)]
-/// MaPLe's learnable tensors (spec §2.2) for `n_ctx` tokens and prompt depth `depth`, with the
+/// MaPLe's learnable tensors (docs/model.md §2.2) for `n_ctx` tokens and prompt depth `depth`, with the
 /// dtypes of a PREC=fp16 checkpoint (`ctx`, `proj` f16; compound tensors f32).
 pub fn maple_tensors(cfg: &ClipConfig, n_ctx: usize, depth: usize, seed: u64) -> Vec<OwnedTensor> {
     let (dv, dt) = (cfg.vision.tower.hidden_size, cfg.text.tower.hidden_size);

@@ -1,4 +1,4 @@
-//! MaPLe prompt training (`../shared/maple-train-spec.md`): the forward pass of both towers with
+//! MaPLe prompt training (`docs/training.md`): the forward pass of both towers with
 //! the activations the backward needs, the backward pass (input gradients only: CLIP is frozen),
 //! the gradients of MaPLe's trainable tensors, and PyTorch's SGD.
 //!
@@ -41,7 +41,7 @@ pub struct Param {
     pub data: Vec<f32>,
 }
 
-/// MaPLe's trainable tensors (spec §1), in the order: `ctx`, `proj.weight`, `proj.bias`, then
+/// MaPLe's trainable tensors (docs/training.md §1), in the order: `ctx`, `proj.weight`, `proj.bias`, then
 /// for each deep layer j: `compound_prompts_text.j`, `compound_prompt_projections.j.weight`,
 /// `….bias`. Gradients and momentum buffers use the same layout ([`PromptParams::zeros_like`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,7 @@ impl PromptParams {
         self.tensors.push(Param { name, shape, data });
     }
 
-    /// MaPLe's initialisation (spec §1): `ctx` = `ctx_init` (the template's token embeddings at
+    /// MaPLe's initialisation (docs/training.md §1): `ctx` = `ctx_init` (the template's token embeddings at
     /// positions 1..=n, `[n, Dt]`; normal(0.02) when `None`), `proj` one `nn.Linear` init, deep
     /// text prompts normal(0.02) each, and ONE `nn.Linear` init cloned into every deep projection.
     pub fn init(
@@ -204,7 +204,7 @@ impl PromptParams {
         self.tensors.is_empty()
     }
 
-    /// The splice matrices the towers use (spec §5), projected in f64 as at load time.
+    /// The splice matrices the towers use (docs/model.md §5), projected in f64 as at load time.
     pub fn prompts(&self) -> MaplePrompts {
         let n = self.n_ctx;
         let t = &self.tensors;
@@ -273,7 +273,7 @@ impl Sgd {
     }
 }
 
-/// MaPLe's learning rate for `epoch` (0-based) of `epochs` (spec §3): one constant warm-up
+/// MaPLe's learning rate for `epoch` (0-based) of `epochs` (docs/training.md §3): one constant warm-up
 /// epoch at 1e-5, then cosine annealing from `base` over `epochs` (the scheduler's T_max).
 pub fn cosine_lr(base: f32, epoch: usize, epochs: usize) -> f32 {
     if epoch == 0 {

@@ -1,4 +1,4 @@
-//! The two towers as dispatch lists, mirroring `maple_core::model` (spec §5–§8): one line per
+//! The two towers as dispatch lists, mirroring `maple_core::model` (docs/model.md §5–§8): one line per
 //! op, shapes beside them. B = images or labels in the batch, T = tokens per sequence,
 //! D = width, F = MLP width, E = projection width, n = prompt tokens.
 
@@ -59,7 +59,7 @@ impl Recorder<'_> {
     }
 
     /// Every block of a tower; before block l in 1..depth the deep prompt l−1 replaces the
-    /// prompt rows (spec §6).
+    /// prompt rows (docs/model.md §6).
     fn tower(
         &mut self,
         tw: &GTower,

@@ -94,7 +94,7 @@ impl GpuModel {
         let n = self.w.prompts.as_ref().map_or(0, |p| p.n as usize);
         let mut data = Vec::with_capacity(rows.len() * e);
         for chunk in rows.chunks(64) {
-            // Causal attention: running only up to the longest EOT is exact (spec §7).
+            // Causal attention: running only up to the longest EOT is exact (docs/model.md §7).
             let mut eots = Vec::with_capacity(chunk.len());
             for r in chunk {
                 if r.len() < 2

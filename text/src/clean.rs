@@ -1,4 +1,4 @@
-//! OpenAI CLIP's text cleaning before BPE (spec §13): `ftfy.fix_text` (every step except mojibake
+//! OpenAI CLIP's text cleaning before BPE (docs/model.md §13): `ftfy.fix_text` (every step except mojibake
 //! repair), `html.unescape` twice, whitespace runs → one space, strip, Python `str.lower`.
 //! The tables come from Python's `html` module and ftfy (`clean_tables.rs`, generated).
 

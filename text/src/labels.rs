@@ -1,5 +1,5 @@
 //! Label lists and MaPLe's prompts: one label per line; blank lines and `#` comments skipped;
-//! `_` read as a space; the prompt for a label is `"{template} {name}."` (spec §7).
+//! `_` read as a space; the prompt for a label is `"{template} {name}."` (docs/model.md §7).
 
 use crate::tokenizer::ClipTokenizer;
 use crate::TextError;
@@ -161,7 +161,7 @@ impl LabelSet {
     }
 }
 
-/// The prompt MaPLe builds for a class: `"{template} {name}."` (spec §7).
+/// The prompt MaPLe builds for a class: `"{template} {name}."` (docs/model.md §7).
 pub fn prompt(template: &str, label: &Label) -> String {
     format!("{} {}.", template.trim(), label.name)
 }

@@ -219,7 +219,7 @@ prompts (n_ctx 2, depth 9; vision sequence 199 tokens), f32 files. maple's SIMD 
 MaPLe's 77 tokens); ONNX Runtime {o.get('onnxruntime', 'not installed')} (the same image tower
 exported to ONNX, CPU provider, max |Δ| vs PyTorch fp32
 {o.get('max_abs_diff_vs_torch', float('nan')):.1e}). maple runs the text tower only up to each
-batch's longest EOT (exact, spec §7). Measured {datetime.date.today()}, all in one run of:
+batch's longest EOT (exact, docs/model.md §7). Measured {datetime.date.today()}, all in one run of:
 
     PYTHON=/path/to/python-with-torch-and-onnxruntime bash tools/bench/run.sh
 

@@ -47,7 +47,7 @@ full-size synthetic model (n_ctx 2, depth 9: 3,555,072 trainable values), measur
 
 Peak RSS of the whole benchmark process: maple {m['peak_rss_mb']:.0f} MB, PyTorch {max(r['peak_rss_mb'] for r in t.values()):.0f} MB.
 PyTorch runs the text tower at 77 tokens, as MaPLe does; maple stops at the longest EOT (exact,
-spec §7), which is most of the gap at 100 classes. maple's workspace is the activations kept for
+docs/model.md §7), which is most of the gap at 100 classes. maple's workspace is the activations kept for
 the backward, the gradient buffers and a second (transposed) packing of every frozen Linear.
 <!-- /train -->
 """

@@ -1,5 +1,5 @@
 """Golden logits from Hugging Face `transformers` CLIPModel with MaPLe's prompt splice added by
-hooks written here (spec §5–§8), for a synthetic model directory written by `maple-synth`.
+hooks written here (docs/model.md §5–§8), for a synthetic model directory written by `maple-synth`.
 
     python tools/reference/golden.py MODEL_DIR OUT.json [--openai-clip SDIST]
 
@@ -47,7 +47,7 @@ def tokenize(tok, texts, L=77):
 
 
 def load_prompts(path):
-    """MaPLe's prompt learner tensors → the matrices of spec §5 (pure fp32, no .half())."""
+    """MaPLe's prompt learner tensors → the matrices of docs/model.md §5 (pure fp32, no .half())."""
     sd = {k.removeprefix("prompt_learner."): v.float() for k, v in load_file(str(path)).items()}
     ctx = sd["ctx"]
     depth = 1 + sum(1 for k in sd if k.startswith("compound_prompts_text."))

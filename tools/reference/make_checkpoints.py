@@ -37,7 +37,7 @@ prompts = load_file(str(tiny / "maple_prompts.safetensors"))  # ctx/proj f16, co
 
 
 def to_openai(hf, prefix_v="visual.", prefix_t=""):
-    """HF CLIPModel names → OpenAI names (spec §2.1)."""
+    """HF CLIPModel names → OpenAI names (docs/model.md §2.1)."""
     sd = collections.OrderedDict()
     m = {"vision_model.embeddings.patch_embedding.weight": prefix_v + "conv1.weight",
          "vision_model.embeddings.class_embedding": prefix_v + "class_embedding",
@@ -81,7 +81,7 @@ d = out / "openai_tiny"; d.mkdir()
 shutil.copy(tiny / "config.json", d / "config.json")
 torch.save(to_openai(hf16), d / "pytorch_model.bin")
 
-# Dassl-shaped MaPLe checkpoint (spec §12.2/§12.3), n_cls = 3 training classes.
+# Dassl-shaped MaPLe checkpoint (docs/model.md §12.2/§12.3), n_cls = 3 training classes.
 sd = collections.OrderedDict()
 sd["logit_scale"] = hf["logit_scale"]
 sd["prompt_learner.ctx"] = prompts["prompt_learner.ctx"]
@@ -116,7 +116,7 @@ try:
     torch.load(d / "model.pth.tar-5", weights_only=True)
     print("note: weights_only=True loaded the Dassl checkpoint")
 except Exception as e:
-    print("weights_only=True refuses the Dassl checkpoint, as the spec says:", type(e).__name__)
+    print("weights_only=True refuses the Dassl checkpoint, as docs/model.md §12.2 says:", type(e).__name__)
 
 # --- hostile ----------------------------------------------------------------------------------
 class Reduce:

@@ -1,5 +1,5 @@
 """MaPLe training steps in PyTorch autograd + torch.optim.SGD, on HF `transformers` CLIPModel with
-MaPLe's prompts spliced by the hooks of golden.py (spec §5–§8), for maple-train's exactness test.
+MaPLe's prompts spliced by the hooks of golden.py (docs/model.md §5–§8), for maple-train's exactness test.
 
     python tools/reference/train_golden.py MODEL_DIR PROMPTS DATA_DIR OUT.safetensors \
         [--steps 3] [--batch-size 2] [--lr 0.0035] [--template "a photo of a"]

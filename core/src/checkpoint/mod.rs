@@ -1,5 +1,5 @@
 //! PyTorch checkpoints (`torch.save` zip archives: MaPLe's `model.pth.tar-N`, HF
-//! `pytorch_model.bin`, OpenAI state dicts), read without running any code (spec §12.2).
+//! `pytorch_model.bin`, OpenAI state dicts), read without running any code (docs/model.md §12.2).
 
 pub mod openai;
 pub mod pickle;

@@ -1,4 +1,4 @@
-//! OpenAI CLIP state-dict names under HF `CLIPModel` names (spec §2.1): packed `in_proj_weight`
+//! OpenAI CLIP state-dict names under HF `CLIPModel` names (docs/model.md §2.1): packed `in_proj_weight`
 //! split into q/k/v rows, `visual.proj` and `text_projection` transposed, everything else renamed.
 //! Also reads the frozen CLIP copy inside MaPLe checkpoints (`image_encoder.…`, `text_encoder.…`).
 
