@@ -35,6 +35,7 @@ pub mod cache;
 mod classify;
 pub mod convert;
 mod error;
+pub mod eval;
 pub mod hub;
 pub mod imageio;
 pub mod loader;
