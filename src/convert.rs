@@ -4,6 +4,7 @@ use crate::loader::with_tensors;
 use crate::outfile::OutputFile;
 use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
+use maple_core::maple;
 use maple_core::safetensors::{serialize, Dtype, OwnedTensor, TensorView};
 use maple_core::TensorSource;
 use std::path::Path;
@@ -64,17 +65,11 @@ pub fn convert_to_bytes(
         let adapted = OpenAiNames::detect(raw);
         let has = |n: &str| raw.tensor(n).is_some();
         let src: &dyn TensorSource = match &adapted {
-            Some(a) if !has("prompt_learner.ctx") && !has("ctx") => a,
+            Some(a) if maple::key_prefix(&has).is_none() => a,
             _ => raw,
         };
         let names = src.names();
-        let maple_prefix = if names.contains(&"prompt_learner.ctx") {
-            Some("prompt_learner.")
-        } else if names.contains(&"ctx") {
-            Some("")
-        } else {
-            None
-        };
+        let maple_prefix = maple::key_prefix(&|n| names.contains(&n));
         let mut out = Vec::new();
         let mut meta = Vec::new();
         let kind = match maple_prefix {
@@ -83,17 +78,13 @@ pub fn convert_to_bytes(
                     let Some(rest) = n.strip_prefix(p) else {
                         continue;
                     };
-                    let keep = rest == "ctx"
-                        || rest.starts_with("proj.")
-                        || rest.starts_with("compound_prompts_text.")
-                        || rest.starts_with("compound_prompt_projections.");
-                    if keep {
+                    if maple::is_learned(rest) {
                         let t = src
                             .tensor(n)
                             .ok_or_else(|| maple_core::Error::MissingTensor((*n).into()))?;
                         let (d, data) = convert_dtype(&t, dtype);
                         out.push(OwnedTensor {
-                            name: format!("prompt_learner.{rest}"),
+                            name: format!("{}{rest}", maple::KEY_PREFIX),
                             dtype: d,
                             shape: t.shape.clone(),
                             data,

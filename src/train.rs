@@ -899,7 +899,7 @@ impl Trainer {
                 })
                 .collect()
         };
-        let mut tensors = own("prompt_learner.", &self.params);
+        let mut tensors = own(maple_core::maple::KEY_PREFIX, &self.params);
         let mut meta = vec![
             ("format", "maple-prompts".to_string()),
             ("n_ctx", self.params.n_ctx.to_string()),

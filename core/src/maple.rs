@@ -53,18 +53,39 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
 }
 
+/// The prefix MaPLe's state dicts put on the prompt learner's tensors (`docs/model.md` §2.2).
+pub const KEY_PREFIX: &str = "prompt_learner.";
+
+/// Where `has` (does a tensor of this name exist?) finds MaPLe's `ctx`: under [`KEY_PREFIX`]
+/// (checkpoints, maple's own files) or bare (a prompts file that dropped it); `None` when it holds
+/// no MaPLe prompts. The one place the key rules live: loading, training and `maple-convert` ask
+/// here.
+pub fn key_prefix(has: &dyn Fn(&str) -> bool) -> Option<&'static str> {
+    if has("prompt_learner.ctx") {
+        Some(KEY_PREFIX)
+    } else if has("ctx") {
+        Some("")
+    } else {
+        None
+    }
+}
+
+/// Whether `name` (without the prefix) is one of MaPLe's learned tensors (`ctx`, `proj.*`,
+/// `compound_prompts_text.*`, `compound_prompt_projections.*`) rather than something a
+/// checkpoint carries beside them (`token_prefix`/`token_suffix`, the frozen CLIP copy).
+pub fn is_learned(name: &str) -> bool {
+    name == "ctx"
+        || name.starts_with("proj.")
+        || name.starts_with("compound_prompts_text.")
+        || name.starts_with("compound_prompt_projections.")
+}
+
 impl MaplePrompts {
     /// Reads the `prompt_learner.*` tensors (with or without the prefix) and checks them against `config`.
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
-        let prefix = if src.tensor("prompt_learner.ctx").is_some() {
-            "prompt_learner."
-        } else if src.tensor("ctx").is_some() {
-            ""
-        } else {
-            return Err(Error::Prompts(
-                "no `prompt_learner.ctx` tensor: this is not a MaPLe prompt file".into(),
-            ));
-        };
+        let prefix = key_prefix(&|n| src.tensor(n).is_some()).ok_or_else(|| {
+            Error::Prompts("no `prompt_learner.ctx` tensor: this is not a MaPLe prompt file".into())
+        })?;
         let r = Reader::new(src, prefix);
         let dt = config.text.tower.hidden_size;
         let dv = config.vision.tower.hidden_size;

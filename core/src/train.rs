@@ -147,11 +147,7 @@ impl PromptParams {
     /// The trainable tensors of a MaPLe prompts file (checked as [`MaplePrompts::load`] does).
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
         let mp = MaplePrompts::load(config, src)?;
-        let prefix = if src.tensor("prompt_learner.ctx").is_some() {
-            "prompt_learner."
-        } else {
-            ""
-        };
+        let prefix = crate::maple::key_prefix(&|n| src.tensor(n).is_some()).unwrap_or("");
         let r = Reader::new(src, prefix);
         let shapes = Self::shapes(config, mp.n_ctx, mp.depth);
         let mut p = PromptParams {
