@@ -164,6 +164,54 @@ impl EvalSet {
     }
 }
 
+/// What to evaluate on a split file: the classes and the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Base classes, then novel classes (the papers' table, with their harmonic mean).
+    BaseToNew,
+    /// One subsample.
+    Only(Subsample),
+}
+
+/// The parts a split file is evaluated in, named as reports name them ("base", "novel", "all"):
+/// `list` is "test" or "val", `images` the folder the split's paths are relative to. A part whose
+/// classes have no image in the list is an error.
+pub fn split_parts(
+    split: &Path,
+    images: &Path,
+    protocol: Protocol,
+    list: &str,
+) -> Result<Vec<(&'static str, EvalSet)>> {
+    let s = Split::read(split, images)?;
+    let items = match list {
+        "test" => &s.test,
+        "val" => &s.val,
+        l => {
+            return Err(Error::Invalid(format!(
+                "list \"{l}\": use \"test\" or \"val\""
+            )))
+        }
+    };
+    let which: &[(&'static str, Subsample)] = match protocol {
+        Protocol::BaseToNew => &[("base", Subsample::Base), ("novel", Subsample::New)],
+        Protocol::Only(Subsample::All) => &[("all", Subsample::All)],
+        Protocol::Only(Subsample::Base) => &[("base", Subsample::Base)],
+        Protocol::Only(Subsample::New) => &[("novel", Subsample::New)],
+    };
+    let mut parts = Vec::new();
+    for &(name, w) in which {
+        let set = s.subsample(items, w)?;
+        if set.items.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: the {name} classes have no images in the {list} list",
+                path_display(split)
+            )));
+        }
+        parts.push((name, set));
+    }
+    Ok(parts)
+}
+
 /// What an evaluation found.
 #[derive(Clone, Debug, Default)]
 pub struct Accuracy {

@@ -348,6 +348,86 @@ impl PyClassifier {
         self.with(py, |c| Ok(c.logit_scale()))
     }
 
+    /// Accuracy on an ImageFolder (`data`) or a split file (`split`), as maple-eval computes it:
+    /// `{part: (accuracy, correct, images, classes, [(image, error)])}` and `hm` for base-to-new.
+    /// The labels are put back afterwards.
+    #[pyo3(signature = (data=None, split=None, images=None, subsample="base-to-new", list="test"))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per option
+    fn evaluate<'py>(
+        &self,
+        py: Python<'py>,
+        data: Option<PathBuf>,
+        split: Option<PathBuf>,
+        images: Option<PathBuf>,
+        subsample: &str,
+        list: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        use maple::eval::{evaluate, harmonic_mean, split_parts, EvalSet, Protocol, Subsample};
+        let protocol = match subsample {
+            "base-to-new" => Protocol::BaseToNew,
+            "all" => Protocol::Only(Subsample::All),
+            "base" => Protocol::Only(Subsample::Base),
+            "new" => Protocol::Only(Subsample::New),
+            s => {
+                return Err(PyValueError::new_err(format!(
+                    "subsample={s:?}: use \"base-to-new\", \"all\", \"base\" or \"new\""
+                )))
+            }
+        };
+        let list = list.to_string();
+        let results = self.with(py, move |c| {
+            let parts = match (split, data) {
+                (Some(s), None) => {
+                    let images = images
+                        .unwrap_or_else(|| s.parent().map(Path::to_path_buf).unwrap_or_default());
+                    split_parts(&s, &images, protocol, &list)?
+                }
+                (None, Some(d)) => vec![("all", EvalSet::image_folder(&d)?)],
+                _ => {
+                    return Err(Error::Invalid(
+                        "evaluate takes an image folder or split=, one of the two".into(),
+                    ))
+                }
+            };
+            let saved: Vec<String> = c.labels().iter().map(|l| l.text.clone()).collect();
+            let mut out = Vec::new();
+            let mut failed = None;
+            for (name, set) in &parts {
+                match evaluate(c, set, &mut |_, _| {}) {
+                    Ok(a) => out.push((*name, set.classes.len(), a)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            c.set_labels(&saved)?;
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
+        })?;
+        let d = PyDict::new(py);
+        for (name, classes, acc) in &results {
+            let part = PyDict::new(py);
+            part.set_item("accuracy", acc.fraction())?;
+            part.set_item("correct", acc.correct)?;
+            part.set_item("images", acc.total)?;
+            part.set_item("classes", classes)?;
+            let bad: Vec<(String, String)> = acc
+                .unreadable
+                .iter()
+                .map(|(p, e)| (p.to_string_lossy().into_owned(), e.clone()))
+                .collect();
+            part.set_item("unreadable", bad)?;
+            d.set_item(*name, part)?;
+        }
+        if let [(_, _, a), (_, _, b)] = &results[..] {
+            d.set_item("hm", harmonic_mean(a.fraction(), b.fraction()))?;
+        }
+        Ok(d)
+    }
+
     fn describe(&self, py: Python<'_>) -> PyResult<String> {
         self.with(py, |c| Ok(format!("{c:?}")))
     }

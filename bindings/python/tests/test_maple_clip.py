@@ -301,3 +301,29 @@ def test_the_gpu_path_gives_pytorchs_logits() -> None:
     names = GOLDEN["images"][:4]
     close(c.logits([FIX / "images" / n for n in names]), np.stack([want(n) for n in names]))
     close(c.embed_texts(c.labels), c.text_features)
+
+
+def test_evaluate_gives_the_golden_base_novel_and_hm(tmp_path: pathlib.Path) -> None:
+    # Image i goes to the base half (labels 0..4) when even, else the novel half (5..9), labelled
+    # with the golden prediction among its half, except every third (labelled with the next).
+    labels = GOLDEN["labels"]
+    halves = [list(range(5)), list(range(5, 10))]
+    test, hits = [], [[0, 0], [0, 0]]
+    for i, name in enumerate(GOLDEN["images"]):
+        h = i % 2
+        k = int(np.argmax(want(name)[halves[h]]))
+        label = 5 * h + ((k + 1) % 5 if i % 3 == 0 else k)
+        test.append([name, label, labels[label]])
+        hits[h][0] += label == 5 * h + k
+        hits[h][1] += 1
+    split = tmp_path / "split_zhou_Fixtures.json"
+    train = [[f"t{l}.jpg", l, labels[l]] for l in range(10)]
+    split.write_text(json.dumps({"train": train, "val": [], "test": test}))
+    c = maple_clip.Classifier(TINY, prompts=PROMPTS, labels=["cat", "dog"], device="cpu", cache=False)
+    r = c.evaluate(split=split, images=FIX / "images")
+    b, n = (hits[0][0] / hits[0][1], hits[1][0] / hits[1][1])
+    assert r["base"]["correct"] == hits[0][0] and r["novel"]["images"] == hits[1][1], r
+    assert abs(r["hm"] - 2 * b * n / (b + n)) < 1e-12 and 0 < b < 1 and 0 < n < 1
+    assert c.labels == ["cat", "dog"]  # put back
+    with pytest.raises(maple_clip.ConfigError, match="one of the two"):
+        c.evaluate()

@@ -6,7 +6,7 @@ mod signals;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use maple::eval::{evaluate, harmonic_mean, Accuracy, EvalSet, Split, Subsample};
+use maple::eval::{evaluate, harmonic_mean, split_parts, Accuracy, EvalSet, Protocol, Subsample};
 use maple::{path_display, Classifier, Device, Precision};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -135,38 +135,21 @@ fn run(a: &Args) -> maple::Result<bool> {
                 .images
                 .clone()
                 .unwrap_or_else(|| split.parent().map(|p| p.to_path_buf()).unwrap_or_default());
-            let s = Split::read(split, &images)?;
-            let items = match a.list {
-                ListArg::Test => &s.test,
-                ListArg::Val => &s.val,
+            let protocol = match a.subsample {
+                SubsampleArg::BaseToNew => Protocol::BaseToNew,
+                SubsampleArg::All => Protocol::Only(Subsample::All),
+                SubsampleArg::Base => Protocol::Only(Subsample::Base),
+                SubsampleArg::New => Protocol::Only(Subsample::New),
             };
-            let which: &[(&str, Subsample)] = match a.subsample {
-                SubsampleArg::BaseToNew => &[("base", Subsample::Base), ("novel", Subsample::New)],
-                SubsampleArg::All => &[("all", Subsample::All)],
-                SubsampleArg::Base => &[("base", Subsample::Base)],
-                SubsampleArg::New => &[("novel", Subsample::New)],
+            let list = match a.list {
+                ListArg::Test => "test",
+                ListArg::Val => "val",
             };
-            let mut parts = Vec::new();
-            for (name, w) in which {
-                parts.push((*name, s.subsample(items, *w)?));
-            }
-            parts
+            split_parts(split, &images, protocol, list)?
         }
         (None, Some(dir)) => vec![("all", EvalSet::image_folder(dir)?)],
         (None, None) => unreachable!("clap requires one"),
     };
-    for (name, p) in &parts {
-        if p.items.is_empty() {
-            return Err(maple::Error::Invalid(format!(
-                "the {name} classes have no images in the {} list",
-                if a.list == ListArg::Val {
-                    "val"
-                } else {
-                    "test"
-                }
-            )));
-        }
-    }
 
     let mut b = Classifier::builder(&a.model)
         .labels(&parts[0].1.classes)

@@ -288,6 +288,26 @@ class Classifier:
         self._warn()
         return out
 
+    def evaluate(
+        self,
+        data: PathLike | None = None,
+        *,
+        split: PathLike | None = None,
+        images: PathLike | None = None,
+        subsample: Literal["base-to-new", "all", "base", "new"] = "base-to-new",
+        list: Literal["test", "val"] = "test",
+    ) -> dict[str, Any]:
+        """Accuracy as ``maple-eval`` computes it, on an ImageFolder (``data``: one sub-folder per
+        class) or a Dassl/CoOp split file (``split``: ``split_zhou_*.json``, paths relative to
+        ``images``, default its folder) with the base-to-novel protocol: the training list's
+        labels sorted, the first half (rounded up) base, the rest novel, each half against its
+        own class names. Returns ``{"base": {...}, "novel": {...}, "hm": float}`` (or ``"all"``),
+        each part with ``accuracy``, ``correct``, ``images``, ``classes`` and ``unreadable``
+        (``(image, error)`` pairs, left out of the accuracy). The labels are restored after."""
+        out = self._native.evaluate(data, split, images, subsample, list)
+        self._warn()
+        return out
+
     def __repr__(self) -> str:
         return f"maple_clip.{self._native.describe()}"
 
