@@ -254,7 +254,10 @@ pub fn evaluate(
     if set.classes.is_empty() {
         return Err(Error::Invalid("no classes to evaluate against".into()));
     }
-    c.set_labels(&set.classes)?;
+    // (A classifier built with these classes already has their text features.)
+    if !c.labels().iter().map(|l| &l.text).eq(&set.classes) {
+        c.set_labels(&set.classes)?;
+    }
     let mut acc = Accuracy::default();
     let chunk = 64;
     for (n, batch) in set.items.chunks(chunk).enumerate() {

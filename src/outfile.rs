@@ -243,6 +243,12 @@ impl Drop for OutputFile {
     }
 }
 
+/// Whether `path` is (or will be) a plain file: not `-` (stdout), a device or a FIFO, so that
+/// something (a checkpoint folder) can go beside it.
+pub fn is_plain_file_path(path: &Path) -> bool {
+    path.as_os_str() != "-" && std::fs::metadata(path).map_or(true, |m| m.is_file())
+}
+
 /// Whether `a` and `b` are one existing regular file (the same name, a link to it, or a
 /// hard link): the same device and inode on Unix, the same canonical path elsewhere.
 pub fn same_file(a: &Path, b: &Path) -> bool {

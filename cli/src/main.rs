@@ -1,11 +1,13 @@
 //! maple-classify: classify images with CLIP ViT-B/16 + MaPLe prompts.
 
+mod devargs;
 mod inputs;
 mod output;
 mod report;
 mod signals;
 
 use clap::{Parser, ValueEnum};
+use devargs::{DeviceArg, PrecisionArg};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use inputs::{collect, Input};
 use maple::hub::DEFAULT_MODEL;
@@ -47,28 +49,6 @@ enum FormatArg {
     Json,
     /// CSV: image,rank,label,logit,prob,error — top-k rows per image, one row per failure.
     Csv,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum DeviceArg {
-    /// A hardware GPU if there is one, else the CPU (a notice on stderr says which).
-    Auto,
-    /// Any GPU adapter, software ones (lavapipe, SwiftShader) included; an error if none.
-    Gpu,
-    /// The CPU.
-    Cpu,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum PrecisionArg {
-    F32,
-    /// f16 weight storage on GPUs with shader-f16 (f32 math); logits within ~1e-2.
-    F16,
-    /// int8 image-tower Linears on the CPU, about three times as fast; logits within ~0.1 of f32.
-    Int8,
-    /// bf16 image-tower Linears on CPUs with AVX-512 BF16, about 1.3× as fast; logits within
-    /// ~0.05 of f32.
-    Bf16,
 }
 
 /// Classify images against your own labels with CLIP ViT-B/16 and MaPLe's learned prompts.
@@ -369,17 +349,8 @@ fn run(a: Args) -> Result<usize, Fatal> {
                 .join(", ")
         )));
     }
-    let device = match a.device {
-        DeviceArg::Auto => Device::Auto,
-        DeviceArg::Gpu => Device::Gpu,
-        DeviceArg::Cpu => Device::Cpu,
-    };
-    let precision = match a.precision {
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::F16 => Precision::F16,
-        PrecisionArg::Int8 => Precision::Int8,
-        PrecisionArg::Bf16 => Precision::Bf16,
-    };
+    let device: Device = a.device.into();
+    let precision: Precision = a.precision.into();
     if precision == Precision::F16 && device == Device::Cpu {
         return Err(Fatal(
             "--precision f16 is for GPUs (f16 weight storage); the CPU computes in f32".into(),

@@ -646,7 +646,7 @@ fn train<'py>(
 /// Whether `path` is a file a checkpoint folder can go beside (not a device, FIFO or `-`).
 #[pyfunction]
 fn out_is_file(path: PathBuf) -> bool {
-    path != Path::new("-") && std::fs::metadata(&path).map_or(true, |m| m.is_file())
+    maple::outfile::is_plain_file_path(&path)
 }
 
 #[pymodule]

@@ -1,13 +1,16 @@
 //! maple-eval: accuracy of a model and its prompts on an ImageFolder, or on a Dassl/CoOp split
 //! file with the base-to-novel protocol of MaPLe's papers (base, novel, harmonic mean).
 
+#[path = "../devargs.rs"]
+mod devargs;
 #[path = "../signals.rs"]
 mod signals;
 
 use clap::{Parser, ValueEnum};
+use devargs::{DeviceArg, PrecisionArg};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use maple::eval::{evaluate, harmonic_mean, split_parts, Accuracy, EvalSet, Protocol, Subsample};
-use maple::{path_display, Classifier, Device, Precision};
+use maple::{path_display, Classifier};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,21 +31,6 @@ enum SubsampleArg {
 enum ListArg {
     Test,
     Val,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DeviceArg {
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PrecisionArg {
-    F32,
-    F16,
-    Int8,
-    Bf16,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -153,17 +141,8 @@ fn run(a: &Args) -> maple::Result<bool> {
 
     let mut b = Classifier::builder(&a.model)
         .labels(&parts[0].1.classes)
-        .device(match a.device {
-            DeviceArg::Auto => Device::Auto,
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Gpu => Device::Gpu,
-        })
-        .precision(match a.precision {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::F16 => Precision::F16,
-            PrecisionArg::Int8 => Precision::Int8,
-            PrecisionArg::Bf16 => Precision::Bf16,
-        })
+        .device(a.device.into())
+        .precision(a.precision.into())
         .threads(a.threads)
         .batch_size(a.batch_size.max(1))
         .cache_dir(maple::default_cache_dir());

@@ -9,7 +9,7 @@ use maple::outfile::OutputFile;
 use maple::path_display;
 use maple::train::{Dataset, Event, Schedule, TrainOptions, Trainer};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,11 +124,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Where the trained prompts go: a file (written atomically at the end), or stdout for `-`.
-fn out_is_file(out: &Path) -> bool {
-    out.as_os_str() != "-" && std::fs::metadata(out).map_or(true, |m| m.is_file())
-}
-
 fn run(a: Args) -> Result<(), maple::Error> {
     // Refuse an unwritable output before spending minutes training.
     let to_stdout = a.out.as_os_str() == "-";
@@ -146,7 +141,7 @@ fn run(a: Args) -> Result<(), maple::Error> {
         None
     } else if let Some(c) = &a.checkpoints {
         Some(c.clone())
-    } else if out_is_file(&a.out) {
+    } else if maple::outfile::is_plain_file_path(&a.out) {
         let mut p = a.out.clone().into_os_string();
         p.push(".checkpoints");
         Some(PathBuf::from(p))
