@@ -12,7 +12,7 @@ use crate::loader::{
 use crate::packcache::{Holds, PackCache, PackSet};
 use maple_core::ops::softmax;
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
-use maple_core::{Model, Parallel, TextFeatures, TokenRow, VisionWorkspace};
+use maple_core::{Model, Parallel, TextFeatures, TextWorkspace, TokenRow, VisionWorkspace};
 use maple_text::labels::check_template;
 use maple_text::{tokenize_labels, ClipTokenizer, Label, LabelSet};
 use std::ffi::{OsStr, OsString};
@@ -433,7 +433,12 @@ impl ClassifierBuilder {
             }
             (Some(given), _) => given,
             (None, Some(file)) => file,
-            (None, None) => DEFAULT_TEMPLATE.to_string(),
+            // A file that does not say (the trainers' own checkpoints): the template its
+            // method's trainer used (docs/prompts.md §1).
+            (None, None) => model
+                .prompts
+                .as_ref()
+                .map_or_else(|| DEFAULT_TEMPLATE.to_string(), |p| p.default_template()),
         };
         let tok = tok.transpose()?;
         let mut c = Classifier {
@@ -459,6 +464,7 @@ impl ClassifierBuilder {
             batch_size: self.batch_size,
             warnings,
             packs,
+            cond_ws: None,
         };
         if let Err(e) = c.open_device() {
             // The build fails, so its warnings would go unseen: they may say why.
@@ -604,6 +610,8 @@ pub struct Classifier {
     warnings: Vec<String>,
     /// The packed-weight cache the model was loaded from (with a cache directory).
     packs: Option<PackCache>,
+    /// CoCoOp's text workspace (its text features are computed per image batch).
+    cond_ws: Option<TextWorkspace>,
 }
 
 impl fmt::Debug for Classifier {
@@ -772,9 +780,55 @@ impl Classifier {
         images: Vec<Result<Vec<f32>>>,
     ) -> Result<Vec<Result<Classification>>> {
         let feats = self.embed_preprocessed(images)?;
+        if self.conditioned() {
+            return self.conditioned_scores(feats);
+        }
         Ok(feats
             .into_iter()
             .map(|f| f.and_then(|f| self.scores(&f)))
+            .collect())
+    }
+
+    /// Whether the text features depend on the image (CoCoOp): computed per batch, never
+    /// cached.
+    fn conditioned(&self) -> bool {
+        self.model
+            .prompts
+            .as_ref()
+            .is_some_and(maple_core::Prompts::image_conditioned)
+    }
+
+    /// CoCoOp: each image's logits against the labels encoded under its own context, on the
+    /// CPU (docs/prompts.md §3).
+    fn conditioned_scores(
+        &mut self,
+        feats: Vec<Result<Vec<f32>>>,
+    ) -> Result<Vec<Result<Classification>>> {
+        self.ensure_rows()?;
+        self.load_text_tower()?;
+        let ok: Vec<&[f32]> = feats.iter().filter_map(|f| f.as_deref().ok()).collect();
+        let flat = ok.concat();
+        let c = self.labels.len();
+        let mut logits = vec![0.0; ok.len() * c];
+        if !ok.is_empty() {
+            let (model, par) = (&self.model, &self.par);
+            let ws = self
+                .cond_ws
+                .get_or_insert_with(|| model.text_workspace(32, par));
+            let rows = self.text_rows.as_deref().unwrap_or_default();
+            model
+                .conditioned_logits(par, ws, &flat, ok.len(), rows, &mut logits)
+                .map_err(Error::Compute)?;
+        }
+        let mut next = logits.chunks_exact(c.max(1));
+        Ok(feats
+            .into_iter()
+            .map(|f| {
+                f.and_then(|_| {
+                    let l = next.next().unwrap_or_default().to_vec();
+                    self.classification(l)
+                })
+            })
             .collect())
     }
 
@@ -791,7 +845,8 @@ impl Classifier {
     }
 
     /// The labels' text features, `[labels, E]` row-major, L2-normalised: the rows
-    /// [`embed_texts`](Self::embed_texts) gives for the labels' names.
+    /// [`embed_texts`](Self::embed_texts) gives for the labels' names. Empty under CoCoOp,
+    /// whose text features depend on the image.
     pub fn text_features(&self) -> &[f32] {
         &self.text.data
     }
@@ -857,6 +912,12 @@ impl Classifier {
     /// rules refuse (empty, over 64 KiB, too long for the context) is an error naming it; no
     /// texts give no rows.
     pub fn embed_texts<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        if self.conditioned() {
+            return Err(Error::Invalid(
+                "CoCoOp's text features depend on the image: there is no text embedding without one"
+                    .into(),
+            ));
+        }
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -889,6 +950,11 @@ impl Classifier {
         self.model
             .logits(feature, &self.text, &mut logits)
             .map_err(Error::Compute)?;
+        self.classification(logits)
+    }
+
+    /// Probabilities beside the logits.
+    fn classification(&self, logits: Vec<f32>) -> Result<Classification> {
         if logits.iter().any(|v| !v.is_finite()) {
             return Err(self.non_finite("the logit scale"));
         }
@@ -936,7 +1002,7 @@ impl Classifier {
     fn rows_for(&mut self, labels: &LabelSet) -> Result<Vec<TokenRow>> {
         if self.tok.is_none() {
             let tok = self.tok_src.load()?;
-            let n_ctx = self.model.prompts.as_ref().map_or(0, |p| p.n_ctx);
+            let n_ctx = self.model.text_n();
             let what = self
                 .prompts_path
                 .as_ref()
@@ -1053,6 +1119,9 @@ impl Classifier {
     /// on the CPU (loading the text tower if a cache hit had left it out).
     fn move_to_cpu(&mut self, why: String) -> Result<()> {
         self.fall_back(why);
+        if self.conditioned() {
+            return Ok(());
+        }
         self.ensure_rows()?;
         self.load_text_tower()?;
         let rows = self.text_rows.as_deref().unwrap_or_default();
@@ -1067,6 +1136,16 @@ impl Classifier {
     /// The labels' text features: from the cache if it has them, else from the text tower
     /// (loaded now if it was left out), then saved to the cache.
     fn compute_text(&mut self) -> Result<()> {
+        if self.conditioned() {
+            // CoCoOp: per image batch, on the CPU (conditioned_scores); nothing to cache.
+            self.ensure_rows()?;
+            self.load_text_tower()?;
+            self.text = TextFeatures {
+                dim: self.embedding_dim(),
+                data: Vec::new(),
+            };
+            return Ok(());
+        }
         let tag = self.backend_tag();
         let cached = self.cache_dir.as_ref().map(|dir| {
             let names: Vec<String> = self.labels.labels.iter().map(|l| l.name.clone()).collect();

@@ -6,7 +6,7 @@ use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::checkpoint::{is_zip, TorchCheckpoint};
 use maple_core::clip::PanelSource;
-use maple_core::{Clip, ClipConfig, MaplePrompts, Model, SafeTensors, TensorSource, TensorView};
+use maple_core::{Clip, ClipConfig, Model, Prompts, SafeTensors, TensorSource, TensorView};
 use maple_text::ClipTokenizer;
 use memmap2::Mmap;
 #[cfg(unix)]
@@ -467,7 +467,7 @@ pub fn load_model_packed(
             let (pr, fp, template) = with_tensors_at_most(p, MAX_PROMPTS_BYTES, false, |src| {
                 let fp = fingerprint(src, |_| true);
                 let template = src.metadata("template").map(str::to_string);
-                MaplePrompts::load(&config, src).map(|pr| (pr, fp, template))
+                Prompts::load(&config, src).map(|pr| (pr, fp, template))
             })?;
             h.update(&fp.to_le_bytes());
             (Some(pr), template)

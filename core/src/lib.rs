@@ -2,7 +2,7 @@
 //!
 //! No I/O, no required threads, no panics on bad data: every loader returns [`Error`].
 //! Reading order, top to bottom: [`config`] → [`safetensors`] → [`clip`] (weights) →
-//! [`maple`] (prompts) → [`model`] (forward passes over allocate-once workspaces), with the
+//! [`prompts`] (one file per method) → [`model`] (forward passes over allocate-once workspaces), with the
 //! kernels in [`gemm`] and [`ops`], and [`preprocess`] for pixels.
 #![no_std]
 #![warn(missing_docs)]
@@ -19,11 +19,11 @@ pub mod config;
 pub mod error;
 pub mod gemm;
 mod lowp;
-pub mod maple;
 pub mod model;
 pub mod ops;
 pub mod par;
 pub mod preprocess;
+pub mod prompts;
 pub mod q8;
 pub mod safetensors;
 pub mod simd;
@@ -33,7 +33,7 @@ pub mod train;
 pub use clip::Clip;
 pub use config::ClipConfig;
 pub use error::{Error, Result};
-pub use maple::MaplePrompts;
+pub use prompts::{maple, MaplePrompts, Method, MetaNet, Prompts, TowerPrompts};
 pub use model::{Model, TextFeatures, TextWorkspace, TokenRow, VisionWorkspace};
 pub use par::Parallel;
 pub use safetensors::{Dtype, SafeTensors, TensorSource, TensorView};

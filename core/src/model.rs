@@ -8,7 +8,7 @@ use crate::clip::{Clip, EncoderLayer, LayerNorm, Linear};
 use crate::config::TowerConfig;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, Epilogue, PackedMatrix};
-use crate::maple::MaplePrompts;
+use crate::prompts::{Prompts, TowerPrompts};
 use crate::ops::{
     attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
 };
@@ -18,12 +18,13 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// CLIP plus (optionally) MaPLe prompts. Without prompts it is zero-shot CLIP (docs/model.md §9).
+/// CLIP plus (optionally) a prompt method's prompts. Without prompts it is zero-shot CLIP
+/// (docs/model.md §9).
 pub struct Model {
     /// The frozen CLIP.
     pub clip: Clip,
-    /// MaPLe's prompts; `None` is zero-shot CLIP.
-    pub prompts: Option<MaplePrompts>,
+    /// The learned prompts (docs/prompts.md); `None` is zero-shot CLIP.
+    pub prompts: Option<Prompts>,
 }
 
 /// Activations of one transformer tower for up to `B` sequences of up to `T` rows (`R = B·T`).
@@ -164,17 +165,17 @@ impl Ctx<'_> {
     }
 }
 
-/// Where MaPLe's deep prompts go in a tower: before layer `l` (1 ≤ l < depth) rows
-/// `at..at + n` of every sequence are replaced by `deep[l − 1]` (`[n, D]`; docs/model.md §5–§6).
+/// Where a tower's deep prompts go: before layer `l` (1 ≤ l < depth) rows `at..at + n` of
+/// every sequence are replaced by `deep[l − 1]` (`[n, D]`; docs/prompts.md §1).
 #[derive(Clone, Copy)]
 struct Splice<'p> {
-    deep: &'p [Vec<f32>],
+    prompts: &'p TowerPrompts,
     at: usize,
 }
 
 impl Splice<'_> {
     fn apply(&self, layer: usize, x: &mut [f32], seqs: usize, t: usize, d: usize) {
-        let Some(p) = layer.checked_sub(1).and_then(|i| self.deep.get(i)) else {
+        let Some(p) = self.prompts.deep_at(layer) else {
             return;
         };
         for s in 0..seqs {
@@ -314,8 +315,8 @@ impl TextFeatures {
 }
 
 impl Model {
-    /// A model from CLIP and (optionally) MaPLe prompts.
-    pub fn new(clip: Clip, prompts: Option<MaplePrompts>) -> Self {
+    /// A model from CLIP and (optionally) prompts.
+    pub fn new(clip: Clip, prompts: Option<Prompts>) -> Self {
         Model { clip, prompts }
     }
 
@@ -373,13 +374,22 @@ impl Model {
         LinearPrecision::F32
     }
 
-    fn n_ctx(&self) -> usize {
-        self.prompts.as_ref().map_or(0, |p| p.n_ctx)
+    /// Text prompt rows (positions 1..=n of every label's sequence).
+    pub fn text_n(&self) -> usize {
+        self.prompts.as_ref().map_or(0, Prompts::text_n)
+    }
+
+    fn text_prompts(&self) -> Option<&TowerPrompts> {
+        self.prompts.as_ref().and_then(|p| p.text.as_ref())
+    }
+
+    fn vision_prompts(&self) -> Option<&TowerPrompts> {
+        self.prompts.as_ref().and_then(|p| p.vision.as_ref())
     }
 
     /// Vision sequence length: CLS + patches + prompt tokens.
     pub fn vision_tokens(&self) -> usize {
-        self.clip.config.vision.num_positions() + self.n_ctx()
+        self.clip.config.vision.num_positions() + self.prompts.as_ref().map_or(0, Prompts::vision_n)
     }
 
     /// Buffers for image batches of up to `batch`, allocated once.
@@ -419,9 +429,11 @@ impl Model {
             batch,
             threads: par.threads(),
             buf: TowerBuffers::new(batch * l, l, &tc.tower, par.threads(), LinearPrecision::F32),
-            pooled: vec![0.0; batch * tc.tower.hidden_size],
-            feats: vec![0.0; batch * self.clip.config.projection_dim],
-            eot: Vec::with_capacity(batch),
+            // Room for batch·L sequences: CoCoOp's passes hold as many short ones as the
+            // rows allow.
+            pooled: vec![0.0; batch * l * tc.tower.hidden_size],
+            feats: vec![0.0; batch * l * self.clip.config.projection_dim],
+            eot: Vec::with_capacity(batch * l),
         }
     }
 
@@ -443,8 +455,8 @@ impl Model {
             heads: self.clip.config.vision.tower.num_attention_heads,
             causal: false,
         };
-        let splice = self.prompts.as_ref().map(|p| Splice {
-            deep: &p.vis_deep,
+        let splice = self.vision_prompts().map(|p| Splice {
+            prompts: p,
             at: self.clip.config.vision.num_positions(),
         });
         self.embed_images(par, ws, pixels, count); //    x = ln_pre([CLS; patches·W] + pos; ctx)  [B·T, Dv]
@@ -502,7 +514,7 @@ impl Model {
     }
 
     /// One image's input rows `x [T, Dv]` (docs/model.md §2–§5): patch embedding of `img` (`[3, S, S]`,
-    /// normalised) into rows 1..=G², the class token in row 0, positions added, MaPLe's shared
+    /// normalised) into rows 1..=G², the class token in row 0, positions added, the image
     /// prompts appended without positions, then `ln_pre` over every row. `patches` is the
     /// `[G², C·P·P]` im2col buffer.
     pub(crate) fn embed_image(
@@ -546,9 +558,10 @@ impl Model {
         for (xr, pr) in x[..np * dv].iter_mut().zip(&vm.position_embedding) {
             *xr += pr;
         }
-        // MaPLe: shared prompts appended after CLS + patches, no positional embedding.
-        if let Some(pr) = &self.prompts {
-            x[np * dv..t * dv].copy_from_slice(&pr.shared_ctx);
+        // Image prompts (MaPLe's projected ctx, IVLP/VPT's VPT) appended after CLS + patches,
+        // no positional embedding.
+        if let Some(pr) = self.vision_prompts() {
+            x[np * dv..t * dv].copy_from_slice(&pr.input);
         }
         // ln_pre over every token (prompts included), in place.
         let pl = &vm.pre_layrnorm;
@@ -558,21 +571,25 @@ impl Model {
     }
 
     /// One label's input rows `x [t, Dt]`: token embeddings (zeros after the row's end, which
-    /// causal attention never lets an earlier row read), `ctx` over positions 1..=n, positions
-    /// added.
+    /// causal attention never lets an earlier row read), the text prompt over positions 1..=n,
+    /// positions added.
     pub(crate) fn embed_text(&self, row: &[u32], t: usize, x: &mut [f32]) {
+        self.embed_text_with(row, t, x, self.text_prompts().map(|p| p.input.as_slice()));
+    }
+
+    /// [`embed_text`](Self::embed_text) with `ctx` (`[n, Dt]`) as the input prompt.
+    fn embed_text_with(&self, row: &[u32], t: usize, x: &mut [f32], ctx: Option<&[f32]>) {
         let tc = &self.clip.config.text;
         let dt = tc.tower.hidden_size;
         let tm = &self.clip.text_model;
-        let n = self.n_ctx();
         for (pos, xr) in x[..t * dt].chunks_exact_mut(dt).enumerate() {
             match row.get(pos) {
                 Some(&id) => tm.token_embedding.row_into(id as usize, xr),
                 None => xr.fill(0.0),
             }
         }
-        if let Some(pr) = &self.prompts {
-            x[dt..(1 + n) * dt].copy_from_slice(&pr.ctx);
+        if let Some(ctx) = ctx {
+            x[dt..dt + ctx.len()].copy_from_slice(ctx);
         }
         for (xr, pr) in x[..t * dt].iter_mut().zip(&tm.position_embedding[..t * dt]) {
             *xr += pr;
@@ -602,10 +619,10 @@ impl Model {
                 eot = i;
             }
         }
-        if eot <= self.n_ctx() {
+        if eot <= self.text_n() {
             return Err(Error::Input(format!(
                 "the end-of-text token sits at position {eot}, inside the {} prompt slots",
-                self.n_ctx()
+                self.text_n()
             )));
         }
         Ok(eot)
@@ -649,29 +666,38 @@ impl Model {
             }
             // Causal attention: rows after the last EOT of the batch cannot change any EOT row.
             let t = ws.eot.iter().max().map_or(1, |m| m + 1);
-            self.text_batch(par, ws, &rows[start..end], t);
+            let batch = &rows[start..end];
+            self.text_batch(par, ws, end - start, t, &|i| (batch[i].as_slice(), None));
             out[start * e..end * e].copy_from_slice(&ws.feats[..(end - start) * e]);
         }
         Ok(())
     }
 
-    /// One batch of text rows, each run up to `t` (the batch's longest EOT + 1), into `ws.feats`.
-    fn text_batch(&self, par: &Parallel, ws: &mut TextWorkspace, rows: &[TokenRow], t: usize) {
+    /// One batch of `count` text sequences, each run up to `t` (the batch's longest EOT + 1),
+    /// into `ws.feats`; `seq(i)` gives sequence i's token row and, when it has its own, its
+    /// input prompt (`[n, Dt]`; else the model's). `ws.eot` holds each sequence's EOT.
+    fn text_batch<'s>(
+        &self,
+        par: &Parallel,
+        ws: &mut TextWorkspace,
+        count: usize,
+        t: usize,
+        seq: &dyn Fn(usize) -> (&'s [u32], Option<&'s [f32]>),
+    ) {
         let tm = &self.clip.text_model;
         let dt = self.clip.config.text.tower.hidden_size;
         let shape = Shape {
-            seqs: rows.len(),
+            seqs: count,
             t,
             heads: self.clip.config.text.tower.num_attention_heads,
             causal: true,
         };
-        let splice = self.prompts.as_ref().map(|p| Splice {
-            deep: &p.text_deep,
-            at: 1,
-        });
+        let splice = self.text_prompts().map(|p| Splice { prompts: p, at: 1 });
+        let own = self.text_prompts().map(|p| p.input.as_slice());
         let x = ws.buf.act.x.chunks_exact_mut(t * dt);
-        for (row, x) in rows.iter().zip(x) {
-            self.embed_text(row, t, x); //                    x = [SOT; ctx; tokens] + pos   [t, Dt]
+        for (i, x) in (0..count).zip(x) {
+            let (row, ctx) = seq(i);
+            self.embed_text_with(row, t, x, ctx.or(own)); // x = [SOT; ctx; tokens] + pos [t, Dt]
         }
         let (mut cx, a) = ws.buf.split(par);
         tower(&mut cx, &tm.layers, a, shape, splice); // x = causal blocks(x), prompts spliced [B·t, Dt]
@@ -679,6 +705,88 @@ impl Model {
         let (fl, proj) = (&tm.final_layer_norm, &self.clip.text_projection);
         // feats = l2(ln_final(x_eot)·proj)                                                  [B, E]
         pool_project(par, &a.x, eot, fl, proj, &mut ws.pooled, &mut ws.feats);
+    }
+
+    /// CoCoOp's logits (docs/prompts.md §3). Image `b`'s features `f_b` (`feats`, `[count, E]`,
+    /// L2-normalised) give its own context `ctx + π(f_b)`; every label is encoded under it and
+    /// `out[b, c] = exp(logit_scale)·⟨f_b, t_bc⟩` (`out`: `[count, labels]`). The count × labels
+    /// sequences run through the text tower together: longest labels first, as many per pass
+    /// as the workspace's rows hold, each pass up to its longest EOT.
+    pub fn conditioned_logits(
+        &self,
+        par: &Parallel,
+        ws: &mut TextWorkspace,
+        feats: &[f32],
+        count: usize,
+        rows: &[TokenRow],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let cfg = &self.clip.config;
+        let (e, dt) = (cfg.projection_dim, cfg.text.tower.hidden_size);
+        let (Some(meta), Some(text)) = (
+            self.prompts.as_ref().and_then(|p| p.meta_net.as_ref()),
+            self.text_prompts(),
+        ) else {
+            return Err(Error::Input(
+                "image-conditioned logits need CoCoOp's prompts".into(),
+            ));
+        };
+        if !self.clip.has_text() {
+            return Err(Error::Input("the text tower was not loaded".into()));
+        }
+        if feats.len() != count * e || out.len() != count * rows.len() || meta.input() != e {
+            return Err(Error::Input("feature sizes do not match".into()));
+        }
+        if ws.threads != par.threads() {
+            return Err(Error::Input(
+                "workspace was built for another thread count".into(),
+            ));
+        }
+        let eots = rows
+            .iter()
+            .map(|r| self.check_row(r))
+            .collect::<Result<Vec<usize>>>()?;
+        // ctx_b = ctx + π(f_b), π added to every row                              [count, n·Dt]
+        let nd = text.n * dt;
+        let mut ctx = vec![0.0; count * nd];
+        let (mut h, mut pi) = (vec![0.0; meta.hidden], vec![0.0; dt]);
+        for (f, c) in feats.chunks_exact(e).zip(ctx.chunks_exact_mut(nd)) {
+            meta.bias(f, &mut h, &mut pi);
+            for (cr, base) in c.chunks_exact_mut(dt).zip(text.input.chunks_exact(dt)) {
+                for ((o, &x), &p) in cr.iter_mut().zip(base).zip(&pi) {
+                    *o = x + p;
+                }
+            }
+        }
+        // Pairs (label, image), longest labels first.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&c| core::cmp::Reverse(eots[c]));
+        let pairs: Vec<(usize, usize)> = order
+            .iter()
+            .flat_map(|&c| (0..count).map(move |b| (c, b)))
+            .collect();
+        let (row_cap, seq_cap) = (ws.buf.act.x.len() / dt, ws.pooled.len() / dt);
+        let scale = libm::expf(self.clip.logit_scale);
+        let mut start = 0;
+        while start < pairs.len() {
+            let t = eots[pairs[start].0] + 1; // the longest of this pass
+            let k = (row_cap / t).min(seq_cap).min(pairs.len() - start).max(1);
+            let pass = &pairs[start..start + k];
+            ws.eot.clear();
+            ws.eot.extend(pass.iter().map(|&(c, _)| eots[c]));
+            let ctx = &ctx;
+            self.text_batch(par, ws, k, t, &|i| {
+                let (c, b) = pass[i];
+                (rows[c].as_slice(), Some(&ctx[b * nd..(b + 1) * nd]))
+            });
+            for (&(c, b), tf) in pass.iter().zip(ws.feats.chunks_exact(e)) {
+                let f = &feats[b * e..(b + 1) * e];
+                let dot: f32 = f.iter().zip(tf).map(|(x, y)| x * y).sum();
+                out[b * rows.len() + c] = scale * dot;
+            }
+            start += k;
+        }
+        Ok(())
     }
 
     /// Text features for a label list (allocates its own workspace; call once per list).

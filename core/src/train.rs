@@ -18,7 +18,7 @@ use crate::gemm::{
     gemm, gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue, PackedMatrix, ALIGN_F32,
     NR,
 };
-use crate::maple::MaplePrompts;
+use crate::prompts::{MaplePrompts, Prompts};
 use crate::model::{ln, Model, TokenRow};
 use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
@@ -201,12 +201,12 @@ impl PromptParams {
     }
 
     /// The splice matrices the towers use (docs/model.md §5), projected in f64 as at load time.
-    pub fn prompts(&self) -> MaplePrompts {
+    pub fn prompts(&self) -> Prompts {
         let n = self.n_ctx;
         let t = &self.tensors;
         let dt = t[CTX].shape[1];
         let dv = t[PROJ_B].data.len();
-        let proj = |x: &[f32], w: &[f32], b: &[f32]| crate::maple::project(x, n, dt, w, b, dv);
+        let proj = |x: &[f32], w: &[f32], b: &[f32]| crate::prompts::maple::project(x, n, dt, w, b, dv);
         MaplePrompts {
             n_ctx: n,
             depth: self.depth,
@@ -225,6 +225,7 @@ impl PromptParams {
                 })
                 .collect(),
         }
+        .into_prompts()
     }
 }
 
@@ -833,6 +834,7 @@ impl TrainWorkspace {
         let prompts = model
             .prompts
             .as_ref()
+            .and_then(Prompts::maple)
             .ok_or_else(|| Error::Input("training needs MaPLe prompts on the model".into()))?;
         if !model.clip.has_text() {
             return Err(Error::Input("training needs the text tower".into()));
@@ -1084,6 +1086,7 @@ impl Model {
         let pr = self
             .prompts
             .as_ref()
+            .and_then(Prompts::maple)
             .ok_or_else(|| Error::Input("training needs MaPLe prompts on the model".into()))?;
         let count = labels.len();
         let nc = ws.classes.len();

@@ -3,7 +3,7 @@
 //! token ids from the golden file.
 
 use maple_core::preprocess::normalize_into;
-use maple_core::{Clip, ClipConfig, MaplePrompts, Model, Parallel, SafeTensors};
+use maple_core::{Clip, ClipConfig, Model, Parallel, Prompts, SafeTensors};
 
 static CONFIG: &str = include_str!("../../tests/fixtures/tiny/config.json");
 static WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/tiny/model.safetensors");
@@ -17,7 +17,7 @@ fn logits(with_prompts: bool, int8: bool) -> (Vec<f32>, Vec<f32>) {
     // The MaPLe run loads the text tower late (as a cache miss does), the zero-shot one at once.
     let clip = Clip::load_parts(&cfg, &st, !with_prompts).unwrap();
     let prompts = with_prompts
-        .then(|| MaplePrompts::load(&cfg, &SafeTensors::parse(PROMPTS).unwrap()).unwrap());
+        .then(|| Prompts::load(&cfg, &SafeTensors::parse(PROMPTS).unwrap()).unwrap());
     let mut model = Model::new(clip, prompts);
     if !model.clip.has_text() {
         let e = model.encode_texts(&Parallel::sequential(), &[vec![1, 2]]);

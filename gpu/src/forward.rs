@@ -3,7 +3,7 @@
 //! D = width, F = MLP width, E = projection width, n = prompt tokens.
 
 use crate::plan::{Plan, Recorder};
-use crate::weights::{GLayer, GTower, Weights};
+use crate::weights::{GLayer, GPrompts, GTower, Weights};
 use crate::{Gpu, Result};
 
 /// Activations of one tower, allocated once per plan.
@@ -28,11 +28,9 @@ impl Acts {
     }
 }
 
-/// MaPLe's deep prompts for a tower: `[n, D]` per layer 1..depth, spliced at row `start`.
+/// A tower's deep prompts: `[n, D]` per layer 1..depth, spliced at row `start`.
 struct Deep<'a> {
-    prompts: &'a [wgpu::Buffer],
-    depth: usize,
-    n: u32,
+    prompts: &'a GPrompts,
     start: u32,
 }
 
@@ -71,8 +69,8 @@ impl Recorder<'_> {
     ) -> Result<()> {
         for (l, layer) in tw.layers.iter().enumerate() {
             if let Some(dp) = &deep {
-                if l >= 1 && l < dp.depth {
-                    self.splice(&dp.prompts[l - 1], &a.x, seqs, t, dp.start, dp.n, tw.d);
+                if let Some(p) = l.checked_sub(1).and_then(|i| dp.prompts.deep.get(i)) {
+                    self.splice(p, &a.x, seqs, t, dp.start, dp.prompts.n, tw.d);
                 }
             }
             self.block(layer, tw, a, seqs, t, causal)?;
@@ -87,8 +85,8 @@ pub(crate) fn vision(gpu: &Gpu, w: &Weights, batch: u32) -> Result<Plan> {
     let (s, p, g) = (v.image_size as u32, v.patch_size as u32, v.grid() as u32);
     let pd = 3 * p * p;
     let np = g * g + 1; // CLS + patches
-    let n = w.prompts.as_ref().map_or(0, |p| p.n);
-    let t = np + n; // + MaPLe's shared prompts at the end
+    let n = w.vis_prompts.as_ref().map_or(0, |p| p.n);
+    let t = np + n; // + the image prompts at the end
     let (d, e, b) = (w.vision.d, w.cfg.projection_dim as u32, batch);
     let mut r = Recorder::new(gpu, &w.dummy, w.precision);
     let pixels = r.buf("pixels", (b * 3 * s * s) as usize);
@@ -101,14 +99,12 @@ pub(crate) fn vision(gpu: &Gpu, w: &Weights, batch: u32) -> Result<Plan> {
     r.im2col(&pixels, &patches, b, s, p, g); //                  [B·G², 3P²]
     r.matmul(&patches, pd, b * g * g, &w.patch, &pemb, d, false, false); // [B·G², D]
     r.assemble(&pemb, &w.cls_pos, &a.h, b, t, g * g, d); //        h[:, :np] = CLS|patches + pos
-    if let Some(pp) = &w.prompts {
-        r.splice(&pp.shared, &a.h, b, t, np, n, d); //               h[:, np..] = shared prompts
+    if let Some(pp) = &w.vis_prompts {
+        r.splice(&pp.input, &a.h, b, t, np, n, d); //                h[:, np..] = image prompts
     }
     r.ln(&a.h, b * t, d, 0, 1, &w.pre_ln, &a.x); //                x = ln_pre(h)
-    let deep = w.prompts.as_ref().map(|p| Deep {
-        prompts: &p.vis_deep,
-        depth: p.depth,
-        n: p.n,
+    let deep = w.vis_prompts.as_ref().map(|p| Deep {
+        prompts: p,
         start: np,
     });
     r.tower(&w.vision, deep, &a, b, t, false)?;
@@ -122,7 +118,7 @@ pub(crate) fn vision(gpu: &Gpu, w: &Weights, batch: u32) -> Result<Plan> {
 /// each → L2-normalised features `[B, E]`.
 pub(crate) fn text(gpu: &Gpu, w: &Weights, batch: u32, t: u32) -> Result<Plan> {
     let (d, e, b) = (w.text.d, w.cfg.projection_dim as u32, batch);
-    let n = w.prompts.as_ref().map_or(0, |p| p.n);
+    let n = w.text_prompts.as_ref().map_or(0, |p| p.n);
     let mut r = Recorder::new(gpu, &w.dummy, w.precision);
     let ids = r.buf("ids", (b * t) as usize);
     let eot = r.buf("eot_rows", b as usize);
@@ -132,14 +128,12 @@ pub(crate) fn text(gpu: &Gpu, w: &Weights, batch: u32, t: u32) -> Result<Plan> {
     let feats = r.buf("features", (b * e) as usize);
 
     r.gather(&w.tok_emb, &ids, &a.x, b * t, d); //                 x = token_embedding[ids]
-    if let Some(pp) = &w.prompts {
-        r.splice(&pp.ctx, &a.x, b, t, 1, n, d); //                  x[:, 1..=n] = ctx
+    if let Some(pp) = &w.text_prompts {
+        r.splice(&pp.input, &a.x, b, t, 1, n, d); //                x[:, 1..=n] = ctx
     }
     r.add_pos(&w.tpos, &a.x, b, t, t, d); //                       x += pos[:T]
-    let deep = w.prompts.as_ref().map(|p| Deep {
-        prompts: &p.text_deep,
-        depth: p.depth,
-        n: p.n,
+    let deep = w.text_prompts.as_ref().map(|p| Deep {
+        prompts: p,
         start: 1,
     });
     r.tower(&w.text, deep, &a, b, t, true)?;

@@ -1,4 +1,4 @@
-//! [`GpuModel`]: CLIP (+ MaPLe prompts) resident on a GPU, with a plan per batch size.
+//! [`GpuModel`]: CLIP (+ a method's prompts) resident on a GPU, with a plan per batch size.
 
 use crate::plan::{Plan, Profile, TextInput};
 use crate::weights::{Precision, Weights};
@@ -6,7 +6,7 @@ use crate::{forward, Gpu, GpuError, KernelSet, Result};
 use maple_core::{Model, TextFeatures, TokenRow};
 use std::collections::HashMap;
 
-/// CLIP (+ MaPLe prompts) resident on a GPU.
+/// CLIP (+ a method's prompts) resident on a GPU.
 pub struct GpuModel {
     /// The device the weights live on.
     pub gpu: Gpu,
@@ -91,7 +91,7 @@ impl GpuModel {
         let cfg = &self.w.cfg;
         let e = cfg.projection_dim;
         let l = cfg.text.max_position_embeddings;
-        let n = self.w.prompts.as_ref().map_or(0, |p| p.n as usize);
+        let n = self.w.text_prompts.as_ref().map_or(0, |p| p.n as usize);
         let mut data = Vec::with_capacity(rows.len() * e);
         for chunk in rows.chunks(64) {
             // Causal attention: running only up to the longest EOT is exact (docs/model.md §7).

@@ -6,7 +6,7 @@ use crate::{Gpu, GpuError, Result};
 use maple_core::clip::{EncoderLayer, LayerNorm, Linear};
 use maple_core::config::TowerConfig;
 use maple_core::gemm::PackedMatrix;
-use maple_core::{ClipConfig, Model};
+use maple_core::{ClipConfig, Model, TowerPrompts};
 use wgpu::util::DeviceExt;
 
 /// Storage type of the matmul weights (the math is f32 either way).
@@ -48,16 +48,16 @@ pub(crate) struct GTower {
     pub heads: u32,
 }
 
+/// One tower's prompts on the device: core's [`maple_core::TowerPrompts`], uploaded.
 pub(crate) struct GPrompts {
     pub n: u32,
-    pub depth: usize,
-    pub ctx: wgpu::Buffer,
-    pub shared: wgpu::Buffer,
-    pub text_deep: Vec<wgpu::Buffer>,
-    pub vis_deep: Vec<wgpu::Buffer>,
+    /// `[n, D]`: the input prompt.
+    pub input: wgpu::Buffer,
+    /// `[n, D]` per block 1..depth.
+    pub deep: Vec<wgpu::Buffer>,
 }
 
-/// Every tensor of CLIP (+ MaPLe prompts) on the device.
+/// Every tensor of CLIP (+ a method's prompts) on the device.
 pub(crate) struct Weights {
     pub precision: Precision,
     pub cfg: ClipConfig,
@@ -73,7 +73,10 @@ pub(crate) struct Weights {
     pub text: GTower,
     pub final_ln: GLn,
     pub tproj: GLinear,
-    pub prompts: Option<GPrompts>,
+    /// The text tower's prompts (docs/prompts.md §1: rows 1..=n).
+    pub text_prompts: Option<GPrompts>,
+    /// The image tower's prompts (appended after CLS + patches).
+    pub vis_prompts: Option<GPrompts>,
     /// Bound where a kernel's optional input is absent (no bias).
     pub dummy: wgpu::Buffer,
 }
@@ -159,17 +162,16 @@ impl Weights {
         let tm = &c.text_model;
         let mut cls_pos = vm.class_embedding.clone();
         cls_pos.extend_from_slice(&vm.position_embedding);
-        let deep = |v: &[Vec<f32>], label: &str| -> Vec<wgpu::Buffer> {
-            v.iter().map(|t| f32_buffer(gpu, label, t)).collect()
+        let upload = |p: Option<&TowerPrompts>, label: &str| {
+            p.map(|p| GPrompts {
+                n: p.n as u32,
+                input: f32_buffer(gpu, label, &p.input),
+                deep: p.deep.iter().map(|t| f32_buffer(gpu, label, t)).collect(),
+            })
         };
-        let prompts = model.prompts.as_ref().map(|p| GPrompts {
-            n: p.n_ctx as u32,
-            depth: p.depth,
-            ctx: f32_buffer(gpu, "ctx", &p.ctx),
-            shared: f32_buffer(gpu, "shared_ctx", &p.shared_ctx),
-            text_deep: deep(&p.text_deep, "text_deep"),
-            vis_deep: deep(&p.vis_deep, "vis_deep"),
-        });
+        let pr = model.prompts.as_ref();
+        let text_prompts = upload(pr.and_then(|p| p.text.as_ref()), "text_prompts");
+        let vis_prompts = upload(pr.and_then(|p| p.vision.as_ref()), "vision_prompts");
         let w = Weights {
             precision,
             cfg,
@@ -184,7 +186,8 @@ impl Weights {
             text: tower(&tm.layers, &cfg.text.tower),
             final_ln: ln("final_layer_norm", &tm.final_layer_norm),
             tproj: lin_raw("text_projection", &c.text_projection, None),
-            prompts,
+            text_prompts,
+            vis_prompts,
             dummy: f32_buffer(gpu, "dummy", &[0.0; 4]),
         };
         gpu.check()?;

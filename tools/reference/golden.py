@@ -7,6 +7,7 @@ Pixels: PIL open → convert("RGB") → torchvision Resize(S, BICUBIC) → Cente
 Normalize(CLIP mean/std) (MaPLe's Dassl test transform). Token ids: OpenAI's SimpleTokenizer from
 the `openai-clip` sdist. Everything in float32 on the CPU, eager attention."""
 import argparse
+import collections
 import hashlib
 import importlib.util
 import json
@@ -44,6 +45,40 @@ def tokenize(tok, texts, L=77):
         assert len(ids) <= L, t
         out[i, : len(ids)] = torch.tensor(ids)
     return out
+
+
+def to_openai(hf, prefix_v="visual.", prefix_t=""):
+    """HF CLIPModel names → OpenAI names (docs/model.md §2.1)."""
+    sd = collections.OrderedDict()
+    m = {"vision_model.embeddings.patch_embedding.weight": prefix_v + "conv1.weight",
+         "vision_model.embeddings.class_embedding": prefix_v + "class_embedding",
+         "vision_model.embeddings.position_embedding.weight": prefix_v + "positional_embedding",
+         "vision_model.pre_layrnorm.weight": prefix_v + "ln_pre.weight",
+         "vision_model.pre_layrnorm.bias": prefix_v + "ln_pre.bias",
+         "vision_model.post_layernorm.weight": prefix_v + "ln_post.weight",
+         "vision_model.post_layernorm.bias": prefix_v + "ln_post.bias",
+         "text_model.embeddings.token_embedding.weight": prefix_t + "token_embedding.weight",
+         "text_model.embeddings.position_embedding.weight": prefix_t + "positional_embedding",
+         "text_model.final_layer_norm.weight": prefix_t + "ln_final.weight",
+         "text_model.final_layer_norm.bias": prefix_t + "ln_final.bias",
+         "logit_scale": "logit_scale"}
+    for k, v in m.items():
+        sd[v] = hf[k]
+    sd[prefix_v + "proj"] = hf["visual_projection.weight"].t()          # non-contiguous view
+    sd[prefix_t + "text_projection"] = hf["text_projection.weight"].t().contiguous()
+    for tower, p in (("vision_model", prefix_v), ("text_model", prefix_t)):
+        i = 0
+        while f"{tower}.encoder.layers.{i}.layer_norm1.weight" in hf:
+            h = f"{tower}.encoder.layers.{i}."
+            o = f"{p}transformer.resblocks.{i}."
+            sd[o + "attn.in_proj_weight"] = torch.cat([hf[h + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+            sd[o + "attn.in_proj_bias"] = torch.cat([hf[h + f"self_attn.{x}_proj.bias"] for x in "qkv"])
+            for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                sd[o + b + ".weight"] = hf[h + a + ".weight"]
+                sd[o + b + ".bias"] = hf[h + a + ".bias"]
+            i += 1
+    return sd
 
 
 def load_prompts(path):

@@ -13,7 +13,7 @@
 
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{
-    Clip, ClipConfig, MaplePrompts, Model, Parallel, SafeTensors, TextFeatures, TokenRow,
+    Clip, ClipConfig, Prompts, Model, Parallel, SafeTensors, TextFeatures, TokenRow,
     VisionWorkspace,
 };
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
@@ -35,6 +35,8 @@ enum Backend {
 
 struct Inner {
     model: Model,
+    /// The label template: the prompts file's, else its method's (docs/prompts.md §1).
+    template: String,
     backend: Backend,
     /// One thread: the page's (a wasm thread pool needs a cross-origin-isolated page).
     par: Parallel,
@@ -81,12 +83,22 @@ impl Maple {
         let st = SafeTensors::parse(&weights).map_err(|e| js(format!("model: {e}")))?;
         let clip = Clip::load(&cfg, &st).map_err(|e| js(format!("model: {e}")))?;
         drop(weights);
-        let prompts = match prompts {
+        let (prompts, template) = match prompts {
             Some(p) => {
                 let st = SafeTensors::parse(&p).map_err(|e| js(format!("prompts: {e}")))?;
-                Some(MaplePrompts::load(&cfg, &st).map_err(|e| js(format!("prompts: {e}")))?)
+                let pr = Prompts::load(&cfg, &st).map_err(|e| js(format!("prompts: {e}")))?;
+                if pr.image_conditioned() {
+                    return Err(js(format!(
+                        "prompts: {} (image-conditioned text) does not run in the browser yet",
+                        pr.method
+                    )));
+                }
+                let template = st
+                    .metadata("template")
+                    .map_or_else(|| pr.default_template(), str::to_string);
+                (Some(pr), template)
             }
-            None => None,
+            None => (None, TEMPLATE.to_string()),
         };
         let model = Model::new(clip, prompts);
         let device = device.as_deref().unwrap_or("auto");
@@ -119,11 +131,11 @@ impl Maple {
             ),
         };
         let tok = ClipTokenizer::builtin().map_err(js)?;
-        let n_ctx = model.prompts.as_ref().map_or(0, |p| p.n_ctx);
-        check_template(&tok, TEMPLATE, n_ctx, "prompts").map_err(js)?;
+        check_template(&tok, &template, model.text_n(), "prompts").map_err(js)?;
         Ok(Maple {
             inner: Rc::new(RefCell::new(Inner {
                 model,
+                template,
                 backend,
                 par: Parallel::sequential(),
                 tok,
@@ -179,7 +191,7 @@ impl Maple {
             let labels = labels.map_err(js)?;
             let max_len = i.model.clip.config.text.max_position_embeddings;
             let rows: Vec<TokenRow> =
-                tokenize_labels(&i.tok, TEMPLATE, &labels, max_len).map_err(js)?;
+                tokenize_labels(&i.tok, &i.template, &labels, max_len).map_err(js)?;
             let text = i.encode_texts(&rows).await?;
             i.text = Some(text);
             i.labels = labels.labels.into_iter().map(|l| l.text).collect();
@@ -224,7 +236,7 @@ impl Maple {
             let set = LabelSet::from_names(&texts, "texts").map_err(js)?;
             let max_len = i.model.clip.config.text.max_position_embeddings;
             let rows: Vec<TokenRow> =
-                tokenize_labels(&i.tok, TEMPLATE, &set, max_len).map_err(js)?;
+                tokenize_labels(&i.tok, &i.template, &set, max_len).map_err(js)?;
             let text = i.encode_texts(&rows).await?;
             Ok(js_sys::Float32Array::from(text.data.as_slice()).into())
         })

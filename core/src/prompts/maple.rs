@@ -2,7 +2,7 @@
 //! the `prompt_learner.` prefix) and turned, once per checkpoint, into the fixed matrices the
 //! towers splice in.
 
-use crate::clip::Reader;
+use super::{Keys, Method, Prompts, TowerPrompts};
 use crate::config::ClipConfig;
 use crate::error::{Error, Result};
 use crate::safetensors::TensorSource;
@@ -80,13 +80,51 @@ pub fn is_learned(name: &str) -> bool {
         || name.starts_with("compound_prompt_projections.")
 }
 
+/// MaPLe's key rule (docs/prompts.md §7): `ctx` beside the projections (`proj.*`) or the deep
+/// text prompts, under the prefix or bare.
+pub(super) fn matches(k: &Keys) -> bool {
+    key_prefix(&|n| k.has(n)).is_some_and(|p| {
+        k.has(&format!("{p}proj.weight"))
+            || k.any(|n| {
+                n.strip_prefix(p)
+                    .is_some_and(|r| r.starts_with("compound_prompts_text."))
+            })
+    })
+}
+
+/// [`is_learned`] for a name as the file spells it (prefix or not).
+pub(super) fn is_learned_key(name: &str) -> bool {
+    is_learned(name.strip_prefix(KEY_PREFIX).unwrap_or(name))
+}
+
 impl MaplePrompts {
+    /// The splice plan: `ctx` and the text deep prompts in the text tower, their projections in
+    /// the image tower.
+    pub fn into_prompts(self) -> Prompts {
+        let n = self.n_ctx;
+        Prompts {
+            method: Method::Maple,
+            text: Some(TowerPrompts {
+                n,
+                input: self.ctx,
+                deep: self.text_deep,
+            }),
+            vision: Some(TowerPrompts {
+                n,
+                input: self.shared_ctx,
+                deep: self.vis_deep,
+            }),
+            meta_net: None,
+        }
+    }
+
     /// Reads the `prompt_learner.*` tensors (with or without the prefix) and checks them against `config`.
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
-        let prefix = key_prefix(&|n| src.tensor(n).is_some()).ok_or_else(|| {
+        let k = Keys::new(src);
+        let prefix = key_prefix(&|n| k.has(n)).ok_or_else(|| {
             Error::Prompts("no `prompt_learner.ctx` tensor: this is not a MaPLe prompt file".into())
         })?;
-        let r = Reader::new(src, prefix);
+        let r = k.reader(prefix);
         let dt = config.text.tower.hidden_size;
         let dv = config.vision.tower.hidden_size;
         let cs = r.shape("ctx").unwrap_or_default();
@@ -105,13 +143,11 @@ impl MaplePrompts {
         // Deep prompts: compound_prompts_text.0 .. .{D-2}, contiguous.
         let key = format!("{prefix}compound_prompts_text.");
         let mut max_idx: Option<usize> = None;
-        for name in src.names() {
-            if let Some(rest) = name.strip_prefix(key.as_str()) {
-                let j: usize = rest
-                    .parse()
-                    .map_err(|_| Error::Prompts(format!("unexpected tensor `{name}`")))?;
-                max_idx = Some(max_idx.map_or(j, |m: usize| m.max(j)));
-            }
+        for rest in k.under(&key) {
+            let j: usize = rest
+                .parse()
+                .map_err(|_| Error::Prompts(format!("unexpected tensor `{key}{rest}`")))?;
+            max_idx = Some(max_idx.map_or(j, |m: usize| m.max(j)));
         }
         let n_deep = max_idx.map_or(0, |m| m + 1);
         let depth = n_deep + 1;
@@ -169,6 +205,38 @@ impl MaplePrompts {
             shared_ctx,
             text_deep,
             vis_deep,
+        })
+    }
+}
+
+/// MaPLe's matrices borrowed from a splice plan: what the trainer's backward pass reads.
+pub struct MapleView<'a> {
+    /// Context tokens per prompt.
+    pub n_ctx: usize,
+    /// Layers that take prompts, the input included.
+    pub depth: usize,
+    /// `[n, Dt]`
+    pub ctx: &'a [f32],
+    /// `[n, Dv]`
+    pub shared_ctx: &'a [f32],
+    /// D−1 × `[n, Dt]`
+    pub text_deep: &'a [Vec<f32>],
+    /// D−1 × `[n, Dv]`
+    pub vis_deep: &'a [Vec<f32>],
+}
+
+impl Prompts {
+    /// The plan as MaPLe's matrices, when MaPLe wrote it.
+    pub fn maple(&self) -> Option<MapleView<'_>> {
+        let (t, v) = (self.text.as_ref()?, self.vision.as_ref()?);
+        let ok = self.method == Method::Maple && t.n == v.n && t.deep.len() == v.deep.len();
+        ok.then_some(MapleView {
+            n_ctx: t.n,
+            depth: t.depth(),
+            ctx: &t.input,
+            shared_ctx: &v.input,
+            text_deep: &t.deep,
+            vis_deep: &v.deep,
         })
     }
 }
