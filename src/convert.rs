@@ -6,14 +6,16 @@ use crate::Error;
 use maple_core::checkpoint::openai::OpenAiNames;
 use maple_core::maple;
 use maple_core::safetensors::{serialize, Dtype, OwnedTensor, TensorView};
-use maple_core::TensorSource;
+use maple_core::{Method, TensorSource};
 use std::path::Path;
 
 /// What the input held.
 #[derive(Debug, PartialEq)]
 pub enum Kind {
-    /// MaPLe's `prompt_learner.*` tensors (token_prefix/suffix and the frozen CLIP dropped).
-    MaplePrompts,
+    /// A prompt method's learned tensors (docs/prompts.md §7), under the names its trainer
+    /// saves them with (MaPLe's always with `prompt_learner.`); token buffers and any frozen
+    /// CLIP copy dropped.
+    Prompts(Method),
     /// A CLIP backbone (OpenAI names converted to HF names).
     Clip,
 }
@@ -61,62 +63,15 @@ pub fn convert_to_bytes(
     dtype: Option<Dtype>,
 ) -> Result<(Kind, usize, Vec<u8>), Error> {
     let (kind, tensors, meta) = with_tensors(input, false, |raw: &dyn TensorSource| {
-        // MaPLe prompts are looked for first: MaPLe checkpoints also hold a frozen CLIP copy.
-        let adapted = OpenAiNames::detect(raw);
-        let has = |n: &str| raw.tensor(n).is_some();
-        let src: &dyn TensorSource = match &adapted {
-            Some(a) if maple::key_prefix(&has).is_none() => a,
-            _ => raw,
-        };
-        let names = src.names();
-        let maple_prefix = maple::key_prefix(&|n| names.contains(&n));
-        let mut out = Vec::new();
-        let mut meta = Vec::new();
-        let kind = match maple_prefix {
-            Some(p) => {
-                for n in &names {
-                    let Some(rest) = n.strip_prefix(p) else {
-                        continue;
-                    };
-                    if maple::is_learned(rest) {
-                        let t = src
-                            .tensor(n)
-                            .ok_or_else(|| maple_core::Error::MissingTensor((*n).into()))?;
-                        let (d, data) = convert_dtype(&t, dtype);
-                        out.push(OwnedTensor {
-                            name: format!("{}{rest}", maple::KEY_PREFIX),
-                            dtype: d,
-                            shape: t.shape.clone(),
-                            data,
-                        });
-                    }
-                }
-                let n_ctx = src.tensor(&format!("{p}ctx")).map_or(0, |t| t.shape[0]);
-                let depth = 1 + names
-                    .iter()
-                    .filter(|n| n.starts_with(&format!("{p}compound_prompts_text.")))
-                    .count();
-                meta.push(("n_ctx".to_string(), n_ctx.to_string()));
-                meta.push(("prompt_depth".to_string(), depth.to_string()));
-                Kind::MaplePrompts
-            }
-            None => {
-                for n in &names {
-                    let t = src
-                        .tensor(n)
-                        .ok_or_else(|| maple_core::Error::MissingTensor((*n).into()))?;
-                    let (d, data) = convert_dtype(&t, dtype);
-                    out.push(OwnedTensor {
-                        name: (*n).to_string(),
-                        dtype: d,
-                        shape: t.shape.clone(),
-                        data,
-                    });
-                }
-                Kind::Clip
-            }
-        };
-        Ok((kind, out, meta))
+        // Prompts are looked for first: IVLP, VPT and MaPLe checkpoints also hold a frozen
+        // CLIP copy.
+        if let Some(method) = Method::detect(raw) {
+            return prompt_tensors(raw, method, dtype);
+        }
+        match OpenAiNames::detect(raw) {
+            Some(a) => clip_tensors(&a, dtype),
+            None => clip_tensors(raw, dtype),
+        }
     })?;
     if tensors.is_empty() {
         return Err(Error::Invalid(format!(
@@ -130,4 +85,73 @@ pub fn convert_to_bytes(
         .chain([("format", "pt")])
         .collect();
     Ok((kind, tensors.len(), serialize(&tensors, &meta)))
+}
+
+type Converted = (Kind, Vec<OwnedTensor>, Vec<(String, String)>);
+
+/// What `method` learned, from a checkpoint of it.
+fn prompt_tensors(
+    src: &dyn TensorSource,
+    method: Method,
+    dtype: Option<Dtype>,
+) -> maple_core::Result<Converted> {
+    let names = src.names();
+    let module = if names.iter().all(|n| n.starts_with("module.")) {
+        "module."
+    } else {
+        ""
+    };
+    let mut out = Vec::new();
+    for n in &names {
+        let bare = n.strip_prefix(module).unwrap_or(n);
+        if !method.is_learned(bare) {
+            continue;
+        }
+        let t = src
+            .tensor(n)
+            .ok_or_else(|| maple_core::Error::MissingTensor((*n).into()))?;
+        let (d, data) = convert_dtype(&t, dtype);
+        let name = match method {
+            Method::Maple => format!(
+                "{}{}",
+                maple::KEY_PREFIX,
+                bare.strip_prefix(maple::KEY_PREFIX).unwrap_or(bare)
+            ),
+            _ => bare.to_string(),
+        };
+        out.push(OwnedTensor {
+            name,
+            dtype: d,
+            shape: t.shape.clone(),
+            data,
+        });
+    }
+    let mut meta = vec![("method".to_string(), method.name().to_string())];
+    if method == Method::Maple {
+        let ctx = format!("{}ctx", maple::KEY_PREFIX);
+        let n_ctx = out.iter().find(|t| t.name == ctx).map_or(0, |t| t.shape[0]);
+        let deep = format!("{}compound_prompts_text.", maple::KEY_PREFIX);
+        let depth = 1 + out.iter().filter(|t| t.name.starts_with(&deep)).count();
+        meta.push(("n_ctx".to_string(), n_ctx.to_string()));
+        meta.push(("prompt_depth".to_string(), depth.to_string()));
+    }
+    Ok((Kind::Prompts(method), out, meta))
+}
+
+/// Every tensor of a CLIP checkpoint (OpenAI's names already adapted to HF's).
+fn clip_tensors(src: &dyn TensorSource, dtype: Option<Dtype>) -> maple_core::Result<Converted> {
+    let mut out = Vec::new();
+    for n in src.names() {
+        let t = src
+            .tensor(n)
+            .ok_or_else(|| maple_core::Error::MissingTensor(n.into()))?;
+        let (d, data) = convert_dtype(&t, dtype);
+        out.push(OwnedTensor {
+            name: n.to_string(),
+            dtype: d,
+            shape: t.shape.clone(),
+            data,
+        });
+    }
+    Ok((Kind::Clip, out, Vec::new()))
 }

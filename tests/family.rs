@@ -76,7 +76,10 @@ fn check(dir: &Path, prompts: &Path, golden: &Value, method: &str, batch: usize)
 #[test]
 fn tiny_family_dassl_checkpoints_match_pytorch() {
     let g = golden("golden_family_tiny.json");
-    assert_eq!(sha256(&tiny_dir().join("model.safetensors")), g["model_sha256"]);
+    assert_eq!(
+        sha256(&tiny_dir().join("model.safetensors")),
+        g["model_sha256"]
+    );
     for m in METHODS {
         let ckpt = root().join(g[m]["checkpoint"].as_str().unwrap());
         // Batches of 5: CoCoOp's per-image contexts cross batch boundaries unevenly.

@@ -33,7 +33,7 @@ pub mod train;
 pub use clip::Clip;
 pub use config::ClipConfig;
 pub use error::{Error, Result};
-pub use prompts::{maple, MaplePrompts, Method, MetaNet, Prompts, TowerPrompts};
 pub use model::{Model, TextFeatures, TextWorkspace, TokenRow, VisionWorkspace};
 pub use par::Parallel;
+pub use prompts::{maple, MaplePrompts, MetaNet, Method, Prompts, TowerPrompts};
 pub use safetensors::{Dtype, SafeTensors, TensorSource, TensorView};

@@ -8,11 +8,11 @@ use crate::clip::{Clip, EncoderLayer, LayerNorm, Linear};
 use crate::config::TowerConfig;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, Epilogue, PackedMatrix};
-use crate::prompts::{Prompts, TowerPrompts};
 use crate::ops::{
     attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
 };
 use crate::par::{split, Parallel, SyncPtr};
+use crate::prompts::{Prompts, TowerPrompts};
 use crate::q8::{gemm_q8, Q8Matrix, Q8Scratch};
 use alloc::format;
 use alloc::vec;

@@ -18,10 +18,10 @@ use crate::gemm::{
     gemm, gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue, PackedMatrix, ALIGN_F32,
     NR,
 };
-use crate::prompts::{MaplePrompts, Prompts};
 use crate::model::{ln, Model, TokenRow};
 use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
+use crate::prompts::{MaplePrompts, Prompts};
 use crate::safetensors::TensorSource;
 use crate::simd;
 use crate::synth::Rng;
@@ -206,7 +206,8 @@ impl PromptParams {
         let t = &self.tensors;
         let dt = t[CTX].shape[1];
         let dv = t[PROJ_B].data.len();
-        let proj = |x: &[f32], w: &[f32], b: &[f32]| crate::prompts::maple::project(x, n, dt, w, b, dv);
+        let proj =
+            |x: &[f32], w: &[f32], b: &[f32]| crate::prompts::maple::project(x, n, dt, w, b, dv);
         MaplePrompts {
             n_ctx: n,
             depth: self.depth,
@@ -1275,7 +1276,7 @@ impl Model {
             let (ctx_g, rest) = head.split_at_mut(1);
             let (w_g, b_g) = rest.split_at_mut(1);
             linear_backward_small(
-                &pr.ctx,
+                pr.ctx,
                 &params.tensors[PROJ_W].data,
                 &ws.d_shared,
                 n,

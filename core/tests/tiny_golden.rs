@@ -16,8 +16,8 @@ fn logits(with_prompts: bool, int8: bool) -> (Vec<f32>, Vec<f32>) {
     let st = SafeTensors::parse(WEIGHTS).unwrap();
     // The MaPLe run loads the text tower late (as a cache miss does), the zero-shot one at once.
     let clip = Clip::load_parts(&cfg, &st, !with_prompts).unwrap();
-    let prompts = with_prompts
-        .then(|| Prompts::load(&cfg, &SafeTensors::parse(PROMPTS).unwrap()).unwrap());
+    let prompts =
+        with_prompts.then(|| Prompts::load(&cfg, &SafeTensors::parse(PROMPTS).unwrap()).unwrap());
     let mut model = Model::new(clip, prompts);
     if !model.clip.has_text() {
         let e = model.encode_texts(&Parallel::sequential(), &[vec![1, 2]]);

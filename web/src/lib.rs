@@ -13,7 +13,7 @@
 
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{
-    Clip, ClipConfig, Prompts, Model, Parallel, SafeTensors, TextFeatures, TokenRow,
+    Clip, ClipConfig, Model, Parallel, Prompts, SafeTensors, TextFeatures, TokenRow,
     VisionWorkspace,
 };
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};

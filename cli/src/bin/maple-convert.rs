@@ -77,8 +77,8 @@ fn main() -> ExitCode {
     match done {
         Ok((kind, n)) => {
             let what = match kind {
-                Kind::MaplePrompts => "MaPLe prompt tensors",
-                Kind::Clip => "CLIP tensors",
+                Kind::Prompts(m) => format!("{m} prompt tensors"),
+                Kind::Clip => "CLIP tensors".to_string(),
             };
             let to = if a.output.as_os_str() == "-" {
                 "stdout".to_string()

@@ -38,7 +38,11 @@ impl MetaNet {
             let z: f32 = w.iter().zip(f).map(|(a, b)| a * b).sum::<f32>() + b;
             *hj = z.max(0.0);
         }
-        for ((o, w), b) in out.iter_mut().zip(self.w2.chunks_exact(self.hidden)).zip(&self.b2) {
+        for ((o, w), b) in out
+            .iter_mut()
+            .zip(self.w2.chunks_exact(self.hidden))
+            .zip(&self.b2)
+        {
             *o = w.iter().zip(h.iter()).map(|(a, b)| a * b).sum::<f32>() + b;
         }
     }
@@ -63,9 +67,21 @@ pub(super) fn load(config: &ClipConfig, k: &Keys) -> Result<Prompts> {
     let (n, ctx) = coop::context(config, k, p)?;
     let r = k.reader(p);
     let (e, dt) = (config.projection_dim, config.text.tower.hidden_size);
-    let (h, w1) = matrix(&r, "meta_net.linear1.weight", None, e, "the image feature width")?;
+    let (h, w1) = matrix(
+        &r,
+        "meta_net.linear1.weight",
+        None,
+        e,
+        "the image feature width",
+    )?;
     let b1 = r.get("meta_net.linear1.bias", &[h])?;
-    let (_, w2) = matrix(&r, "meta_net.linear2.weight", Some(dt), h, "the hidden width")?;
+    let (_, w2) = matrix(
+        &r,
+        "meta_net.linear2.weight",
+        Some(dt),
+        h,
+        "the hidden width",
+    )?;
     let b2 = r.get("meta_net.linear2.bias", &[dt])?;
     Ok(Prompts {
         method: Method::Cocoop,

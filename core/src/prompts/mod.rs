@@ -338,7 +338,9 @@ pub(crate) fn vpt_blocks(names: &[String]) -> Result<Vec<usize>> {
             .and_then(|r| r.strip_suffix(".VPT_shallow"))
         {
             let i: usize = i.parse().map_err(|_| {
-                Error::Prompts(format!("unexpected tensor `transformer.resblocks.{i}.VPT_shallow`"))
+                Error::Prompts(format!(
+                    "unexpected tensor `transformer.resblocks.{i}.VPT_shallow`"
+                ))
             })?;
             if i == 0 {
                 return Err(Error::Prompts(
@@ -349,4 +351,180 @@ pub(crate) fn vpt_blocks(names: &[String]) -> Result<Vec<usize>> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safetensors::{serialize, Dtype, OwnedTensor, SafeTensors};
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    /// A tiny model's config: Dt = 32, Dv = 64, E = 32, 3 layers each.
+    fn cfg() -> ClipConfig {
+        let mut c = ClipConfig::vit_b16();
+        c.text.tower.hidden_size = 32;
+        c.vision.tower.hidden_size = 64;
+        c.projection_dim = 32;
+        c.text.tower.num_hidden_layers = 3;
+        c.vision.tower.num_hidden_layers = 3;
+        c
+    }
+
+    /// A safetensors file of zero-filled f32 tensors, then `f` on it.
+    fn with_file<R>(tensors: &[(&str, &[usize])], f: impl FnOnce(&dyn TensorSource) -> R) -> R {
+        let owned: Vec<OwnedTensor> = tensors
+            .iter()
+            .map(|(n, s)| OwnedTensor {
+                name: n.to_string(),
+                dtype: Dtype::F32,
+                shape: s.to_vec(),
+                data: vec![0; 4 * s.iter().product::<usize>()],
+            })
+            .collect();
+        let bytes = serialize(&owned, &[]);
+        let st = SafeTensors::parse(&bytes).unwrap();
+        f(&st)
+    }
+
+    fn load(tensors: &[(&str, &[usize])]) -> Result<Prompts> {
+        with_file(tensors, |src| Prompts::load(&cfg(), src))
+    }
+
+    fn err(tensors: &[(&str, &[usize])]) -> String {
+        load(tensors).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn methods_are_told_apart_by_their_keys() {
+        let coop = load(&[("ctx", &[16, 32]), ("token_prefix", &[3, 1, 32])]).unwrap();
+        assert_eq!(coop.method, Method::Coop);
+        assert_eq!((coop.text_n(), coop.vision_n()), (16, 0));
+        assert_eq!(coop.default_template().split(' ').count(), 16);
+        let kg = load(&[
+            ("ctx", &[4, 32]),
+            ("bias_vectors", &[1, 32]),
+            ("meta_net.linear1.weight", &[32, 32]),
+        ])
+        .unwrap();
+        assert_eq!(kg.method, Method::Coop, "KgCoOp runs as CoOp");
+        let co = load(&[
+            ("module.ctx", &[4, 32]),
+            ("module.meta_net.linear1.weight", &[2, 32]),
+            ("module.meta_net.linear1.bias", &[2]),
+            ("module.meta_net.linear2.weight", &[32, 2]),
+            ("module.meta_net.linear2.bias", &[32]),
+        ])
+        .unwrap();
+        assert_eq!(co.method, Method::Cocoop);
+        assert!(co.image_conditioned());
+        assert_eq!(co.default_template(), "a photo of a");
+        let ivlp = load(&[
+            ("logit_scale", &[]),
+            ("prompt_learner.ctx", &[2, 32]),
+            ("image_encoder.VPT", &[3, 64]),
+            (
+                "image_encoder.transformer.resblocks.1.VPT_shallow",
+                &[3, 64],
+            ),
+            ("text_encoder.transformer.resblocks.1.VPT_shallow", &[2, 32]),
+            ("text_encoder.transformer.resblocks.2.VPT_shallow", &[2, 32]),
+            (
+                "prompt_learner.ZS_image_encoder.conv1.weight",
+                &[64, 3, 8, 8],
+            ),
+        ])
+        .unwrap();
+        assert_eq!(ivlp.method, Method::Ivlp);
+        let (t, v) = (ivlp.text.unwrap(), ivlp.vision.unwrap());
+        assert_eq!((t.n, t.depth(), v.n, v.depth()), (2, 3, 3, 2));
+        let vpt = load(&[("logit_scale", &[]), ("image_encoder.VPT", &[8, 64])]).unwrap();
+        assert_eq!(vpt.method, Method::Vpt);
+        assert!(vpt.text.is_none());
+        assert_eq!(vpt.default_template(), "a photo of a");
+    }
+
+    #[test]
+    fn unusable_files_are_refused_with_what_they_hold() {
+        let e = err(&[("visual.conv1.weight", &[64, 3, 8, 8])]);
+        assert!(e.contains("no prompt method's tensors found"), "{e}");
+        assert!(e.contains("1 tensor: visual.conv1.weight"), "{e}");
+        let e = err(&[("ctx", &[3, 16, 32])]);
+        assert!(e.contains("class-specific context (CoOp's CSC)"), "{e}");
+        let e = err(&[("ctx", &[16, 31])]);
+        assert!(e.contains("`ctx` has shape [16, 31]"), "{e}");
+        let e = err(&[("ctx", &[76, 32])]);
+        assert!(e.contains("no room for a label"), "{e}");
+        // Deep prompts with a gap, past the last block, or in block 0.
+        let e = err(&[
+            ("image_encoder.VPT", &[8, 64]),
+            (
+                "image_encoder.transformer.resblocks.2.VPT_shallow",
+                &[8, 64],
+            ),
+        ]);
+        assert!(e.contains("resblocks.1.VPT_shallow` is missing"), "{e}");
+        let e = err(&[
+            ("image_encoder.VPT", &[8, 64]),
+            (
+                "image_encoder.transformer.resblocks.1.VPT_shallow",
+                &[8, 64],
+            ),
+            (
+                "image_encoder.transformer.resblocks.2.VPT_shallow",
+                &[8, 64],
+            ),
+            (
+                "image_encoder.transformer.resblocks.3.VPT_shallow",
+                &[8, 64],
+            ),
+        ]);
+        assert!(e.contains("the model has 3 blocks"), "{e}");
+        let e = err(&[
+            ("image_encoder.VPT", &[8, 64]),
+            (
+                "image_encoder.transformer.resblocks.0.VPT_shallow",
+                &[8, 64],
+            ),
+        ]);
+        assert!(e.contains("block 0"), "{e}");
+        let e = err(&[
+            ("image_encoder.VPT", &[8, 64]),
+            (
+                "image_encoder.transformer.resblocks.1.VPT_shallow",
+                &[7, 64],
+            ),
+        ]);
+        assert!(e.contains("needs [8, 64]"), "{e}");
+        let e = err(&[("image_encoder.VPT", &[2000, 64])]);
+        assert!(e.contains("at most 1024"), "{e}");
+        let e = err(&[
+            ("ctx", &[4, 32]),
+            ("meta_net.linear1.weight", &[2, 32]),
+            ("meta_net.linear1.bias", &[2]),
+            ("meta_net.linear2.weight", &[32, 3]),
+            ("meta_net.linear2.bias", &[32]),
+        ]);
+        assert!(
+            e.contains("meta_net.linear2.weight` has shape [32, 3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn meta_net_by_hand() {
+        // f = [3, 4], W1 = I, b1 = [0, −5]: one hidden unit alive, one cut by the ReLU.
+        let m = MetaNet {
+            hidden: 2,
+            w1: vec![1.0, 0.0, 0.0, 1.0],
+            b1: vec![0.0, -5.0],
+            w2: vec![2.0, 1.0, -1.0, 3.0, 0.5, 0.0],
+            b2: vec![0.25, 0.0, 1.0],
+        };
+        let (mut h, mut out) = ([0.0; 2], [0.0; 3]);
+        m.bias(&[3.0, 4.0], &mut h, &mut out);
+        // h = [3, relu(−1)] = [3, 0]; out = W2·h + b2 = [6.25, −3, 2.5].
+        assert_eq!(h, [3.0, 0.0]);
+        assert_eq!(out, [6.25, -3.0, 2.5]);
+    }
 }
