@@ -149,3 +149,46 @@ fn full_size_model_f32_and_f16_match_cpu() {
         assert!(d <= 5e-2 && top, "{d}");
     }
 }
+
+/// Each prompt method's Dassl checkpoint (tests/fixtures/family/) through the library on the
+/// GPU, against the PyTorch reference's logits (tools/reference/family.py). CoCoOp's image
+/// tower runs on the GPU and its image-conditioned text on the CPU.
+#[test]
+fn tiny_family_on_the_gpu_matches_pytorch() {
+    let g: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden_family_tiny.json")).unwrap(),
+    )
+    .unwrap();
+    let images: Vec<&str> = g["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let paths: Vec<PathBuf> = images[..5]
+        .iter()
+        .map(|n| fixtures().join("images").join(n))
+        .collect();
+    let sources: Vec<ImageSource> = paths.iter().map(|p| ImageSource::Path(p)).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for m in ["coop", "cocoop", "ivlp", "vpt"] {
+        let ckpt = root.join(g[m]["checkpoint"].as_str().unwrap());
+        let mut c = Classifier::builder(fixtures().join("tiny"))
+            .label_set(maple::read_labels(fixtures().join("labels.txt")).unwrap())
+            .prompts(&ckpt)
+            .device(Device::Gpu)
+            .cache_dir(None)
+            .build()
+            .unwrap();
+        assert!(matches!(c.device(), maple::ActiveDevice::Gpu { .. }));
+        let mut max = 0.0f32;
+        for (i, r) in c.classify_batch(&sources).unwrap().into_iter().enumerate() {
+            let r = r.unwrap();
+            for (a, b) in r.logits.iter().zip(g[m]["logits"][i].as_array().unwrap()) {
+                max = max.max((a - b.as_f64().unwrap() as f32).abs());
+            }
+        }
+        eprintln!("tiny {m} on the GPU: max |Δlogit| vs PyTorch = {max:.2e}");
+        assert!(max <= 1e-3, "{m}: {max}");
+    }
+}

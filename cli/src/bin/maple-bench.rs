@@ -226,6 +226,16 @@ fn main() {
         println!("{}", serde_json::Value::Object(out));
         return;
     }
+    if model
+        .prompts
+        .as_ref()
+        .is_some_and(maple_core::Prompts::image_conditioned)
+    {
+        let tok = load_tokenizer(&a.model).unwrap();
+        cocoop_bench(&a, &model, &par, &tok, &mut out);
+        println!("{}", serde_json::Value::Object(out));
+        return;
+    }
     let time_f32 = !(a.low_only && (a.int8 || a.bf16));
     for &b in a.batches.iter().filter(|_| time_f32) {
         let px: Vec<f32> = (0..b * 3 * s * s)
@@ -315,6 +325,47 @@ fn main() {
         );
     }
     println!("{}", serde_json::Value::Object(out));
+}
+
+/// CoCoOp (its prompts loaded): whole classification, the image tower and each image's own
+/// text features, images/s for each batch size × label count (best of `reps` after a warm-up).
+fn cocoop_bench(
+    a: &Args,
+    model: &maple_core::Model,
+    par: &Parallel,
+    tok: &maple::text::ClipTokenizer,
+    out: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let s = model.clip.config.vision.image_size;
+    let template = model.prompts.as_ref().map(|p| p.default_template());
+    let template = template.as_deref().unwrap_or("a photo of a");
+    let mut tws = model.text_workspace(32, par);
+    for &b in &a.batches {
+        let px: Vec<f32> = (0..b * 3 * s * s)
+            .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+            .collect();
+        let mut vws = model.vision_workspace(b, par);
+        for &n in &a.labels {
+            let rows: Vec<TokenRow> = label_names(n)
+                .iter()
+                .map(|l| tok.encode(&format!("{template} {l}.")).unwrap())
+                .collect();
+            let mut logits = vec![0.0f32; b * n];
+            let mut best = f64::MAX;
+            for _ in 0..=a.reps {
+                let t = Instant::now();
+                let f = model.encode_images(par, &mut vws, &px, b).unwrap().to_vec();
+                model
+                    .conditioned_logits(par, &mut tws, &f, b, &rows, &mut logits)
+                    .unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            out.insert(
+                format!("cocoop_b{b}_{n}_labels_images_per_s"),
+                (b as f64 / best).into(),
+            );
+        }
+    }
 }
 
 /// Seconds per training step (best of `reps` after one warm-up) and the peak RSS.
