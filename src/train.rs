@@ -14,7 +14,7 @@ use maple_core::preprocess::{normalize_into, preprocess, resize_box_rgb8};
 use maple_core::safetensors::{serialize, Dtype, OwnedTensor, SafeTensors, TensorSource};
 use maple_core::synth::Rng;
 use maple_core::train::{cosine_lr, PromptParams, Sgd, StepStats, TrainWorkspace};
-use maple_core::{Model, Parallel, TokenRow};
+use maple_core::{Method, Model, Parallel, TokenRow};
 use maple_text::{tokenize_labels, LabelSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -163,9 +163,13 @@ pub struct TrainOptions {
     pub momentum: f32,
     /// SGD weight decay (5e-4).
     pub weight_decay: f32,
-    /// Context tokens for a fresh start (2).
+    /// The prompt method a fresh start trains (MaPLe; CoOp, IVLP and VPT too, not CoCoOp). A
+    /// run from `init` trains the method of that file.
+    pub method: Method,
+    /// Context tokens for a fresh start (2): the prompt rows of the method's towers (both for
+    /// IVLP, the image tower's for VPT).
     pub n_ctx: usize,
-    /// Prompt depth for a fresh start (9).
+    /// Prompt depth for a fresh start (9), of each of the method's towers.
     pub depth: usize,
     /// The class prompt is `"{template} {class}."`; its first n_ctx words initialise `ctx`.
     pub template: String,
@@ -193,6 +197,7 @@ impl Default for TrainOptions {
             schedule: Schedule::Cosine,
             momentum: 0.9,
             weight_decay: 5e-4,
+            method: Method::Maple,
             n_ctx: 2,
             depth: 9,
             template: "a photo of a".into(),
@@ -396,6 +401,31 @@ fn class_rows(
     )?)
 }
 
+/// The template's token embeddings at positions 1..=n_ctx (`[n_ctx, Dt]`): the context a fresh
+/// start begins from (docs/training.md §1).
+fn template_ctx(model_dir: &Path, model: &Model, opts: &TrainOptions) -> Result<Vec<f32>> {
+    let tok = load_tokenizer(model_dir)?;
+    let ids = tok.encode(&opts.template)?;
+    let dt = model.clip.config.text.tower.hidden_size;
+    if ids.len() < opts.n_ctx.saturating_add(2) {
+        return Err(Error::Invalid(format!(
+            "the template \"{}\" has {} tokens; --n-ctx {} needs at least that many words",
+            opts.template,
+            ids.len() - 2,
+            opts.n_ctx
+        )));
+    }
+    let mut ctx = vec![0.0; opts.n_ctx * dt];
+    for (i, &id) in ids[1..1 + opts.n_ctx].iter().enumerate() {
+        model
+            .clip
+            .text_model
+            .token_embedding
+            .row_into(id as usize, &mut ctx[i * dt..(i + 1) * dt]);
+    }
+    Ok(ctx)
+}
+
 impl Trainer {
     /// Loads the model (with its text tower), the data and the starting prompts.
     pub fn new(model_dir: &Path, data: Dataset, mut opts: TrainOptions) -> Result<Trainer> {
@@ -403,7 +433,7 @@ impl Trainer {
         // More threads than cores are never started (as maple-classify); at least one.
         opts.threads = crate::cap_threads(opts.threads).max(1);
         let config = read_config(model_dir)?;
-        if opts.init.is_none() {
+        if opts.init.is_none() && opts.method == Method::Maple {
             // Checked before anything is sized by them (PromptParams::init checks again).
             if let Some(why) = config.prompt_shape_problem(opts.n_ctx, opts.depth) {
                 return Err(Error::Invalid(why));
@@ -419,27 +449,30 @@ impl Trainer {
             Some(p) => with_tensors_at_most(p, MAX_PROMPTS_BYTES, false, |src| {
                 PromptParams::load(&config, src)
             })?,
+            None if opts.method != Method::Maple => {
+                // CoOp, IVLP, VPT as their trainers start: ctx from the template's words (random
+                // when the template is the trainers' "X X … X" placeholder), the rest normal(0.02).
+                let ctx = if opts.method == Method::Vpt
+                    || opts.template.split_whitespace().all(|w| w == "X")
+                {
+                    None
+                } else {
+                    Some(template_ctx(model_dir, &model, &opts)?)
+                };
+                let dims = (opts.n_ctx, opts.depth);
+                PromptParams::init_family(
+                    &config,
+                    opts.method,
+                    dims,
+                    dims,
+                    ctx.as_deref(),
+                    opts.seed,
+                )
+                .map_err(Error::Compute)?
+            }
             None => {
                 // ctx from the template's token embeddings at positions 1..=n (docs/training.md §1).
-                let tok = load_tokenizer(model_dir)?;
-                let ids = tok.encode(&opts.template)?;
-                let dt = config.text.tower.hidden_size;
-                if ids.len() < opts.n_ctx.saturating_add(2) {
-                    return Err(Error::Invalid(format!(
-                        "the template \"{}\" has {} tokens; --n-ctx {} needs at least that many words",
-                        opts.template,
-                        ids.len() - 2,
-                        opts.n_ctx
-                    )));
-                }
-                let mut ctx = vec![0.0; opts.n_ctx * dt];
-                for (i, &id) in ids[1..1 + opts.n_ctx].iter().enumerate() {
-                    model
-                        .clip
-                        .text_model
-                        .token_embedding
-                        .row_into(id as usize, &mut ctx[i * dt..(i + 1) * dt]);
-                }
+                let ctx = template_ctx(model_dir, &model, &opts)?;
                 PromptParams::init(&config, opts.n_ctx, opts.depth, Some(&ctx), opts.seed)
                     .map_err(Error::Compute)?
             }
@@ -899,9 +932,14 @@ impl Trainer {
                 })
                 .collect()
         };
-        let mut tensors = own(maple_core::maple::KEY_PREFIX, &self.params);
+        let prefix = match self.params.method {
+            Method::Maple => maple_core::maple::KEY_PREFIX,
+            _ => "",
+        };
+        let mut tensors = own(prefix, &self.params);
         let mut meta = vec![
             ("format", "maple-prompts".to_string()),
+            ("method", self.params.method.name().to_string()),
             ("n_ctx", self.params.n_ctx.to_string()),
             ("prompt_depth", self.params.depth.to_string()),
             ("template", self.opts.template.clone()),
@@ -1012,9 +1050,14 @@ impl Trainer {
         }
         let config = self.model.clip.config;
         let params = PromptParams::load(&config, &st).map_err(|e| Error::core(path, e))?;
-        if params.n_ctx != self.params.n_ctx || params.depth != self.params.depth {
+        if params.method != self.params.method
+            || params.n_ctx != self.params.n_ctx
+            || params.depth != self.params.depth
+            || params.n_vis != self.params.n_vis
+            || params.depth_vis != self.params.depth_vis
+        {
             return Err(bad(
-                "its prompts have another n_ctx or depth than this run's".into(),
+                "its prompts have another method, n_ctx or depth than this run's".into(),
             ));
         }
         let mut bufs = params.zeros_like();

@@ -1,6 +1,7 @@
 //! maple-train against PyTorch autograd + torch.optim.SGD (tools/reference/train_golden.py):
 //! the first step's gradient of every trainable tensor, and the tensors after 3 deterministic
-//! steps (--no-augment --no-shuffle --lr-schedule constant, batch 2) on tests/fixtures/train.
+//! steps (--no-augment --no-shuffle --lr-schedule constant, batch 2) on tests/fixtures/train,
+//! for MaPLe and for CoOp, IVLP and VPT (starting from tests/fixtures/family/*.safetensors).
 //! The tiny model's golden file is committed; the full-size one is made on demand
 //! (MAPLE_TRAIN_GOLDEN_FULL=path, see the README) because it needs PyTorch.
 
@@ -52,8 +53,12 @@ fn check(model_dir: &Path, prompts: &Path, golden: &Path, grad_tol: f64, update_
     assert_eq!(got_images, want_images, "item order");
 
     // Token ids: the same class prompts as OpenAI's tokenizer gives.
+    let template = st
+        .metadata("template")
+        .unwrap_or("a photo of a")
+        .to_string();
     let tok = load_tokenizer(model_dir).unwrap();
-    let rows = maple_text::tokenize_labels(&tok, "a photo of a", &data.classes, 77).unwrap();
+    let rows = maple_text::tokenize_labels(&tok, &template, &data.classes, 77).unwrap();
     let want_ids: Vec<Vec<u32>> = serde_json::from_str(st.metadata("token_ids").unwrap()).unwrap();
     assert_eq!(rows, want_ids);
 
@@ -112,6 +117,7 @@ fn check(model_dir: &Path, prompts: &Path, golden: &Path, grad_tol: f64, update_
         shuffle: false,
         threads: 2,
         init: Some(prompts.to_path_buf()),
+        template,
         ..TrainOptions::default()
     };
     let mut t = Trainer::new(model_dir, data, opts).unwrap();
@@ -150,6 +156,20 @@ fn tiny_model_gradients_and_updates_match_pytorch() {
         1e-4,
         1e-3,
     );
+}
+
+#[test]
+fn tiny_family_gradients_and_updates_match_pytorch() {
+    for m in ["coop", "ivlp", "vpt"] {
+        println!("-- {m}");
+        check(
+            &common::tiny_dir(),
+            &common::fixtures().join(format!("family/{m}.safetensors")),
+            &common::fixtures().join(format!("train_golden_{m}_tiny.safetensors")),
+            1e-4,
+            1e-3,
+        );
+    }
 }
 
 /// The same check on the full-size synthetic model, against a golden file made locally

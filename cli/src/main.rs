@@ -51,10 +51,11 @@ enum FormatArg {
     Csv,
 }
 
-/// Classify images against your own labels with CLIP ViT-B/16 and MaPLe's learned prompts.
+/// Classify images against your own labels with CLIP ViT-B/16 and MaPLe's learned prompts
+/// (or CoOp's, CoCoOp's, IVLP's or VPT's).
 ///
-/// Logits equal those of MaPLe's PyTorch CustomCLIP in eval mode. Without --prompts the model
-/// is zero-shot CLIP with the prompt "a photo of a {label}.".
+/// Logits equal those of the method's PyTorch CustomCLIP in eval mode. Without --prompts the
+/// model is zero-shot CLIP with the prompt "a photo of a {label}.".
 #[derive(Parser)]
 #[command(
     name = "maple-classify",
@@ -95,12 +96,15 @@ struct Args {
     /// Model directory or Hugging Face id.
     #[arg(long, short = 'm', env = "MAPLE_MODEL", value_name = "DIR|ID", default_value = DEFAULT_MODEL)]
     model: String,
-    /// MaPLe prompts: a MaPLe checkpoint (.pth.tar) or safetensors with prompt_learner tensors.
+    /// Learned prompts: a MaPLe, CoOp, CoCoOp, IVLP or VPT checkpoint as its trainer wrote it
+    /// (model.pth.tar-N), or its maple-convert/maple-train safetensors; the method is read from
+    /// the tensor names. CoCoOp's text features depend on each image: they are computed per
+    /// batch and never cached.
     #[arg(long, short = 'p', value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Prompt template; the label and a period follow it. Its first n_ctx words are learned.
-    /// [default: the one the prompts file was trained with (maple-train records it), else
-    /// "a photo of a"]
+    /// [default: the one the prompts file was trained with (maple-train records it), else the
+    /// method's trainer's: "a photo of a", or "X X … X" for CoOp's n random context rows]
     #[arg(long)]
     template: Option<String>,
     /// How many labels to show per image (text, csv) or list in "top" (json).

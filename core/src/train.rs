@@ -21,7 +21,7 @@ use crate::gemm::{
 use crate::model::{ln, Model, TokenRow};
 use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
-use crate::prompts::{MaplePrompts, Prompts};
+use crate::prompts::{MaplePrompts, Method, Prompts, TowerPrompts};
 use crate::safetensors::TensorSource;
 use crate::simd;
 use crate::synth::Rng;
@@ -41,15 +41,24 @@ pub struct Param {
     pub data: Vec<f32>,
 }
 
-/// MaPLe's trainable tensors (docs/training.md §1), in the order: `ctx`, `proj.weight`, `proj.bias`, then
-/// for each deep layer j: `compound_prompts_text.j`, `compound_prompt_projections.j.weight`,
-/// `….bias`. Gradients and momentum buffers use the same layout ([`PromptParams::zeros_like`]).
+/// A method's trainable tensors. MaPLe (docs/training.md §1), in the order: `ctx`,
+/// `proj.weight`, `proj.bias`, then for each deep layer j: `compound_prompts_text.j`,
+/// `compound_prompt_projections.j.weight`, `….bias`. CoOp, IVLP and VPT (docs/prompts.md), under
+/// their checkpoint names: the text input prompt, the text deep prompts of blocks 1..depth, the
+/// image input prompt, the image deep prompts — each where the method has it. Gradients and
+/// momentum buffers use the same layout ([`PromptParams::zeros_like`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptParams {
-    /// Context tokens (N_CTX).
+    /// The method whose tensors these are.
+    pub method: Method,
+    /// Text prompt rows (N_CTX; 0 for VPT).
     pub n_ctx: usize,
-    /// PROMPT_DEPTH: layers that take prompts, the input included.
+    /// Text PROMPT_DEPTH: blocks that take text prompts, the input included (0 without).
     pub depth: usize,
+    /// Image prompt rows (MaPLe: `n_ctx`; 0 for CoOp).
+    pub n_vis: usize,
+    /// Image blocks that take prompts, the input included (MaPLe: `depth`; 0 without).
+    pub depth_vis: usize,
     /// The tensors, in the order above.
     pub tensors: Vec<Param>,
 }
@@ -105,8 +114,11 @@ impl PromptParams {
         }
         let mut rng = Rng::new(seed);
         let mut p = PromptParams {
+            method: Method::Maple,
             n_ctx,
             depth,
+            n_vis: n_ctx,
+            depth_vis: depth,
             tensors: Vec::new(),
         };
         let ctx = match ctx_init {
@@ -144,15 +156,29 @@ impl PromptParams {
         Ok(p)
     }
 
-    /// The trainable tensors of a MaPLe prompts file (checked as [`MaplePrompts::load`] does).
+    /// The trainable tensors of a prompts file of any method but CoCoOp (checked as
+    /// [`Prompts::load`] does).
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
+        match Method::detect(src) {
+            Some(Method::Maple) | None => {}
+            Some(Method::Cocoop) => {
+                return Err(Error::Prompts(
+                    "CoCoOp prompts cannot be trained by maple yet (its text depends on the image)"
+                        .into(),
+                ))
+            }
+            Some(_) => return Ok(Self::from_plan(config, &Prompts::load(config, src)?)),
+        }
         let mp = MaplePrompts::load(config, src)?;
         let prefix = crate::maple::key_prefix(&|n| src.tensor(n).is_some()).unwrap_or("");
         let r = Reader::new(src, prefix);
         let shapes = Self::shapes(config, mp.n_ctx, mp.depth);
         let mut p = PromptParams {
+            method: Method::Maple,
             n_ctx: mp.n_ctx,
             depth: mp.depth,
+            n_vis: mp.n_ctx,
+            depth_vis: mp.depth,
             tensors: Vec::new(),
         };
         for (name, shape) in shapes {
@@ -181,6 +207,141 @@ impl PromptParams {
         v
     }
 
+    /// The names and shapes of a CoOp, IVLP or VPT layout: text input and deep prompts, then
+    /// image input and deep prompts, where the method has them (docs/prompts.md §2, §4, §5).
+    fn family_shapes(
+        config: &ClipConfig,
+        method: Method,
+        (n_t, depth_t): (usize, usize),
+        (n_v, depth_v): (usize, usize),
+    ) -> Vec<(String, Vec<usize>)> {
+        let (dt, dv) = (
+            config.text.tower.hidden_size,
+            config.vision.tower.hidden_size,
+        );
+        let mut v = Vec::new();
+        if n_t > 0 && depth_t > 0 {
+            let ctx = if method == Method::Ivlp {
+                "prompt_learner.ctx"
+            } else {
+                "ctx"
+            };
+            v.push((ctx.into(), vec![n_t, dt]));
+            for i in 1..depth_t {
+                let name = format!("text_encoder.transformer.resblocks.{i}.VPT_shallow");
+                v.push((name, vec![n_t, dt]));
+            }
+        }
+        if n_v > 0 && depth_v > 0 {
+            v.push(("image_encoder.VPT".into(), vec![n_v, dv]));
+            for i in 1..depth_v {
+                let name = format!("image_encoder.transformer.resblocks.{i}.VPT_shallow");
+                v.push((name, vec![n_v, dv]));
+            }
+        }
+        v
+    }
+
+    /// A fresh CoOp, IVLP or VPT start as their trainers make it: the text context from
+    /// `ctx_init` (the template's token embeddings, `[n_t, Dt]`; normal(0.02) when `None`), every
+    /// other prompt normal(0.02). `(n, depth)` per tower; a tower the method lacks is `(0, 0)`.
+    pub fn init_family(
+        config: &ClipConfig,
+        method: Method,
+        text: (usize, usize),
+        vision: (usize, usize),
+        ctx_init: Option<&[f32]>,
+        seed: u64,
+    ) -> Result<Self> {
+        let (has_t, has_v) = match method {
+            Method::Coop => (true, false),
+            Method::Ivlp => (true, true),
+            Method::Vpt => (false, true),
+            Method::Maple | Method::Cocoop => {
+                return Err(Error::Prompts(format!(
+                    "{method}: not a CoOp, IVLP or VPT layout"
+                )))
+            }
+        };
+        let text = if has_t { text } else { (0, 0) };
+        let vision = if has_v { vision } else { (0, 0) };
+        let layers = config.text.tower.num_hidden_layers;
+        let vlayers = config.vision.tower.num_hidden_layers;
+        let max_t = config.text.max_position_embeddings.saturating_sub(2);
+        if has_t && (text.0 == 0 || text.0 > max_t || text.1 == 0 || text.1 > layers) {
+            return Err(Error::Prompts(format!(
+                "{method}: {} text rows at depth {}: rows must be 1..={max_t}, depth 1..={layers}",
+                text.0, text.1
+            )));
+        }
+        let max_v = crate::prompts::MAX_VISION_PROMPTS;
+        if has_v && (vision.0 == 0 || vision.0 > max_v || vision.1 == 0 || vision.1 > vlayers) {
+            return Err(Error::Prompts(format!(
+                "{method}: {} image rows at depth {}: rows must be 1..={max_v}, depth 1..={vlayers}",
+                vision.0, vision.1
+            )));
+        }
+        let mut rng = Rng::new(seed);
+        let mut p = PromptParams {
+            method,
+            n_ctx: text.0,
+            depth: text.1,
+            n_vis: vision.0,
+            depth_vis: vision.1,
+            tensors: Vec::new(),
+        };
+        for (k, (name, shape)) in Self::family_shapes(config, method, text, vision)
+            .into_iter()
+            .enumerate()
+        {
+            let len = shape.iter().product::<usize>();
+            let data = match ctx_init {
+                Some(c) if k == 0 && has_t => {
+                    if c.len() != len {
+                        return Err(Error::Prompts(format!(
+                            "ctx init has {} values; {shape:?} needs {len}",
+                            c.len()
+                        )));
+                    }
+                    c.to_vec()
+                }
+                _ => (0..len).map(|_| normal(&mut rng, 0.02)).collect(),
+            };
+            p.push(name, shape, data);
+        }
+        Ok(p)
+    }
+
+    /// The trainable tensors of a CoOp, IVLP or VPT splice plan (what their files hold).
+    fn from_plan(config: &ClipConfig, plan: &Prompts) -> Self {
+        let t = plan.text.as_ref();
+        let v = plan.vision.as_ref();
+        let text = t.map_or((0, 0), |t| (t.n, t.depth()));
+        let vision = v.map_or((0, 0), |v| (v.n, v.depth()));
+        let shapes = Self::family_shapes(config, plan.method, text, vision);
+        let data = t
+            .into_iter()
+            .chain(v)
+            .flat_map(|tp| core::iter::once(&tp.input).chain(&tp.deep));
+        let tensors = shapes
+            .into_iter()
+            .zip(data)
+            .map(|((name, shape), d)| Param {
+                name,
+                shape,
+                data: d.clone(),
+            })
+            .collect();
+        PromptParams {
+            method: plan.method,
+            n_ctx: text.0,
+            depth: text.1,
+            n_vis: vision.0,
+            depth_vis: vision.1,
+            tensors,
+        }
+    }
+
     /// The same tensors filled with zeros (gradients, momentum).
     pub fn zeros_like(&self) -> Self {
         let mut z = self.clone();
@@ -200,8 +361,27 @@ impl PromptParams {
         self.tensors.is_empty()
     }
 
-    /// The splice matrices the towers use (docs/model.md §5), projected in f64 as at load time.
+    /// The splice plan the towers use (docs/prompts.md §1); MaPLe's projected in f64 as at
+    /// load time (docs/model.md §5).
     pub fn prompts(&self) -> Prompts {
+        if self.method != Method::Maple {
+            let mut it = self.tensors.iter().map(|t| t.data.clone());
+            let mut tower = |n: usize, depth: usize| {
+                (n > 0 && depth > 0).then(|| TowerPrompts {
+                    n,
+                    input: it.next().unwrap_or_default(),
+                    deep: (1..depth).map_while(|_| it.next()).collect(),
+                })
+            };
+            let text = tower(self.n_ctx, self.depth);
+            let vision = tower(self.n_vis, self.depth_vis);
+            return Prompts {
+                method: self.method,
+                text,
+                vision,
+                meta_net: None,
+            };
+        }
         let n = self.n_ctx;
         let t = &self.tensors;
         let dt = t[CTX].shape[1];
@@ -772,9 +952,13 @@ pub struct TrainWorkspace {
     pooled: Vec<f32>,  // [max(B, C), max(Dv, Dt)] pooled rows / their gradient
     dn: Vec<f32>,      // [max(B, C), E] gradient of the normalised features
     df: Vec<f32>,      // [max(B, C), E] gradient of the features
-    d_shared: Vec<f32>,
-    d_vis_deep: Vec<Vec<f32>>,
-    shapes: Vec<Vec<usize>>, // of the trainable tensors, in PromptParams order
+    // Gradients at the splice points (docs/prompts.md §1): each tower's input prompt and deep
+    // prompts, before the method maps them onto its tensors.
+    d_text_in: Vec<f32>,        // [n_t, Dt]
+    d_text_deep: Vec<Vec<f32>>, // (depth_t − 1) × [n_t, Dt]
+    d_vis_in: Vec<f32>,         // [n_v, Dv], through ln_pre
+    d_vis_deep: Vec<Vec<f32>>,  // (depth_v − 1) × [n_v, Dv]
+    shapes: Vec<Vec<usize>>,    // of the trainable tensors, in PromptParams order
 }
 
 /// Bytes [`Tower::new`] allocates for `rows` rows of sequences of `t` tokens (u128: no
@@ -832,11 +1016,7 @@ impl TrainWorkspace {
     /// `classes` (all of them run on every step, each up to the longest EOT).
     pub fn new(model: &Model, classes: &[TokenRow], batch: usize, par: &Parallel) -> Result<Self> {
         let cfg = &model.clip.config;
-        let prompts = model
-            .prompts
-            .as_ref()
-            .and_then(Prompts::maple)
-            .ok_or_else(|| Error::Input("training needs MaPLe prompts on the model".into()))?;
+        let prompts = trainable(model)?;
         if !model.clip.has_text() {
             return Err(Error::Input("training needs the text tower".into()));
         }
@@ -891,9 +1071,11 @@ impl TrainWorkspace {
             df: vec![0.0; batch.max(c) * e],
             pooled: vec![0.0; batch.max(c) * w],
             dn: vec![0.0; batch.max(c) * e],
-            d_shared: vec![0.0; prompts.n_ctx * v.tower.hidden_size],
-            d_vis_deep: vec![vec![0.0; prompts.n_ctx * v.tower.hidden_size]; prompts.depth - 1],
-            shapes: PromptParams::shapes(cfg, prompts.n_ctx, prompts.depth)
+            d_text_in: splice_grad(prompts.text.as_ref(), tc.tower.hidden_size).0,
+            d_text_deep: splice_grad(prompts.text.as_ref(), tc.tower.hidden_size).1,
+            d_vis_in: splice_grad(prompts.vision.as_ref(), v.tower.hidden_size).0,
+            d_vis_deep: splice_grad(prompts.vision.as_ref(), v.tower.hidden_size).1,
+            shapes: plan_shapes(cfg, prompts)
                 .into_iter()
                 .map(|(_, s)| s)
                 .collect(),
@@ -920,6 +1102,34 @@ impl TrainWorkspace {
     /// Number of classes.
     pub fn classes(&self) -> usize {
         self.classes.len()
+    }
+}
+
+/// The model's prompts, if a step can train them (any method but CoCoOp).
+fn trainable(model: &Model) -> Result<&Prompts> {
+    match &model.prompts {
+        None => Err(Error::Input("training needs prompts on the model".into())),
+        Some(p) if p.image_conditioned() => Err(Error::Input(
+            "CoCoOp prompts cannot be trained by maple yet (its text depends on the image)".into(),
+        )),
+        Some(p) => Ok(p),
+    }
+}
+
+/// Zeroed gradient buffers for a tower's splice points: the input prompt and each deep prompt.
+fn splice_grad(t: Option<&TowerPrompts>, d: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    t.map_or((Vec::new(), Vec::new()), |t| {
+        (vec![0.0; t.n * d], vec![vec![0.0; t.n * d]; t.deep.len()])
+    })
+}
+
+/// The trainable tensors' names and shapes for a splice plan.
+fn plan_shapes(cfg: &ClipConfig, p: &Prompts) -> Vec<(String, Vec<usize>)> {
+    let dims = |t: Option<&TowerPrompts>| t.map_or((0, 0), |t| (t.n, t.depth()));
+    let (text, vision) = (dims(p.text.as_ref()), dims(p.vision.as_ref()));
+    match p.method {
+        Method::Maple => PromptParams::shapes(cfg, text.0, text.1),
+        m => PromptParams::family_shapes(cfg, m, text, vision),
     }
 }
 
@@ -1084,11 +1294,8 @@ impl Model {
             tc.tower.hidden_size,
             cfg.projection_dim,
         );
-        let pr = self
-            .prompts
-            .as_ref()
-            .and_then(Prompts::maple)
-            .ok_or_else(|| Error::Input("training needs MaPLe prompts on the model".into()))?;
+        let plan = trainable(self)?;
+        let (tp, vp) = (plan.text.as_ref(), plan.vision.as_ref());
         let count = labels.len();
         let nc = ws.classes.len();
         let img_len = 3 * v.image_size * v.image_size;
@@ -1109,17 +1316,20 @@ impl Model {
                 "workspace was built for another model or thread count".into(),
             ));
         }
-        let n = pr.n_ctx;
-        let depth = pr.depth;
+        let dims = |t: Option<&TowerPrompts>| t.map_or((0, 0), |t| (t.n, t.depth()));
+        let ((n_t, _), (n_v, _)) = (dims(tp), dims(vp));
+        let deep = |t: Option<&TowerPrompts>| t.map_or(0, |t| t.deep.len());
         let want = &ws.shapes;
         let fits = |p: &PromptParams| {
             p.tensors.len() == want.len() && p.tensors.iter().zip(want).all(|(g, s)| g.shape == *s)
         };
         if !fits(grads)
             || !fits(params)
-            || params.n_ctx != n
-            || params.depth != depth
-            || ws.d_vis_deep.len() != depth - 1
+            || params.method != plan.method
+            || (params.n_ctx, params.depth) != dims(tp)
+            || (params.n_vis, params.depth_vis) != dims(vp)
+            || ws.d_text_deep.len() != deep(tp)
+            || ws.d_vis_deep.len() != deep(vp)
         {
             return Err(Error::Input(
                 "the gradient buffers do not match the model's prompts".into(),
@@ -1133,9 +1343,9 @@ impl Model {
             self.embed_text(row, tt, &mut ws.txt.x[c * tt * dt..(c + 1) * tt * dt]);
         }
         let text_splice = |l: usize, x: &mut [f32]| {
-            if l >= 1 && l < depth {
+            if let Some(p) = tp.and_then(|t| t.deep_at(l)) {
                 for s in x.chunks_exact_mut(tt * dt) {
-                    s[dt..(1 + n) * dt].copy_from_slice(&pr.text_deep[l - 1]);
+                    s[dt..(1 + n_t) * dt].copy_from_slice(p);
                 }
             }
         };
@@ -1166,9 +1376,9 @@ impl Model {
             self.embed_image(par, &mut ws.patches, img, x);
         }
         let vis_splice = |l: usize, x: &mut [f32]| {
-            if l >= 1 && l < depth {
+            if let Some(p) = vp.and_then(|v| v.deep_at(l)) {
                 for s in x.chunks_exact_mut(tv * dv) {
-                    s[np * dv..(np + n) * dv].copy_from_slice(&pr.vis_deep[l - 1]);
+                    s[np * dv..(np + n_v) * dv].copy_from_slice(p);
                 }
             }
         };
@@ -1201,72 +1411,96 @@ impl Model {
             t.data.fill(0.0);
         }
 
-        // ---- text backward: d txt_n = s · dlogitsᵀ · img_n [C, E], to the EOT rows ----
-        let eot = &ws.eot;
-        head_backward(
-            par,
-            &mut ws.txt,
-            nc,
-            &|c, b| dl[b * nc + c],
-            count,
-            img_n,
-            scale,
-            &ws.txt_f,
-            &ws.tproj_t,
-            fl,
-            &|c| c * tt + eot[c],
-            (&mut ws.dn, &mut ws.df, &mut ws.pooled),
-        );
-        {
-            let (head, deep) = grads.tensors.split_at_mut(3);
-            let dctx = &mut head[CTX].data;
+        // ---- text backward (with text prompts): d txt_n = s · dlogitsᵀ · img_n [C, E], to the
+        // EOT rows, then down the tower to the splice points ----
+        if tp.is_some() {
+            let eot = &ws.eot;
+            head_backward(
+                par,
+                &mut ws.txt,
+                nc,
+                &|c, b| dl[b * nc + c],
+                count,
+                img_n,
+                scale,
+                &ws.txt_f,
+                &ws.tproj_t,
+                fl,
+                &|c| c * tt + eot[c],
+                (&mut ws.dn, &mut ws.df, &mut ws.pooled),
+            );
+            let (din, ddeep) = (&mut ws.d_text_in, &mut ws.d_text_deep);
+            din.fill(0.0);
+            ddeep.iter_mut().for_each(|d| d.fill(0.0));
             ws.txt
                 .backward(par, &tm.layers, nc, th, true, &mut |l, dx| {
                     if l == 0 {
-                        take_prompt_rows(dx, tt, dt, 1, n, dctx);
-                    } else if l < depth {
-                        take_prompt_rows(dx, tt, dt, 1, n, &mut deep[3 * (l - 1)].data);
+                        take_prompt_rows(dx, tt, dt, 1, n_t, din);
+                    } else if let Some(acc) = ddeep.get_mut(l - 1) {
+                        take_prompt_rows(dx, tt, dt, 1, n_t, acc);
                     }
                 });
         }
 
-        // ---- image backward: d img_n = s · dlogits · txt_n [B, E], to the CLS rows ----
-        head_backward(
-            par,
-            &mut ws.vis,
-            count,
-            &|b, c| dl[b * nc + c],
-            nc,
-            txt_n,
-            scale,
-            &ws.img_f,
-            &ws.vproj_t,
-            pl,
-            &|b| b * tv,
-            (&mut ws.dn, &mut ws.df, &mut ws.pooled),
-        );
-        {
-            let d_shared = &mut ws.d_shared;
-            let d_deep = &mut ws.d_vis_deep;
+        // ---- image backward (with image prompts): d img_n = s · dlogits · txt_n [B, E], to the
+        // CLS rows, then down the tower to the splice points ----
+        if let Some(v) = vp {
+            head_backward(
+                par,
+                &mut ws.vis,
+                count,
+                &|b, c| dl[b * nc + c],
+                nc,
+                txt_n,
+                scale,
+                &ws.img_f,
+                &ws.vproj_t,
+                pl,
+                &|b| b * tv,
+                (&mut ws.dn, &mut ws.df, &mut ws.pooled),
+            );
+            let (din, ddeep) = (&mut ws.d_vis_in, &mut ws.d_vis_deep);
             let pre = &vm.pre_layrnorm;
             ws.vis
                 .backward(par, &vm.layers, count, vh, false, &mut |l, dx| {
                     if l == 0 {
                         // ln_pre covered the appended prompts: back through it, row by row.
-                        d_shared.fill(0.0);
+                        din.fill(0.0);
                         for s in dx.chunks_exact(tv * dv) {
-                            for i in 0..n {
-                                let x = &pr.shared_ctx[i * dv..(i + 1) * dv];
+                            for i in 0..n_v {
+                                let x = &v.input[i * dv..(i + 1) * dv];
                                 let dy = &s[(np + i) * dv..(np + i + 1) * dv];
-                                let out = &mut d_shared[i * dv..(i + 1) * dv];
+                                let out = &mut din[i * dv..(i + 1) * dv];
                                 layer_norm_backward_row(x, dy, &pre.weight, pre.eps, out);
                             }
                         }
-                    } else if l < depth {
-                        d_deep[l - 1].fill(0.0);
-                        take_prompt_rows(dx, tv, dv, np, n, &mut d_deep[l - 1]);
+                    } else if let Some(acc) = ddeep.get_mut(l - 1) {
+                        acc.fill(0.0);
+                        take_prompt_rows(dx, tv, dv, np, n_v, acc);
                     }
                 });
+        }
+
+        // ---- the splice points' gradients onto the method's tensors ----
+        if plan.method != Method::Maple {
+            // CoOp, IVLP, VPT: the tensors are the splice rows, in the same order.
+            let splice = core::iter::once(&ws.d_text_in)
+                .filter(|_| tp.is_some())
+                .chain(&ws.d_text_deep)
+                .chain(core::iter::once(&ws.d_vis_in).filter(|_| vp.is_some()))
+                .chain(&ws.d_vis_deep);
+            for (g, d) in grads.tensors.iter_mut().zip(splice) {
+                g.data.copy_from_slice(d);
+            }
+            return Ok(StepStats { loss, correct });
+        }
+        let pr = plan
+            .maple()
+            .ok_or_else(|| Error::Input("MaPLe prompts without both towers".into()))?;
+        let (n, depth) = (pr.n_ctx, pr.depth);
+        grads.tensors[CTX].data.copy_from_slice(&ws.d_text_in);
+        for (j, d) in ws.d_text_deep.iter().enumerate() {
+            grads.tensors[deep_text(j)].data.copy_from_slice(d);
         }
 
         // ---- the projections: shared = proj(ctx), vis_deep[j] = proj_j(text_deep[j]) ----
@@ -1278,7 +1512,7 @@ impl Model {
             linear_backward_small(
                 pr.ctx,
                 &params.tensors[PROJ_W].data,
-                &ws.d_shared,
+                &ws.d_vis_in,
                 n,
                 dt,
                 dv,
@@ -1630,8 +1864,11 @@ mod tests {
     fn sgd_and_schedule_follow_pytorch() {
         // Hand-computed: p = 1, grads 0.5 then -1, lr 0.1, momentum 0.9, wd 0.01.
         let mut p = PromptParams {
+            method: Method::Coop,
             n_ctx: 1,
             depth: 1,
+            n_vis: 0,
+            depth_vis: 0,
             tensors: vec![Param {
                 name: "ctx".into(),
                 shape: vec![1, 1],

@@ -1,5 +1,7 @@
-"""MaPLe training steps in PyTorch autograd + torch.optim.SGD, on HF `transformers` CLIPModel with
-MaPLe's prompts spliced by the hooks of golden.py (docs/model.md §5–§8), for maple-train's exactness test.
+"""Prompt training steps in PyTorch autograd + torch.optim.SGD, on HF `transformers` CLIPModel with
+the prompts spliced by hooks as golden.py and family.py do (docs/model.md §5–§8, docs/prompts.md §1),
+for maple-train's exactness test: MaPLe, and CoOp, IVLP and VPT (the method is read from the
+prompts file's keys, as maple does; their tensors keep the file's names).
 
     python tools/reference/train_golden.py MODEL_DIR PROMPTS DATA_DIR OUT.safetensors \
         [--steps 3] [--batch-size 2] [--lr 0.0035] [--template "a photo of a"]
@@ -33,18 +35,36 @@ EXT = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def names_of(sd):
-    depth = 1 + sum(1 for k in sd if k.startswith("compound_prompts_text."))
-    names = ["ctx", "proj.weight", "proj.bias"]
-    for j in range(depth - 1):
-        names += [f"compound_prompts_text.{j}", f"compound_prompt_projections.{j}.weight",
-                  f"compound_prompt_projections.{j}.bias"]
-    return names, depth
+    """The trainable tensors in maple's order, and the method."""
+    if "proj.weight" in sd:
+        depth = 1 + sum(1 for k in sd if k.startswith("compound_prompts_text."))
+        names = ["ctx", "proj.weight", "proj.bias"]
+        for j in range(depth - 1):
+            names += [f"compound_prompts_text.{j}", f"compound_prompt_projections.{j}.weight",
+                      f"compound_prompt_projections.{j}.bias"]
+        return names, "maple"
+    deep = lambda tower: [f"{tower}.transformer.resblocks.{i}.VPT_shallow" for i in range(1, 99)
+                          if f"{tower}.transformer.resblocks.{i}.VPT_shallow" in sd]
+    names = [k for k in ("ctx", "prompt_learner.ctx") if k in sd] + deep("text_encoder")
+    names += [k for k in ("image_encoder.VPT",) if k in sd] + deep("image_encoder")
+    method = "ivlp" if "prompt_learner.ctx" in sd else "coop" if "ctx" in sd else "vpt"
+    return names, method
 
 
-def splice_matrices(P, depth):
+def splice_matrices(P, method):
+    """Each tower's input and deep prompts (docs/prompts.md §1); None where a tower has none."""
+    if method != "maple":
+        ctx = P.get("ctx", P.get("prompt_learner.ctx"))
+        deep = lambda tower: [P[k] for k in sorted((k for k in P if k.startswith(tower + ".")
+                                                    and k.endswith("VPT_shallow")),
+                                                   key=lambda k: int(k.split(".")[3]))]
+        return {"tn": 0 if ctx is None else ctx.shape[0], "ctx": ctx, "text_deep": deep("text_encoder"),
+                "vn": P["image_encoder.VPT"].shape[0] if "image_encoder.VPT" in P else 0,
+                "shared_ctx": P.get("image_encoder.VPT"), "vis_deep": deep("image_encoder")}
     lin = lambda x, w, b: x @ w.t() + b
+    depth = 1 + sum(1 for k in P if k.startswith("compound_prompts_text."))
     return {
-        "n": P["ctx"].shape[0], "depth": depth, "ctx": P["ctx"],
+        "tn": P["ctx"].shape[0], "vn": P["ctx"].shape[0], "ctx": P["ctx"],
         "shared_ctx": lin(P["ctx"], P["proj.weight"], P["proj.bias"]),
         "text_deep": [P[f"compound_prompts_text.{j}"] for j in range(depth - 1)],
         "vis_deep": [lin(P[f"compound_prompts_text.{j}"], P[f"compound_prompt_projections.{j}.weight"],
@@ -53,15 +73,16 @@ def splice_matrices(P, depth):
 
 
 def encode_image(model, px, S):
-    """golden.py's encode_image, with autograd (MaPLe's splice: appended shared prompts, deep overwrite)."""
+    """golden.py's encode_image, with autograd (appended image prompts, deep overwrite)."""
     vm = model.vision_model
     B = px.shape[0]
     x = vm.embeddings(px)
-    x = torch.cat([x, S["shared_ctx"].expand(B, -1, -1)], 1)
+    if S["shared_ctx"] is not None:
+        x = torch.cat([x, S["shared_ctx"].expand(B, -1, -1)], 1)
     x = vm.pre_layrnorm(x)
     for i, layer in enumerate(vm.encoder.layers):
-        if 1 <= i < S["depth"]:
-            x = torch.cat([x[:, : -S["n"]], S["vis_deep"][i - 1].expand(B, -1, -1)], 1)
+        if 1 <= i <= len(S["vis_deep"]):
+            x = torch.cat([x[:, : -S["vn"]], S["vis_deep"][i - 1].expand(B, -1, -1)], 1)
         x = run_layer(layer, x, None)
     return model.visual_projection(vm.post_layernorm(x[:, 0]))
 
@@ -69,21 +90,22 @@ def encode_image(model, px, S):
 def encode_text(model, ids, S):
     tm = model.text_model
     C, L = ids.shape
-    n = S["n"]
-    e = tm.embeddings.token_embedding(ids)
-    x = torch.cat([e[:, :1], S["ctx"].expand(C, -1, -1), e[:, 1 + n:]], 1)
+    n = S["tn"]
+    x = tm.embeddings.token_embedding(ids)
+    if S["ctx"] is not None:
+        x = torch.cat([x[:, :1], S["ctx"].expand(C, -1, -1), x[:, 1 + n:]], 1)
     x = x + tm.embeddings.position_embedding(torch.arange(L))[None]
     mask = torch.full((L, L), torch.finfo(torch.float32).min).triu(1)[None, None]
     for i, layer in enumerate(tm.encoder.layers):
-        if 1 <= i < S["depth"]:
+        if 1 <= i <= len(S["text_deep"]):
             x = torch.cat([x[:, :1], S["text_deep"][i - 1].expand(C, -1, -1), x[:, 1 + n:]], 1)
         x = run_layer(layer, x, mask)
     x = tm.final_layer_norm(x)
     return model.text_projection(x[torch.arange(C), ids.argmax(-1)])
 
 
-def loss_of(model, P, depth, px, ids, labels):
-    S = splice_matrices(P, depth)
+def loss_of(model, P, method, px, ids, labels):
+    S = splice_matrices(P, method)
     img = encode_image(model, px, S)
     txt = encode_text(model, ids, S)
     img = img / img.norm(dim=-1, keepdim=True)
@@ -111,8 +133,10 @@ def main():
     model = CLIPModel.from_pretrained(a.model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    sd = {k.removeprefix("prompt_learner."): v.float() for k, v in load_file(a.prompts).items()}
-    names, depth = names_of(sd)
+    raw = {k: v.float() for k, v in load_file(a.prompts).items()}
+    maple = any(k.endswith("proj.weight") for k in raw)
+    sd = {k.removeprefix("prompt_learner.") if maple else k: v for k, v in raw.items()}
+    names, method = names_of(sd)
     P = {k: sd[k].clone().requires_grad_(True) for k in names}
     init = {k: v.detach().clone() for k, v in P.items()}
     opt = torch.optim.SGD([P[k] for k in names], lr=a.lr, momentum=0.9, weight_decay=5e-4)
@@ -141,7 +165,7 @@ def main():
             for _ in range(3):
                 t0 = time.perf_counter()
                 opt.zero_grad()
-                loss_of(model, P, depth, px, ids, y).backward()
+                loss_of(model, P, method, px, ids, y).backward()
                 opt.step()
                 times.append(time.perf_counter() - t0)
             print(json.dumps({"peer": "pytorch", "classes": nc, "batch": B, "threads": a.threads,
@@ -157,7 +181,7 @@ def main():
         b = s % steps_per_epoch
         idx = torch.arange(b * B, (b + 1) * B) % len(items)
         opt.zero_grad()
-        loss = loss_of(model, P, depth, px_all[idx], ids, y_all[idx])
+        loss = loss_of(model, P, method, px_all[idx], ids, y_all[idx])
         loss.backward()
         if grad0 is None:
             grad0 = {k: P[k].grad.detach().clone() for k in names}
@@ -169,7 +193,7 @@ def main():
         out[f"init.{k}"] = init[k].contiguous()
         out[f"grad0.{k}"] = grad0[k].contiguous()
         out[f"trained.{k}"] = P[k].detach().contiguous()
-    meta = {"losses": json.dumps(losses), "classes": json.dumps(classes), "batch_size": str(B),
+    meta = {"method": method, "template": a.template, "losses": json.dumps(losses), "classes": json.dumps(classes), "batch_size": str(B),
             "lr": repr(a.lr), "steps": str(a.steps), "token_ids": json.dumps([r[r > 0].tolist() for r in ids]),
             "images": json.dumps([str(f.relative_to(data)) for f, _ in items]), "torch": torch.__version__}
     save_file(out, a.out, metadata=meta)

@@ -552,6 +552,8 @@ fn train<'py>(
     };
     let threads: usize = get(options, "threads")?;
     let opts = TrainOptions {
+        // MaPLe from Python; maple-train --method trains CoOp, IVLP and VPT.
+        method: maple::engine::Method::Maple,
         epochs: get(options, "epochs")?,
         max_steps: get(options, "max_steps")?,
         batch_size: get(options, "batch_size")?,

@@ -5,12 +5,40 @@ mod signals;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use maple::engine::Method;
 use maple::outfile::OutputFile;
 use maple::path_display;
 use maple::train::{Dataset, Event, Schedule, TrainOptions, Trainer};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum MethodArg {
+    /// MaPLe: 2 context tokens, depth 9, lr 0.0035, 5 epochs, batch 4.
+    Maple,
+    /// CoOp: 16 random context tokens ("X X … X"), lr 0.002, 50 epochs, batch 32.
+    Coop,
+    /// IVLP: 2 text and 2 image prompts, depth 12 in both towers, lr 0.0035, 5 epochs, batch 4.
+    Ivlp,
+    /// VPT: 8 image prompts, depth 12, lr 0.0025, 5 epochs, batch 4.
+    Vpt,
+    /// CoCoOp: not trained by maple yet (refused with a message).
+    Cocoop,
+}
+
+impl MethodArg {
+    /// The repository's default recipe: (method, epochs, batch size, lr, n_ctx, depth).
+    fn recipe(self) -> (Method, usize, usize, f32, usize, usize) {
+        match self {
+            MethodArg::Maple => (Method::Maple, 5, 4, 0.0035, 2, 9),
+            MethodArg::Coop => (Method::Coop, 50, 32, 0.002, 16, 1),
+            MethodArg::Ivlp => (Method::Ivlp, 5, 4, 0.0035, 2, 12),
+            MethodArg::Vpt => (Method::Vpt, 5, 4, 0.0025, 8, 12),
+            MethodArg::Cocoop => (Method::Cocoop, 10, 1, 0.002, 4, 1),
+        }
+    }
+}
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ScheduleArg {
@@ -23,7 +51,8 @@ enum ScheduleArg {
 /// Learn MaPLe prompts (context tokens and deep prompts of both CLIP towers) from a folder
 /// with one sub-folder of images per class, following MaPLe's recipe (SGD with momentum,
 /// warm-up + cosine schedule, RandomResizedCrop + flip). The towers stay frozen. The output is
-/// a prompts file for `maple-classify --prompts`.
+/// a prompts file for `maple-classify --prompts`. --method coop, ivlp or vpt trains those
+/// methods' prompts instead, each with its trainer's defaults.
 #[derive(Parser)]
 #[command(
     name = "maple-train",
@@ -54,31 +83,40 @@ struct Args {
     /// Write no checkpoints.
     #[arg(long, conflicts_with = "checkpoints")]
     no_checkpoints: bool,
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    /// The prompt method; its repository recipe gives the defaults of --epochs, --batch-size,
+    /// --lr, --n-ctx, --depth and --template. With --init, give the file's method.
+    #[arg(long, value_enum, default_value = "maple")]
+    method: MethodArg,
+    /// [default: the method's, MaPLe 5]
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Stop after this many steps in all.
     #[arg(long)]
     max_steps: Option<usize>,
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
-    /// Base learning rate.
-    #[arg(long, default_value_t = 0.0035, allow_negative_numbers = true)]
-    lr: f32,
+    /// [default: the method's, MaPLe 4]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate [default: the method's, MaPLe 0.0035].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
     #[arg(long, value_enum, default_value = "cosine")]
     lr_schedule: ScheduleArg,
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     weight_decay: f32,
-    /// Context tokens (a fresh start only; --init files carry their own).
-    #[arg(long, default_value_t = 2)]
-    n_ctx: usize,
-    /// Prompt depth: layers that take prompts, the input included (a fresh start only).
-    #[arg(long, default_value_t = 9)]
-    depth: usize,
-    /// Class prompts read "{template} {class}."; its first words initialise the context.
-    #[arg(long, default_value = "a photo of a")]
-    template: String,
+    /// Context tokens: the prompt rows of each of the method's towers (a fresh start only;
+    /// --init files carry their own) [default: the method's, MaPLe 2].
+    #[arg(long)]
+    n_ctx: Option<usize>,
+    /// Prompt depth: layers that take prompts, the input included (a fresh start only)
+    /// [default: the method's, MaPLe 9].
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Class prompts read "{template} {class}."; its first words initialise the context
+    /// ("X" placeholders: a random one) [default: "a photo of a"; CoOp "X X … X"].
+    #[arg(long)]
+    template: Option<String>,
     /// Images per class, drawn with --seed (default: all).
     #[arg(long)]
     shots: Option<usize>,
@@ -160,20 +198,34 @@ fn run(a: Args) -> Result<(), maple::Error> {
         }
         data = data.few_shot(k, a.seed);
     }
+    let (method, epochs, batch_size, lr, n_ctx, depth) = a.method.recipe();
+    if method == Method::Cocoop {
+        return Err(maple::Error::Invalid(
+            "--method cocoop: maple does not train CoCoOp yet (its text features depend on each \
+             image); it classifies CoCoOp checkpoints"
+                .into(),
+        ));
+    }
+    let n_ctx = a.n_ctx.unwrap_or(n_ctx);
+    let template = a.template.clone().unwrap_or_else(|| match method {
+        Method::Coop => vec!["X"; n_ctx].join(" "),
+        _ => "a photo of a".to_string(),
+    });
     let opts = TrainOptions {
-        epochs: a.epochs,
+        method,
+        epochs: a.epochs.unwrap_or(epochs),
         max_steps: a.max_steps,
-        batch_size: a.batch_size,
-        lr: a.lr,
+        batch_size: a.batch_size.unwrap_or(batch_size),
+        lr: a.lr.unwrap_or(lr),
         schedule: match a.lr_schedule {
             ScheduleArg::Cosine => Schedule::Cosine,
             ScheduleArg::Constant => Schedule::Constant,
         },
         momentum: a.momentum,
         weight_decay: a.weight_decay,
-        n_ctx: a.n_ctx,
-        depth: a.depth,
-        template: a.template.clone(),
+        n_ctx,
+        depth: a.depth.unwrap_or(depth),
+        template,
         shots: a.shots,
         seed: a.seed,
         augment: !a.no_augment,

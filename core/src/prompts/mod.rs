@@ -21,6 +21,7 @@ mod vpt;
 
 pub use cocoop::MetaNet;
 pub use maple::MaplePrompts;
+pub use vpt::MAX_VISION_PROMPTS;
 
 use crate::clip::Reader;
 use crate::config::ClipConfig;
