@@ -196,6 +196,40 @@ try {
   check(cpuDiff <= 1e-3, `CPU path: logits differ from the PyTorch golden by ${cpuDiff}`);
   summary.cpu = { adapter: cpu.adapter, reason: cpu.reason, maxAbsLogitDiff: cpuDiff, msPerImage: Math.round(cpu.msPerImage) };
 
+  // 4c. The prompt family (CoOp, IVLP, VPT, as safetensors) on the GPU and the CPU against the
+  // PyTorch golden (tools/reference/family.py); CoCoOp is refused with a message.
+  const fam = JSON.parse(await readFile(join(root, "tests/fixtures/golden_family_tiny.json"), "utf8"));
+  summary.family = {};
+  for (const m of ["coop", "ivlp", "vpt", "cocoop"]) {
+    for (const device of ["gpu", "cpu"]) {
+      const r = await page.evaluate(async ({ url, prompts, labelsText, images, device }) => {
+        try {
+          const model = await window.lib.loadModel(url, { prompts, device, cache: false });
+          await model.setLabels(labelsText);
+          const out = [];
+          for (const name of images) {
+            const blob = await (await fetch(`/tests/fixtures/images/${name}`)).blob();
+            out.push({ name, logits: (await model.classify(blob)).scores.map((s) => s.logit) });
+          }
+          return { out, device: model.device };
+        } catch (e) { return { err: String(e.message || e) }; }
+      }, { url: tinyUrl, prompts: `${base}/tests/fixtures/family/${m}.safetensors`, labelsText, images, device });
+      if (m === "cocoop") {
+        check(/does not run in the browser yet/.test(r.err || ""), `cocoop in the browser: ${JSON.stringify(r).slice(0, 200)}`);
+        continue;
+      }
+      if (r.err) { check(false, `${m} on ${device}: ${r.err}`); continue; }
+      check(r.device === device, `${m}: device "${device}" ran on ${r.device}`);
+      let d = 0;
+      for (const { name, logits } of r.out) {
+        const want = fam[m].logits[fam.images.indexOf(name)];
+        want.forEach((g, j) => { d = Math.max(d, Math.abs(g - logits[j])); });
+      }
+      check(d <= 1e-3, `${m} on ${device}: logits differ from the PyTorch golden by ${d}`);
+      summary.family[`${m}_${device}`] = d;
+    }
+  }
+
   // 5. The demo page, as a person: a model URL, then the file pickers.
   await page.goto(`${base}/web/index.html`);
   await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("ready"), null, { timeout: 60000 });

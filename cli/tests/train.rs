@@ -256,3 +256,98 @@ fn a_model_without_a_text_tower_is_refused() {
     );
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
 }
+
+/// `maple-train --method M` from a fresh start (each method's initialisation) writes a file of
+/// that method's tensors, under its trainer's names, that maple-classify loads and runs.
+#[test]
+fn each_method_trains_from_scratch_and_classifies() {
+    let dir = scratch("train-methods");
+    for (m, depth, names) in [
+        ("coop", "1", vec!["ctx"]),
+        (
+            "ivlp",
+            "3",
+            vec![
+                "image_encoder.VPT",
+                "image_encoder.transformer.resblocks.1.VPT_shallow",
+                "image_encoder.transformer.resblocks.2.VPT_shallow",
+                "prompt_learner.ctx",
+                "text_encoder.transformer.resblocks.1.VPT_shallow",
+                "text_encoder.transformer.resblocks.2.VPT_shallow",
+            ],
+        ),
+        (
+            "vpt",
+            "2",
+            vec![
+                "image_encoder.VPT",
+                "image_encoder.transformer.resblocks.1.VPT_shallow",
+            ],
+        ),
+    ] {
+        let out = dir.join(format!("{m}.safetensors"));
+        let o = Command::new(env!("CARGO_BIN_EXE_maple-train"))
+            .arg(fixtures().join("train"))
+            .arg("--model")
+            .arg(tiny())
+            .arg("--out")
+            .arg(&out)
+            .args(["--method", m, "--depth", depth, "--threads", "2"])
+            .args(["--batch-size", "2", "--max-steps", "2", "--no-checkpoints"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{m}: {}", stderr(&o));
+        let got: Vec<String> = tensors(&out).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(got, names, "{m}");
+        let o = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
+            .env("MAPLE_DEVICE", "cpu")
+            .arg(fixtures().join("train/cat/la_64x64.png"))
+            .arg("--model")
+            .arg(tiny())
+            .arg("--prompts")
+            .arg(&out)
+            .args([
+                "--labels",
+                "cat,dog,red car",
+                "--format",
+                "json",
+                "--no-cache",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{m}: {}", stderr(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("\"red car\""), "{m}: {s}");
+    }
+}
+
+#[test]
+fn methods_maple_cannot_train_are_refused_in_one_line() {
+    let dir = scratch("train-methods-refused");
+    for (args, needle) in [
+        (
+            vec!["--method", "cocoop"],
+            "--method cocoop: maple does not train CoCoOp yet",
+        ),
+        (
+            vec!["--method", "coop", "--depth", "3"],
+            "CoOp has no deep prompts",
+        ),
+    ] {
+        let out = dir.join("never.safetensors");
+        let o = Command::new(env!("CARGO_BIN_EXE_maple-train"))
+            .arg(fixtures().join("train"))
+            .arg("--model")
+            .arg(tiny())
+            .arg("--out")
+            .arg(&out)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(!out.exists());
+    }
+}

@@ -263,6 +263,12 @@ impl PromptParams {
                 )))
             }
         };
+        if method == Method::Coop && text.1 != 1 {
+            return Err(Error::Prompts(format!(
+                "CoOp has no deep prompts: its depth is 1, not {}",
+                text.1
+            )));
+        }
         let text = if has_t { text } else { (0, 0) };
         let vision = if has_v { vision } else { (0, 0) };
         let layers = config.text.tower.num_hidden_layers;
