@@ -414,7 +414,8 @@ fn prompts_that_do_not_fit() {
             "prompt depth 9 is deeper than the model's 3 layers",
         ],
     );
-    // More learned tokens than the template has words.
+    // More learned tokens than the template given has words. (Without --template, MaPLe's
+    // trainer's own for n_ctx > 4 is used, "X X X X X": docs/prompts.md §1.)
     let p = d.join("n5.safetensors");
     std::fs::write(&p, serialize(&maple_tensors(&tiny_config(), 5, 3, 0), &[])).unwrap();
     let out = run(&[
@@ -425,8 +426,25 @@ fn prompts_that_do_not_fit() {
         &tiny(),
         &"--prompts",
         &p,
+        &"--template",
+        &"a photo of a",
     ]);
     fails(&out, &["n5.safetensors", "5 context tokens", "only 4"]);
+    let out = run(&[
+        &image("rgb_100x80.png"),
+        &"--classes",
+        &fixtures().join("labels.txt"),
+        &"--model",
+        &tiny(),
+        &"--prompts",
+        &p,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Not a prompt file at all.
     let out = run(&[
         &image("rgb_100x80.png"),
@@ -437,7 +455,10 @@ fn prompts_that_do_not_fit() {
         &"--prompts",
         &tiny().join("model.safetensors"),
     ]);
-    fails(&out, &["model.safetensors", "not a MaPLe prompt file"]);
+    fails(
+        &out,
+        &["model.safetensors", "no prompt method's tensors found"],
+    );
 }
 
 #[test]

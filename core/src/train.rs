@@ -21,7 +21,7 @@ use crate::gemm::{
 use crate::model::{ln, Model, TokenRow};
 use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
-use crate::prompts::{MaplePrompts, Method, Prompts, TowerPrompts};
+use crate::prompts::{learned_shapes, MaplePrompts, Method, Prompts, TowerPrompts};
 use crate::safetensors::TensorSource;
 use crate::simd;
 use crate::synth::Rng;
@@ -207,39 +207,14 @@ impl PromptParams {
         v
     }
 
-    /// The names and shapes of a CoOp, IVLP or VPT layout: text input and deep prompts, then
-    /// image input and deep prompts, where the method has them (docs/prompts.md §2, §4, §5).
+    /// The names and shapes of a CoOp, IVLP or VPT layout (see [`learned_shapes`]).
     fn family_shapes(
         config: &ClipConfig,
         method: Method,
-        (n_t, depth_t): (usize, usize),
-        (n_v, depth_v): (usize, usize),
+        text: (usize, usize),
+        vision: (usize, usize),
     ) -> Vec<(String, Vec<usize>)> {
-        let (dt, dv) = (
-            config.text.tower.hidden_size,
-            config.vision.tower.hidden_size,
-        );
-        let mut v = Vec::new();
-        if n_t > 0 && depth_t > 0 {
-            let ctx = if method == Method::Ivlp {
-                "prompt_learner.ctx"
-            } else {
-                "ctx"
-            };
-            v.push((ctx.into(), vec![n_t, dt]));
-            for i in 1..depth_t {
-                let name = format!("text_encoder.transformer.resblocks.{i}.VPT_shallow");
-                v.push((name, vec![n_t, dt]));
-            }
-        }
-        if n_v > 0 && depth_v > 0 {
-            v.push(("image_encoder.VPT".into(), vec![n_v, dv]));
-            for i in 1..depth_v {
-                let name = format!("image_encoder.transformer.resblocks.{i}.VPT_shallow");
-                v.push((name, vec![n_v, dv]));
-            }
-        }
-        v
+        learned_shapes(config, method, text, vision)
     }
 
     /// A fresh CoOp, IVLP or VPT start as their trainers make it: the text context from

@@ -11,13 +11,10 @@ original), and images/s at the batch size for each label count (best of --reps a
 for label names made as maple-bench makes them. CHECKOUT is a work tree of
 muzairkhattak/multimodal-prompt-learning (its code is not part of this repository)."""
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
 import time
-import types
-from types import SimpleNamespace as NS
 
 import torch
 import torchvision.transforms as T
@@ -26,7 +23,8 @@ from safetensors.torch import load_file
 
 root = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(root / "tools/reference"))
-from golden import MEAN, STD, to_openai  # noqa: E402
+from golden import MEAN, STD  # noqa: E402
+from originals import original  # noqa: E402
 
 
 def label_names(n):
@@ -40,27 +38,6 @@ def label_names(n):
     return [f"{a[i % 20]} {b[(i // 20) % 50]}" for i in range(n)]
 
 
-def load_original(repo):
-    """trainers/cocoop.py with the dassl modules it imports stubbed."""
-    class Registry:
-        def register(self):
-            return lambda c: c
-
-    stubs = {"dassl": {}, "dassl.engine": {"TRAINER_REGISTRY": Registry(), "TrainerX": object},
-             "dassl.metrics": {"compute_accuracy": None},
-             "dassl.utils": {"load_pretrained_weights": None, "load_checkpoint": None},
-             "dassl.optim": {"build_optimizer": None, "build_lr_scheduler": None}}
-    for name, attrs in stubs.items():
-        m = types.ModuleType(name)
-        m.__dict__.update(attrs)
-        sys.modules[name] = m
-    sys.path.insert(0, str(repo))
-    spec = importlib.util.spec_from_file_location("cocoop", repo / "trainers/cocoop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", required=True, type=pathlib.Path)
@@ -72,35 +49,20 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cocoop = load_original(a.repo)
-    from clip.model import build_model  # the repository's CLIP
-
     hf = {k: v.float() for k, v in load_file(str(a.model / "model.safetensors")).items()}
-    design = {"trainer": "CoCoOp", "vision_depth": 0, "language_depth": 0, "vision_ctx": 0, "language_ctx": 0}
-    sd = to_openai(hf)
-    clip_model = build_model(dict(sd), design).float().eval()
-    # build_model loads the weights into its fp16 copy (convert_weights): load them again in
-    # fp32, as PREC fp32 would from an fp32 checkpoint.
-    clip_model.load_state_dict(sd)
-    S = clip_model.visual.input_resolution
-    cfg = NS(TRAINER=NS(COCOOP=NS(N_CTX=4, CTX_INIT="a photo of a", PREC="fp32")),
-             INPUT=NS(SIZE=(S, S)), MODEL=NS(BACKBONE=NS(NAME="ViT-B/16")))
     learned = load_file(a.prompts)
-
-    def build(names):
-        m = cocoop.CustomCLIP(cfg, names, clip_model).float().eval()
-        missing, unexpected = m.prompt_learner.load_state_dict(learned, strict=False)
-        assert not unexpected and set(missing) == {"token_prefix", "token_suffix"}, (missing, unexpected)
-        return m
+    build = lambda names: original(a.repo, "cocoop", hf, learned, names)  # noqa: E731
 
     out = {"engine": "original CoCoOp (PyTorch %s)" % torch.__version__, "threads": a.threads}
     # Correctness: the fixture images and labels against the golden logits maple is tested on.
     gold = json.loads((root / "tests/fixtures/golden_family_full.json").read_text())
+    m = build(gold["labels"])
+    S = m.image_encoder.input_resolution
     tf = T.Compose([T.Resize(S, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(S),
                     T.ToTensor(), T.Normalize(MEAN, STD)])
     px = torch.stack([tf(Image.open(root / "tests/fixtures/images" / n).convert("RGB")) for n in gold["images"]])
     with torch.no_grad():
-        lg = torch.cat([build(gold["labels"])(px[i : i + 8]) for i in range(0, len(px), 8)])
+        lg = torch.cat([m(px[i : i + 8]) for i in range(0, len(px), 8)])
     out["max_abs_dlogit_vs_golden"] = (lg - torch.tensor(gold["cocoop"]["logits"])).abs().max().item()
     # Speed.
     g = torch.Generator().manual_seed(0)

@@ -58,8 +58,8 @@ pub(super) fn matches(k: &Keys) -> bool {
 
 /// CoCoOp learns `ctx` and the meta-network.
 pub(super) fn is_learned(name: &str) -> bool {
-    let n = name.strip_prefix("prompt_learner.").unwrap_or(name);
-    n == "ctx" || n.starts_with("meta_net.")
+    let n = name.strip_prefix(coop::PREFIX).unwrap_or(name);
+    n == coop::CTX || n.starts_with("meta_net.")
 }
 
 pub(super) fn load(config: &ClipConfig, k: &Keys) -> Result<Prompts> {

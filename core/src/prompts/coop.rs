@@ -13,12 +13,18 @@ use crate::error::{Error, Result};
 use alloc::format;
 use alloc::vec::Vec;
 
-/// Where the context sits: bare, or under `prompt_learner.`.
+/// The context's name as Dassl saves CoOp's prompt learner.
+pub(super) const CTX: &str = "ctx";
+
+/// The prefix of the prompt learner's tensors in a whole `CustomCLIP` state dict.
+pub(super) const PREFIX: &str = "prompt_learner.";
+
+/// Where the context sits: bare, or under [`PREFIX`].
 pub(super) fn prefix(k: &Keys) -> Option<&'static str> {
-    if k.has("ctx") {
+    if k.has(CTX) {
         Some("")
-    } else if k.has("prompt_learner.ctx") {
-        Some("prompt_learner.")
+    } else if k.has(&format!("{PREFIX}{CTX}")) {
+        Some(PREFIX)
     } else {
         None
     }
@@ -31,7 +37,7 @@ pub(super) fn matches(k: &Keys) -> bool {
 
 /// CoOp learns `ctx` alone.
 pub(super) fn is_learned(name: &str) -> bool {
-    name.strip_prefix("prompt_learner.").unwrap_or(name) == "ctx"
+    name.strip_prefix(PREFIX).unwrap_or(name) == CTX
 }
 
 pub(super) fn load(config: &ClipConfig, k: &Keys) -> Result<Prompts> {

@@ -12,15 +12,24 @@ use super::{coop, deep_prompts, vpt, vpt_blocks, Keys, Method, Prompts, TowerPro
 use crate::config::ClipConfig;
 use crate::error::Result;
 use alloc::format;
+use alloc::string::String;
+
+/// The text context's name in an IVLP checkpoint.
+pub(super) const CTX: &str = "prompt_learner.ctx";
+
+/// The name of the text tower's deep prompt of block `i`.
+pub(super) fn text_deep_name(i: usize) -> String {
+    format!("text_encoder.transformer.resblocks.{i}.VPT_shallow")
+}
 
 /// IVLP's key rule: `prompt_learner.ctx` beside VPT prompts.
 pub(super) fn matches(k: &Keys) -> bool {
-    k.has("prompt_learner.ctx") && k.any(|n| is_learned(n) && n.contains("VPT"))
+    k.has(CTX) && k.any(|n| is_learned(n) && n.contains("VPT"))
 }
 
 /// IVLP learns the text context and the `VPT` / `VPT_shallow` prompts of both towers.
 pub(super) fn is_learned(name: &str) -> bool {
-    name == "prompt_learner.ctx" || vpt::is_learned(name) || is_text_deep(name)
+    name == CTX || vpt::is_learned(name) || is_text_deep(name)
 }
 
 fn is_text_deep(name: &str) -> bool {
@@ -29,7 +38,7 @@ fn is_text_deep(name: &str) -> bool {
 }
 
 pub(super) fn load(config: &ClipConfig, k: &Keys) -> Result<Prompts> {
-    let (n, ctx) = coop::context(config, k, "prompt_learner.")?;
+    let (n, ctx) = coop::context(config, k, coop::PREFIX)?;
     let dt = config.text.tower.hidden_size;
     let names = k.under("text_encoder.");
     let found = vpt_blocks(&names)?;

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::safetensors::TensorSource;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 /// The prompt-learning methods maple runs (the MaPLe repository's trainers).
@@ -226,6 +227,40 @@ fn unrecognised(src: &dyn TensorSource) -> Error {
     ))
 }
 
+/// What a CoOp, IVLP or VPT file holds, in order, with `(rows, depth)` per tower (`(0, 0)`
+/// where the method has no prompts): the text input and deep prompts, then the image input and
+/// deep prompts, under the names their trainers save them with. (MaPLe's are `maple.rs`'s.)
+pub fn learned_shapes(
+    config: &ClipConfig,
+    method: Method,
+    (n_t, depth_t): (usize, usize),
+    (n_v, depth_v): (usize, usize),
+) -> Vec<(String, Vec<usize>)> {
+    let (dt, dv) = (
+        config.text.tower.hidden_size,
+        config.vision.tower.hidden_size,
+    );
+    let mut v = Vec::new();
+    if n_t > 0 && depth_t > 0 {
+        let ctx = if method == Method::Ivlp {
+            ivlp::CTX
+        } else {
+            coop::CTX
+        };
+        v.push((String::from(ctx), vec![n_t, dt]));
+        for i in 1..depth_t {
+            v.push((ivlp::text_deep_name(i), vec![n_t, dt]));
+        }
+    }
+    if n_v > 0 && depth_v > 0 {
+        v.push((String::from(vpt::INPUT), vec![n_v, dv]));
+        for i in 1..depth_v {
+            v.push((vpt::deep_name(i), vec![n_v, dv]));
+        }
+    }
+    v
+}
+
 /// A checkpoint's names as the key rules read them: a DataParallel `module.` prefix on every
 /// name is looked through.
 pub(crate) struct Keys<'a> {
@@ -359,7 +394,6 @@ mod tests {
     use super::*;
     use crate::safetensors::{serialize, Dtype, OwnedTensor, SafeTensors};
     use alloc::string::ToString;
-    use alloc::vec;
 
     /// A tiny model's config: Dt = 32, Dv = 64, E = 32, 3 layers each.
     fn cfg() -> ClipConfig {

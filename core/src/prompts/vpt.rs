@@ -13,14 +13,22 @@ use alloc::format;
 /// The most image prompt rows read (VPT's paper goes to 200).
 pub const MAX_VISION_PROMPTS: usize = 1024;
 
+/// The image tower's input prompt.
+pub(super) const INPUT: &str = "image_encoder.VPT";
+
+/// The name of the image tower's deep prompt of block `i`.
+pub(super) fn deep_name(i: usize) -> alloc::string::String {
+    format!("image_encoder.transformer.resblocks.{i}.VPT_shallow")
+}
+
 /// VPT's key rule: `image_encoder.VPT` and nothing of a text prompt learner.
 pub(super) fn matches(k: &Keys) -> bool {
-    k.has("image_encoder.VPT") && !k.any(|n| n.starts_with("prompt_learner."))
+    k.has(INPUT) && !k.any(|n| n.starts_with(super::coop::PREFIX))
 }
 
 /// VPT learns `image_encoder.VPT` and the image tower's `VPT_shallow` prompts.
 pub(super) fn is_learned(name: &str) -> bool {
-    name == "image_encoder.VPT"
+    name == INPUT
         || name
             .strip_prefix("image_encoder.transformer.resblocks.")
             .is_some_and(|r| r.ends_with(".VPT_shallow"))
@@ -41,7 +49,7 @@ pub(super) fn load(config: &ClipConfig, k: &Keys) -> Result<Prompts> {
 pub(super) fn vision(config: &ClipConfig, k: &Keys) -> Result<Option<TowerPrompts>> {
     let names = k.under("image_encoder.");
     let found = vpt_blocks(&names)?;
-    if !k.has("image_encoder.VPT") {
+    if !k.has(INPUT) {
         if found.is_empty() {
             return Ok(None);
         }
