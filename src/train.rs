@@ -876,14 +876,27 @@ impl Trainer {
         let Some(ev) = &self.eval else {
             return Ok((0.0, 0));
         };
-        let text = self
+        // CoCoOp's text features depend on the image: encoded per image below instead.
+        let conditioned = self
             .model
-            .encode_texts(&self.par, &self.rows)
-            .map_err(Error::Compute)?;
+            .prompts
+            .as_ref()
+            .is_some_and(maple_core::Prompts::image_conditioned);
+        let text = if conditioned {
+            maple_core::TextFeatures {
+                dim: self.model.clip.config.projection_dim,
+                data: Vec::new(),
+            }
+        } else {
+            self.model
+                .encode_texts(&self.par, &self.rows)
+                .map_err(Error::Compute)?
+        };
+        let mut tws = conditioned.then(|| self.model.text_workspace(32, &self.par));
         let s = self.model.clip.config.vision.image_size;
         let mut ws = self.model.vision_workspace(1, &self.par);
         let mut px = vec![0.0f32; 3 * s * s];
-        let mut logits = vec![0.0f32; text.len()];
+        let mut logits = vec![0.0f32; self.rows.len()];
         let (mut right, mut n) = (0usize, 0usize);
         for (path, class) in &ev.items {
             if self.pixels(path, None, &mut px).is_err() {
@@ -893,9 +906,18 @@ impl Trainer {
                 .model
                 .encode_images(&self.par, &mut ws, &px, 1)
                 .map_err(Error::Compute)?;
-            self.model
-                .logits(f, &text, &mut logits)
-                .map_err(Error::Compute)?;
+            match tws.as_mut() {
+                Some(tws) => {
+                    let rows = &self.rows;
+                    self.model
+                        .conditioned_logits(&self.par, tws, f, 1, rows, &mut logits)
+                        .map_err(Error::Compute)?;
+                }
+                None => self
+                    .model
+                    .logits(f, &text, &mut logits)
+                    .map_err(Error::Compute)?,
+            }
             let best = crate::classify::top_k(&logits, 1)[0];
             right += usize::from(best == *class);
             n += 1;

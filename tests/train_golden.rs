@@ -160,7 +160,7 @@ fn tiny_model_gradients_and_updates_match_pytorch() {
 
 #[test]
 fn tiny_family_gradients_and_updates_match_pytorch() {
-    for m in ["coop", "ivlp", "vpt"] {
+    for m in ["coop", "cocoop", "ivlp", "vpt"] {
         println!("-- {m}");
         check(
             &common::tiny_dir(),

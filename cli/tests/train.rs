@@ -265,6 +265,17 @@ fn each_method_trains_from_scratch_and_classifies() {
     for (m, depth, names) in [
         ("coop", "1", vec!["ctx"]),
         (
+            "cocoop",
+            "1",
+            vec![
+                "ctx",
+                "meta_net.linear1.bias",
+                "meta_net.linear1.weight",
+                "meta_net.linear2.bias",
+                "meta_net.linear2.weight",
+            ],
+        ),
+        (
             "ivlp",
             "3",
             vec![
@@ -294,9 +305,12 @@ fn each_method_trains_from_scratch_and_classifies() {
             .arg(&out)
             .args(["--method", m, "--depth", depth, "--threads", "2"])
             .args(["--batch-size", "2", "--max-steps", "2", "--no-checkpoints"])
+            .arg("--eval")
+            .arg(fixtures().join("train"))
             .output()
             .unwrap();
         assert!(o.status.success(), "{m}: {}", stderr(&o));
+        assert!(stderr(&o).contains("accuracy"), "{m}: {}", stderr(&o));
         let got: Vec<String> = tensors(&out).into_iter().map(|(n, _)| n).collect();
         assert_eq!(got, names, "{m}");
         let o = Command::new(env!("CARGO_BIN_EXE_maple-classify"))
@@ -322,16 +336,16 @@ fn each_method_trains_from_scratch_and_classifies() {
 }
 
 #[test]
-fn methods_maple_cannot_train_are_refused_in_one_line() {
+fn impossible_method_shapes_are_refused_in_one_line() {
     let dir = scratch("train-methods-refused");
     for (args, needle) in [
         (
-            vec!["--method", "cocoop"],
-            "--method cocoop: maple does not train CoCoOp yet",
-        ),
-        (
             vec!["--method", "coop", "--depth", "3"],
             "CoOp has no deep prompts",
+        ),
+        (
+            vec!["--method", "cocoop", "--depth", "2"],
+            "CoCoOp has no deep prompts",
         ),
     ] {
         let out = dir.join("never.safetensors");

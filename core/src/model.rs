@@ -578,7 +578,13 @@ impl Model {
     }
 
     /// [`embed_text`](Self::embed_text) with `ctx` (`[n, Dt]`) as the input prompt.
-    fn embed_text_with(&self, row: &[u32], t: usize, x: &mut [f32], ctx: Option<&[f32]>) {
+    pub(crate) fn embed_text_with(
+        &self,
+        row: &[u32],
+        t: usize,
+        x: &mut [f32],
+        ctx: Option<&[f32]>,
+    ) {
         let tc = &self.clip.config.text;
         let dt = tc.tower.hidden_size;
         let tm = &self.clip.text_model;

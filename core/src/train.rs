@@ -21,7 +21,9 @@ use crate::gemm::{
 use crate::model::{ln, Model, TokenRow};
 use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
-use crate::prompts::{learned_shapes, MaplePrompts, Method, Prompts, TowerPrompts};
+use crate::prompts::{
+    learned_shapes, meta_shapes, MaplePrompts, MetaNet, Method, Prompts, TowerPrompts,
+};
 use crate::safetensors::TensorSource;
 use crate::simd;
 use crate::synth::Rng;
@@ -156,17 +158,11 @@ impl PromptParams {
         Ok(p)
     }
 
-    /// The trainable tensors of a prompts file of any method but CoCoOp (checked as
-    /// [`Prompts::load`] does).
+    /// The trainable tensors of a prompts file of any method (checked as [`Prompts::load`]
+    /// does).
     pub fn load(config: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
         match Method::detect(src) {
             Some(Method::Maple) | None => {}
-            Some(Method::Cocoop) => {
-                return Err(Error::Prompts(
-                    "CoCoOp prompts cannot be trained by maple yet (its text depends on the image)"
-                        .into(),
-                ))
-            }
             Some(_) => return Ok(Self::from_plan(config, &Prompts::load(config, src)?)),
         }
         let mp = MaplePrompts::load(config, src)?;
@@ -207,14 +203,20 @@ impl PromptParams {
         v
     }
 
-    /// The names and shapes of a CoOp, IVLP or VPT layout (see [`learned_shapes`]).
+    /// The names and shapes of a CoOp, CoCoOp, IVLP or VPT layout (see [`learned_shapes`]),
+    /// CoCoOp's meta-network (hidden width `hidden`) last.
     fn family_shapes(
         config: &ClipConfig,
         method: Method,
         text: (usize, usize),
         vision: (usize, usize),
+        hidden: usize,
     ) -> Vec<(String, Vec<usize>)> {
-        learned_shapes(config, method, text, vision)
+        let mut v = learned_shapes(config, method, text, vision);
+        if method == Method::Cocoop {
+            v.extend(meta_shapes(config, hidden));
+        }
+        v
     }
 
     /// A fresh CoOp, IVLP or VPT start as their trainers make it: the text context from
@@ -229,18 +231,18 @@ impl PromptParams {
         seed: u64,
     ) -> Result<Self> {
         let (has_t, has_v) = match method {
-            Method::Coop => (true, false),
+            Method::Coop | Method::Cocoop => (true, false),
             Method::Ivlp => (true, true),
             Method::Vpt => (false, true),
-            Method::Maple | Method::Cocoop => {
+            Method::Maple => {
                 return Err(Error::Prompts(format!(
-                    "{method}: not a CoOp, IVLP or VPT layout"
+                    "{method}: not a CoOp, CoCoOp, IVLP or VPT layout"
                 )))
             }
         };
-        if method == Method::Coop && text.1 != 1 {
+        if matches!(method, Method::Coop | Method::Cocoop) && text.1 != 1 {
             return Err(Error::Prompts(format!(
-                "CoOp has no deep prompts: its depth is 1, not {}",
+                "{method} has no deep prompts: its depth is 1, not {}",
                 text.1
             )));
         }
@@ -271,9 +273,12 @@ impl PromptParams {
             depth_vis: vision.1,
             tensors: Vec::new(),
         };
-        for (k, (name, shape)) in Self::family_shapes(config, method, text, vision)
+        let hidden = config.projection_dim / 16;
+        let n_prompts = learned_shapes(config, method, text, vision).len();
+        for (k, (name, shape)) in Self::family_shapes(config, method, text, vision, hidden)
             .into_iter()
             .enumerate()
+            .take(n_prompts)
         {
             let len = shape.iter().product::<usize>();
             let data = match ctx_init {
@@ -290,20 +295,36 @@ impl PromptParams {
             };
             p.push(name, shape, data);
         }
+        if method == Method::Cocoop {
+            // CoCoOp's meta-network: two nn.Linear default inits (linear1 E → E/16, linear2 → Dt).
+            let (e, dt) = (config.projection_dim, config.text.tower.hidden_size);
+            let (w1, b1) = linear_init(&mut rng, hidden, e);
+            let (w2, b2) = linear_init(&mut rng, dt, hidden);
+            for ((name, shape), data) in meta_shapes(config, hidden)
+                .into_iter()
+                .zip([w1, b1, w2, b2])
+            {
+                p.push(name, shape, data);
+            }
+        }
         Ok(p)
     }
 
-    /// The trainable tensors of a CoOp, IVLP or VPT splice plan (what their files hold).
+    /// The trainable tensors of a CoOp, CoCoOp, IVLP or VPT splice plan (what their files
+    /// hold).
     fn from_plan(config: &ClipConfig, plan: &Prompts) -> Self {
         let t = plan.text.as_ref();
         let v = plan.vision.as_ref();
         let text = t.map_or((0, 0), |t| (t.n, t.depth()));
         let vision = v.map_or((0, 0), |v| (v.n, v.depth()));
-        let shapes = Self::family_shapes(config, plan.method, text, vision);
+        let meta = plan.meta_net.as_ref();
+        let hidden = meta.map_or(0, |m| m.hidden);
+        let shapes = Self::family_shapes(config, plan.method, text, vision, hidden);
         let data = t
             .into_iter()
             .chain(v)
-            .flat_map(|tp| core::iter::once(&tp.input).chain(&tp.deep));
+            .flat_map(|tp| core::iter::once(&tp.input).chain(&tp.deep))
+            .chain(meta.into_iter().flat_map(|m| [&m.w1, &m.b1, &m.w2, &m.b2]));
         let tensors = shapes
             .into_iter()
             .zip(data)
@@ -356,11 +377,22 @@ impl PromptParams {
             };
             let text = tower(self.n_ctx, self.depth);
             let vision = tower(self.n_vis, self.depth_vis);
+            let meta_net = (self.method == Method::Cocoop).then(|| {
+                let mut next = || it.next().unwrap_or_default();
+                let (w1, b1, w2, b2) = (next(), next(), next(), next());
+                MetaNet {
+                    hidden: b1.len(),
+                    w1,
+                    b1,
+                    w2,
+                    b2,
+                }
+            });
             return Prompts {
                 method: self.method,
                 text,
                 vision,
-                meta_net: None,
+                meta_net,
             };
         }
         let n = self.n_ctx;
@@ -940,6 +972,13 @@ pub struct TrainWorkspace {
     d_vis_in: Vec<f32>,         // [n_v, Dv], through ln_pre
     d_vis_deep: Vec<Vec<f32>>,  // (depth_v − 1) × [n_v, Dv]
     shapes: Vec<Vec<usize>>,    // of the trainable tensors, in PromptParams order
+    // CoCoOp: one image's context and its meta-network's activations (empty otherwise).
+    ctx_b: Vec<f32>,   // [n, Dt]  ctx + π
+    meta_h: Vec<f32>,  // [H]      relu(W1·f + b1)
+    meta_pi: Vec<f32>, // [Dt]     π
+    d_h: Vec<f32>,     // [H]
+    d_pi: Vec<f32>,    // [Dt]
+    dl_row: Vec<f32>,  // [C]      one image's ∂loss/∂logits
 }
 
 /// Bytes [`Tower::new`] allocates for `rows` rows of sequences of `t` tokens (u128: no
@@ -998,6 +1037,7 @@ impl TrainWorkspace {
     pub fn new(model: &Model, classes: &[TokenRow], batch: usize, par: &Parallel) -> Result<Self> {
         let cfg = &model.clip.config;
         let prompts = trainable(model)?;
+        let meta = prompts.meta_net.as_ref();
         if !model.clip.has_text() {
             return Err(Error::Input("training needs the text tower".into()));
         }
@@ -1060,6 +1100,12 @@ impl TrainWorkspace {
                 .into_iter()
                 .map(|(_, s)| s)
                 .collect(),
+            ctx_b: vec![0.0; meta.map_or(0, |_| prompts.text_n() * tc.tower.hidden_size)],
+            meta_h: vec![0.0; meta.map_or(0, |m| m.hidden)],
+            meta_pi: vec![0.0; meta.map_or(0, |_| tc.tower.hidden_size)],
+            d_h: vec![0.0; meta.map_or(0, |m| m.hidden)],
+            d_pi: vec![0.0; meta.map_or(0, |_| tc.tower.hidden_size)],
+            dl_row: vec![0.0; meta.map_or(0, |_| c)],
         })
     }
 
@@ -1086,15 +1132,12 @@ impl TrainWorkspace {
     }
 }
 
-/// The model's prompts, if a step can train them (any method but CoCoOp).
+/// The model's prompts, which a step trains.
 fn trainable(model: &Model) -> Result<&Prompts> {
-    match &model.prompts {
-        None => Err(Error::Input("training needs prompts on the model".into())),
-        Some(p) if p.image_conditioned() => Err(Error::Input(
-            "CoCoOp prompts cannot be trained by maple yet (its text depends on the image)".into(),
-        )),
-        Some(p) => Ok(p),
-    }
+    model
+        .prompts
+        .as_ref()
+        .ok_or_else(|| Error::Input("training needs prompts on the model".into()))
 }
 
 /// Zeroed gradient buffers for a tower's splice points: the input prompt and each deep prompt.
@@ -1108,9 +1151,10 @@ fn splice_grad(t: Option<&TowerPrompts>, d: usize) -> (Vec<f32>, Vec<Vec<f32>>) 
 fn plan_shapes(cfg: &ClipConfig, p: &Prompts) -> Vec<(String, Vec<usize>)> {
     let dims = |t: Option<&TowerPrompts>| t.map_or((0, 0), |t| (t.n, t.depth()));
     let (text, vision) = (dims(p.text.as_ref()), dims(p.vision.as_ref()));
+    let hidden = p.meta_net.as_ref().map_or(0, |m| m.hidden);
     match p.method {
         Method::Maple => PromptParams::shapes(cfg, text.0, text.1),
-        m => PromptParams::family_shapes(cfg, m, text, vision),
+        m => PromptParams::family_shapes(cfg, m, text, vision, hidden),
     }
 }
 
@@ -1318,36 +1362,38 @@ impl Model {
         }
         let np = v.num_positions();
 
-        // ---- text tower, every class: x [C·t, Dt] → txt_n [C, E] ----
+        // ---- text tower, every class: x [C·t, Dt] → txt_n [C, E] (CoCoOp: per image, below) ----
         let tt = ws.txt.t;
-        for (c, row) in ws.classes.iter().enumerate() {
-            self.embed_text(row, tt, &mut ws.txt.x[c * tt * dt..(c + 1) * tt * dt]);
-        }
-        let text_splice = |l: usize, x: &mut [f32]| {
-            if let Some(p) = tp.and_then(|t| t.deep_at(l)) {
-                for s in x.chunks_exact_mut(tt * dt) {
-                    s[dt..(1 + n_t) * dt].copy_from_slice(p);
-                }
-            }
-        };
         let tm = &self.clip.text_model;
         let th = tc.tower.num_attention_heads;
-        ws.txt.forward(par, &tm.layers, nc, th, true, &text_splice);
         let fl = &tm.final_layer_norm;
-        let eot = &ws.eot;
         let tproj = &self.clip.text_projection;
-        let (txt_f, txt_n) = (&mut ws.txt_f[..nc * e], &mut ws.txt_n[..nc * e]);
-        head_forward(
-            par,
-            &ws.txt,
-            nc,
-            &|c| c * tt + eot[c],
-            fl,
-            tproj,
-            &mut ws.pooled,
-            txt_f,
-            txt_n,
-        );
+        if plan.meta_net.is_none() {
+            for (c, row) in ws.classes.iter().enumerate() {
+                self.embed_text(row, tt, &mut ws.txt.x[c * tt * dt..(c + 1) * tt * dt]);
+            }
+            let text_splice = |l: usize, x: &mut [f32]| {
+                if let Some(p) = tp.and_then(|t| t.deep_at(l)) {
+                    for s in x.chunks_exact_mut(tt * dt) {
+                        s[dt..(1 + n_t) * dt].copy_from_slice(p);
+                    }
+                }
+            };
+            ws.txt.forward(par, &tm.layers, nc, th, true, &text_splice);
+            let eot = &ws.eot;
+            let (txt_f, txt_n) = (&mut ws.txt_f[..nc * e], &mut ws.txt_n[..nc * e]);
+            head_forward(
+                par,
+                &ws.txt,
+                nc,
+                &|c| c * tt + eot[c],
+                fl,
+                tproj,
+                &mut ws.pooled,
+                txt_f,
+                txt_n,
+            );
+        }
 
         // ---- image tower: x [B·T, Dv] → img_n [B, E] ----
         let tv = ws.vis.t;
@@ -1381,6 +1427,10 @@ impl Model {
             img_f,
             img_n,
         );
+
+        if plan.meta_net.is_some() {
+            return self.cocoop_text_steps(par, ws, plan, count, labels, grads);
+        }
 
         // ---- logits = s · img_n · txt_nᵀ [B, C], loss, dlogits ----
         let scale = libm::expf(self.clip.logit_scale);
@@ -1519,6 +1569,165 @@ impl Model {
             );
         }
         Ok(StepStats { loss, correct })
+    }
+
+    /// CoCoOp's text side of a step (docs/prompts.md §3, §8), image by image once the image
+    /// features `ws.img_n` exist: the context `ctx + π(f̂_b)`, every class through the text
+    /// tower under it, the image's logits row and its share of the loss, then back: the text
+    /// input rows' gradient is ∂ctx_b, which `ctx` takes whole and the meta-network as its sum
+    /// over the rows (π is added to each). The image tower learns nothing: no gradient goes
+    /// into it.
+    fn cocoop_text_steps(
+        &self,
+        par: &Parallel,
+        ws: &mut TrainWorkspace,
+        plan: &Prompts,
+        count: usize,
+        labels: &[usize],
+        grads: &mut PromptParams,
+    ) -> Result<StepStats> {
+        let (Some(meta), Some(text)) = (plan.meta_net.as_ref(), plan.text.as_ref()) else {
+            return Err(Error::Input("CoCoOp prompts without a meta-network".into()));
+        };
+        let cfg = &self.clip.config;
+        let (dt, e, nc, tt) = (
+            cfg.text.tower.hidden_size,
+            cfg.projection_dim,
+            ws.classes.len(),
+            ws.txt.t,
+        );
+        let n = text.n;
+        let tm = &self.clip.text_model;
+        let th = cfg.text.tower.num_attention_heads;
+        let (fl, tproj) = (&tm.final_layer_norm, &self.clip.text_projection);
+        let scale = libm::expf(self.clip.logit_scale);
+        let (mut loss, mut correct) = (0.0f64, 0);
+        for t in &mut grads.tensors {
+            t.data.fill(0.0);
+        }
+        for (b, &y) in labels.iter().enumerate().take(count) {
+            let f = &ws.img_n[b * e..(b + 1) * e];
+            // ctx_b = ctx + π(f̂_b)                                                  [n, Dt]
+            meta.bias(f, &mut ws.meta_h, &mut ws.meta_pi);
+            for (cr, base) in ws
+                .ctx_b
+                .chunks_exact_mut(dt)
+                .zip(text.input.chunks_exact(dt))
+            {
+                for ((o, &x), &p) in cr.iter_mut().zip(base).zip(&ws.meta_pi) {
+                    *o = x + p;
+                }
+            }
+            // Every class under ctx_b: txt_n [C, E].
+            for (c, row) in ws.classes.iter().enumerate() {
+                let x = &mut ws.txt.x[c * tt * dt..(c + 1) * tt * dt];
+                self.embed_text_with(row, tt, x, Some(&ws.ctx_b));
+            }
+            ws.txt.forward(par, &tm.layers, nc, th, true, &|_, _| {});
+            let eot = &ws.eot;
+            let (txt_f, txt_n) = (&mut ws.txt_f[..nc * e], &mut ws.txt_n[..nc * e]);
+            let pooled_row = |c: usize| c * tt + eot[c];
+            head_forward(
+                par,
+                &ws.txt,
+                nc,
+                &pooled_row,
+                fl,
+                tproj,
+                &mut ws.pooled,
+                txt_f,
+                txt_n,
+            );
+            // This image's logits row, its loss and ∂loss/∂logits (the batch mean's share).
+            let row = &mut ws.logits[b * nc..(b + 1) * nc];
+            scaled_dots(f, &ws.txt_n[..nc * e], 1, nc, e, scale, row);
+            let (l, ok) = cross_entropy(row, &[y], nc, &mut ws.dl_row);
+            loss += l as f64;
+            correct += ok;
+            for d in &mut ws.dl_row {
+                *d /= count as f32;
+            }
+            // Back to the text input rows: ∂ctx_b [n, Dt].
+            let dl = &ws.dl_row;
+            head_backward(
+                par,
+                &mut ws.txt,
+                nc,
+                &|c, _| dl[c],
+                1,
+                f,
+                scale,
+                &ws.txt_f,
+                &ws.tproj_t,
+                fl,
+                &pooled_row,
+                (&mut ws.dn, &mut ws.df, &mut ws.pooled),
+            );
+            let din = &mut ws.d_text_in;
+            din.fill(0.0);
+            ws.txt
+                .backward(par, &tm.layers, nc, th, true, &mut |l, dx| {
+                    if l == 0 {
+                        take_prompt_rows(dx, tt, dt, 1, n, din);
+                    }
+                });
+            // ctx takes ∂ctx_b; π its sum over the rows; then back through the meta-network.
+            let g = &mut grads.tensors;
+            for (a, d) in g[0].data.iter_mut().zip(din.iter()) {
+                *a += d;
+            }
+            ws.d_pi.fill(0.0);
+            for r in din.chunks_exact(dt) {
+                for (a, d) in ws.d_pi.iter_mut().zip(r) {
+                    *a += d;
+                }
+            }
+            meta_backward(meta, f, &ws.meta_h, &ws.d_pi, &mut ws.d_h, g);
+        }
+        Ok(StepStats {
+            loss: (loss / count as f64) as f32,
+            correct,
+        })
+    }
+}
+
+/// Gradients of `π = W2·relu(W1·f + b1) + b2` given ∂π, into CoCoOp's tensors (`g[1..5]`:
+/// W1, b1, W2, b2), accumulated; `hid` is relu(W1·f + b1), `dh` scratch.
+fn meta_backward(
+    m: &MetaNet,
+    f: &[f32],
+    hid: &[f32],
+    dpi: &[f32],
+    dh: &mut [f32],
+    g: &mut [Param],
+) {
+    let (e, h) = (f.len(), m.hidden);
+    // b2 += ∂π; W2 += ∂π ⊗ hid; ∂hid = W2ᵀ·∂π
+    for (a, d) in g[4].data.iter_mut().zip(dpi) {
+        *a += d;
+    }
+    for (j, &d) in dpi.iter().enumerate() {
+        for (a, &x) in g[3].data[j * h..(j + 1) * h].iter_mut().zip(hid) {
+            *a += d * x;
+        }
+    }
+    for (k, o) in dh.iter_mut().enumerate() {
+        let s: f32 = dpi
+            .iter()
+            .enumerate()
+            .map(|(j, &d)| m.w2[j * h + k] * d)
+            .sum();
+        // ReLU: no gradient where the unit was off (PyTorch's relu passes none at 0 either).
+        *o = if hid[k] > 0.0 { s } else { 0.0 };
+    }
+    // b1 += ∂z; W1 += ∂z ⊗ f
+    for (a, d) in g[2].data.iter_mut().zip(dh.iter()) {
+        *a += d;
+    }
+    for (k, &d) in dh.iter().enumerate() {
+        for (a, &x) in g[1].data[k * e..(k + 1) * e].iter_mut().zip(f) {
+            *a += d * x;
+        }
     }
 }
 

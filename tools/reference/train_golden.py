@@ -43,6 +43,8 @@ def names_of(sd):
             names += [f"compound_prompts_text.{j}", f"compound_prompt_projections.{j}.weight",
                       f"compound_prompt_projections.{j}.bias"]
         return names, "maple"
+    if "meta_net.linear2.weight" in sd:
+        return ["ctx"] + [f"meta_net.linear{j}.{w}" for j in (1, 2) for w in ("weight", "bias")], "cocoop"
     deep = lambda tower: [f"{tower}.transformer.resblocks.{i}.VPT_shallow" for i in range(1, 99)
                           if f"{tower}.transformer.resblocks.{i}.VPT_shallow" in sd]
     names = [k for k in ("ctx", "prompt_learner.ctx") if k in sd] + deep("text_encoder")
@@ -107,8 +109,17 @@ def encode_text(model, ids, S):
 def loss_of(model, P, method, px, ids, labels):
     S = splice_matrices(P, method)
     img = encode_image(model, px, S)
-    txt = encode_text(model, ids, S)
     img = img / img.norm(dim=-1, keepdim=True)
+    if method == "cocoop":
+        # Each image's own context ctx + π(f̂) (docs/prompts.md §3), every class under it.
+        lin = lambda x, j: x @ P[f"meta_net.linear{j}.weight"].t() + P[f"meta_net.linear{j}.bias"]
+        pi = lin(torch.relu(lin(img, 1)), 2)
+        rows = []
+        for b in range(len(px)):
+            t = encode_text(model, ids, dict(S, ctx=P["ctx"] + pi[b]))
+            rows.append(model.logit_scale.exp() * img[b] @ (t / t.norm(dim=-1, keepdim=True)).t())
+        return torch.nn.functional.cross_entropy(torch.stack(rows), labels)
+    txt = encode_text(model, ids, S)
     txt = txt / txt.norm(dim=-1, keepdim=True)
     logits = model.logit_scale.exp() * img @ txt.t()
     return torch.nn.functional.cross_entropy(logits, labels)

@@ -48,6 +48,17 @@ impl MetaNet {
     }
 }
 
+/// The meta-network's tensors as CoCoOp's trainer saves them (bare names), hidden width `h`.
+pub fn meta_shapes(config: &ClipConfig, h: usize) -> Vec<(alloc::string::String, Vec<usize>)> {
+    let (e, dt) = (config.projection_dim, config.text.tower.hidden_size);
+    alloc::vec![
+        ("meta_net.linear1.weight".into(), alloc::vec![h, e]),
+        ("meta_net.linear1.bias".into(), alloc::vec![h]),
+        ("meta_net.linear2.weight".into(), alloc::vec![dt, h]),
+        ("meta_net.linear2.bias".into(), alloc::vec![dt]),
+    ]
+}
+
 /// CoCoOp's key rule: a context and a two-layer meta-network.
 pub(super) fn matches(k: &Keys) -> bool {
     coop::prefix(k).is_some_and(|p| {

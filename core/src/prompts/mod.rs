@@ -19,7 +19,7 @@ mod ivlp;
 pub mod maple;
 mod vpt;
 
-pub use cocoop::MetaNet;
+pub use cocoop::{meta_shapes, MetaNet};
 pub use maple::MaplePrompts;
 pub use vpt::MAX_VISION_PROMPTS;
 
