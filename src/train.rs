@@ -212,6 +212,39 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
+    /// `method`'s repository recipe (docs/prompts.md §8): its epochs, batch size, learning
+    /// rate, context tokens, depth and template (MaPLe 5, 4, 0.0035, 2, 9, "a photo of a";
+    /// CoOp 50, 32, 0.002, 16 random tokens "X X … X", 1; CoCoOp 10, 1, 0.002, 4, 1; IVLP 5, 4,
+    /// 0.0035, 2, 12; VPT 5, 4, 0.0025, 8, 12), the rest as [`Default`].
+    pub fn recipe(method: Method) -> TrainOptions {
+        let (epochs, batch_size, lr, n_ctx, depth) = match method {
+            Method::Maple => (5, 4, 0.0035, 2, 9),
+            Method::Coop => (50, 32, 0.002, 16, 1),
+            Method::Cocoop => (10, 1, 0.002, 4, 1),
+            Method::Ivlp => (5, 4, 0.0035, 2, 12),
+            Method::Vpt => (5, 4, 0.0025, 8, 12),
+        };
+        TrainOptions {
+            method,
+            epochs,
+            batch_size,
+            lr,
+            n_ctx,
+            depth,
+            template: TrainOptions::default_template(method, n_ctx),
+            ..TrainOptions::default()
+        }
+    }
+
+    /// The template a fresh start of `method` with `n_ctx` tokens uses: CoOp's trainer's
+    /// random-context placeholder "X X … X", else "a photo of a".
+    pub fn default_template(method: Method, n_ctx: usize) -> String {
+        match method {
+            Method::Coop => vec!["X"; n_ctx].join(" "),
+            _ => "a photo of a".to_string(),
+        }
+    }
+
     /// Refuses hyper-parameters no run can use: zero epochs or batch size, a learning rate,
     /// momentum or weight decay that is negative or not a finite number.
     pub fn check(&self) -> Result<()> {

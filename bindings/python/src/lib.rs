@@ -551,19 +551,28 @@ fn train<'py>(
         }
     };
     let threads: usize = get(options, "threads")?;
+    let name: String = get(options, "method")?;
+    let method = maple::engine::Method::from_name(&name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "method={name:?}: use \"maple\", \"coop\", \"cocoop\", \"ivlp\" or \"vpt\""
+        ))
+    })?;
+    // The method's recipe where an option is None (maple-train's defaults per --method).
+    let recipe = TrainOptions::recipe(method);
+    let n_ctx = get::<Option<usize>>(options, "n_ctx")?.unwrap_or(recipe.n_ctx);
     let opts = TrainOptions {
-        // MaPLe from Python; maple-train --method trains CoOp, IVLP and VPT.
-        method: maple::engine::Method::Maple,
-        epochs: get(options, "epochs")?,
+        method,
+        epochs: get::<Option<usize>>(options, "epochs")?.unwrap_or(recipe.epochs),
         max_steps: get(options, "max_steps")?,
-        batch_size: get(options, "batch_size")?,
-        lr: get(options, "lr")?,
+        batch_size: get::<Option<usize>>(options, "batch_size")?.unwrap_or(recipe.batch_size),
+        lr: get::<Option<f32>>(options, "lr")?.unwrap_or(recipe.lr),
         schedule,
         momentum: get(options, "momentum")?,
         weight_decay: get(options, "weight_decay")?,
-        n_ctx: get(options, "n_ctx")?,
-        depth: get(options, "depth")?,
-        template: get(options, "template")?,
+        n_ctx,
+        depth: get::<Option<usize>>(options, "depth")?.unwrap_or(recipe.depth),
+        template: get::<Option<String>>(options, "template")?
+            .unwrap_or_else(|| TrainOptions::default_template(method, n_ctx)),
         shots: get(options, "shots")?,
         seed: get(options, "seed")?,
         augment: get(options, "augment")?,

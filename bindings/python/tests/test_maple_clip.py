@@ -277,6 +277,34 @@ def test_train_matches_pytorch_autograd_and_the_result_classifies(tmp_path: path
                          batch_size=2, checkpoints=False, progress=stop)
 
 
+def test_each_method_trains_from_python_against_pytorch(tmp_path: pathlib.Path) -> None:
+    # CoCoOp from its family fixture: 3 deterministic steps against PyTorch autograd
+    # (tests/fixtures/train_golden_cocoop_tiny.safetensors, lr 0.002 as its recipe).
+    out = tmp_path / "cocoop.safetensors"
+    maple_clip.train(
+        TINY, FIX / "train", out, method="cocoop", init=FIX / "family" / "cocoop.safetensors",
+        augment=False, shuffle=False, lr_schedule="constant", batch_size=2, max_steps=3,
+        checkpoints=False,
+    )
+    golden = _safetensors(FIX / "train_golden_cocoop_tiny.safetensors")
+    got = _safetensors(out)
+    assert sorted(got) == sorted(k.removeprefix("init.") for k in golden if k.startswith("init."))
+    for name, v in got.items():
+        init, trained = golden[f"init.{name}"], golden[f"trained.{name}"]
+        moved = np.abs(trained - init).max()
+        assert moved > 0 and np.abs(v - trained).max() <= 1e-3 * moved, name
+    # A fresh start of each method, with its recipe's defaults, classifies.
+    for method, depth in (("coop", 1), ("ivlp", 3), ("vpt", 2)):
+        out = tmp_path / f"{method}.safetensors"
+        maple_clip.train(TINY, FIX / "train", out, method=method, depth=depth, batch_size=2,
+                         max_steps=1, checkpoints=False)
+        c = maple_clip.Classifier(TINY, prompts=out, labels=["cat", "dog"], device="cpu",
+                                  cache=False)
+        assert c.classify(FIX / "train" / "cat" / "la_64x64.png").labels == ["cat", "dog"]
+    with pytest.raises(ValueError, match="method"):
+        maple_clip.train(TINY, FIX / "train", out, method="nope")  # type: ignore[arg-type]
+
+
 def test_the_caches_answer_a_second_classifier(tmp_path: pathlib.Path) -> None:
     kw = dict(prompts=PROMPTS, labels=GOLDEN["labels"], device="cpu", cache_dir=tmp_path)
     a = maple_clip.Classifier(TINY, **kw)  # type: ignore[arg-type]

@@ -19,24 +19,23 @@ enum MethodArg {
     Maple,
     /// CoOp: 16 random context tokens ("X X … X"), lr 0.002, 50 epochs, batch 32.
     Coop,
+    /// CoCoOp: 4 context tokens from "a photo of a" and the meta-network, lr 0.002, 10 epochs,
+    /// batch 1.
+    Cocoop,
     /// IVLP: 2 text and 2 image prompts, depth 12 in both towers, lr 0.0035, 5 epochs, batch 4.
     Ivlp,
     /// VPT: 8 image prompts, depth 12, lr 0.0025, 5 epochs, batch 4.
     Vpt,
-    /// CoCoOp: 4 context tokens from "a photo of a" and the meta-network, lr 0.002, 10 epochs,
-    /// batch 1.
-    Cocoop,
 }
 
-impl MethodArg {
-    /// The repository's default recipe: (method, epochs, batch size, lr, n_ctx, depth).
-    fn recipe(self) -> (Method, usize, usize, f32, usize, usize) {
-        match self {
-            MethodArg::Maple => (Method::Maple, 5, 4, 0.0035, 2, 9),
-            MethodArg::Coop => (Method::Coop, 50, 32, 0.002, 16, 1),
-            MethodArg::Ivlp => (Method::Ivlp, 5, 4, 0.0035, 2, 12),
-            MethodArg::Vpt => (Method::Vpt, 5, 4, 0.0025, 8, 12),
-            MethodArg::Cocoop => (Method::Cocoop, 10, 1, 0.002, 4, 1),
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Method {
+        match m {
+            MethodArg::Maple => Method::Maple,
+            MethodArg::Coop => Method::Coop,
+            MethodArg::Cocoop => Method::Cocoop,
+            MethodArg::Ivlp => Method::Ivlp,
+            MethodArg::Vpt => Method::Vpt,
         }
     }
 }
@@ -199,18 +198,19 @@ fn run(a: Args) -> Result<(), maple::Error> {
         }
         data = data.few_shot(k, a.seed);
     }
-    let (method, epochs, batch_size, lr, n_ctx, depth) = a.method.recipe();
-    let n_ctx = a.n_ctx.unwrap_or(n_ctx);
-    let template = a.template.clone().unwrap_or_else(|| match method {
-        Method::Coop => vec!["X"; n_ctx].join(" "),
-        _ => "a photo of a".to_string(),
-    });
+    let method = Method::from(a.method);
+    let recipe = TrainOptions::recipe(method);
+    let n_ctx = a.n_ctx.unwrap_or(recipe.n_ctx);
+    let template = a
+        .template
+        .clone()
+        .unwrap_or_else(|| TrainOptions::default_template(method, n_ctx));
     let opts = TrainOptions {
         method,
-        epochs: a.epochs.unwrap_or(epochs),
+        epochs: a.epochs.unwrap_or(recipe.epochs),
         max_steps: a.max_steps,
-        batch_size: a.batch_size.unwrap_or(batch_size),
-        lr: a.lr.unwrap_or(lr),
+        batch_size: a.batch_size.unwrap_or(recipe.batch_size),
+        lr: a.lr.unwrap_or(recipe.lr),
         schedule: match a.lr_schedule {
             ScheduleArg::Cosine => Schedule::Cosine,
             ScheduleArg::Constant => Schedule::Constant,
@@ -218,7 +218,7 @@ fn run(a: Args) -> Result<(), maple::Error> {
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         n_ctx,
-        depth: a.depth.unwrap_or(depth),
+        depth: a.depth.unwrap_or(recipe.depth),
         template,
         shots: a.shots,
         seed: a.seed,

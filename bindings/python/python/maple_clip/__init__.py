@@ -327,15 +327,16 @@ def train(
     data: PathLike,
     out: PathLike,
     *,
-    epochs: int = 5,
-    batch_size: int = 4,
-    lr: float = 0.0035,
+    method: Literal["maple", "coop", "cocoop", "ivlp", "vpt"] = "maple",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     lr_schedule: Literal["cosine", "constant"] = "cosine",
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
-    n_ctx: int = 2,
-    depth: int = 9,
-    template: str = "a photo of a",
+    n_ctx: int | None = None,
+    depth: int | None = None,
+    template: str | None = None,
     shots: int | None = None,
     seed: int = 1,
     augment: bool = True,
@@ -348,9 +349,11 @@ def train(
     checkpoints: PathLike | Literal[False] | None = None,
     progress: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
-    """Trains MaPLe prompts on an ImageFolder (``data/<class>/<image>``) as ``maple-train`` does,
-    with its options and MaPLe's defaults, and writes them to ``out`` (safetensors, for
-    ``prompts=``). ``checkpoints`` is the folder for one file per epoch (default ``out`` +
+    """Trains prompts on an ImageFolder (``data/<class>/<image>``) as ``maple-train`` does, with
+    its options, and writes them to ``out`` (safetensors, for ``prompts=``). ``method`` is
+    ``maple-train --method``: MaPLe by default, or "coop", "cocoop", "ivlp", "vpt"; ``epochs``,
+    ``batch_size``, ``lr``, ``n_ctx``, ``depth`` and ``template`` left as None take that method's
+    recipe (MaPLe: 5, 4, 0.0035, 2, 9, "a photo of a"). ``checkpoints`` is the folder for one file per epoch (default ``out`` +
     ``".checkpoints"``; ``False`` for none). ``progress`` gets a dict per event (``kind``:
     "start", "step", "skipped", "eval", "epoch", "checkpoint_failed", with that event's fields);
     an exception it raises is raised after the run. Returns the number of ``steps`` and the
@@ -361,6 +364,8 @@ def train(
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise ConfigError(f"{name}={v!r}: it must be a whole number, 0 or more")
     for name, f in dict(lr=lr, momentum=momentum, weight_decay=weight_decay).items():
+        if f is None and name == "lr":
+            continue
         if not isinstance(f, (int, float)) or not math.isfinite(f) or f < 0:
             raise ConfigError(f"{name}={f!r}: it must be a finite number, 0 or more")
     if checkpoints is None:
@@ -371,7 +376,8 @@ def train(
                 "give checkpoints=DIR or checkpoints=False"
             )
     options = dict(
-        ints, lr=float(lr), lr_schedule=lr_schedule, momentum=float(momentum),
+        ints, method=method, lr=None if lr is None else float(lr), lr_schedule=lr_schedule,
+        momentum=float(momentum),
         weight_decay=float(weight_decay), template=template, augment=bool(augment),
         shuffle=bool(shuffle), init=init,
     )
