@@ -38,9 +38,19 @@ struct Activations {
 
 /// Per-call scratch of one tower's ops: attention's per-thread buffers and the rounded
 /// activations of reduced-precision Linears.
-struct Scratch {
-    attn: Vec<f32>,          // [threads · (T² + packed Kᵀ + packed V)]
+pub(crate) struct Scratch {
+    pub attn: Vec<f32>, // [threads · (T² + packed Kᵀ + packed V)] (training: its backward's too)
     low: Option<LowScratch>, // [R, max(D, F)] int8 or bf16 activations
+}
+
+impl Scratch {
+    /// f32 ops only, with `attn` floats for attention.
+    pub(crate) fn f32_only(attn: usize) -> Self {
+        Scratch {
+            attn: vec![0.0; attn],
+            low: None,
+        }
+    }
 }
 
 /// Activations rounded for the image tower's reduced-precision Linears.
@@ -116,9 +126,9 @@ impl TowerBuffers {
 
 /// What every op of a forward pass takes besides its tensors: the thread pool and the scratch.
 /// Each op is one call on it, so a block reads as its list of ops.
-struct Ctx<'a> {
-    par: &'a Parallel,
-    scratch: &'a mut Scratch,
+pub(crate) struct Ctx<'a> {
+    pub par: &'a Parallel,
+    pub scratch: &'a mut Scratch,
 }
 
 /// What a Linear does with `a·Wᵀ + b` (b is always the Linear's own bias).
@@ -155,6 +165,21 @@ impl Ctx<'_> {
         ln(self.par, p, x, out, p.weight.len());
     }
 
+    /// `x = QuickGELU(x)` in place, rows of `width` split across the threads.
+    fn gelu(&self, x: &mut [f32], width: usize) {
+        let rows = x.len() / width;
+        let xp = SyncPtr(x.as_mut_ptr());
+        let isa = crate::simd::isa();
+        self.par.run(&|t, nt| {
+            let (lo, hi) = split(rows, t, nt);
+            // SAFETY: thread t touches only rows lo..hi of `x`.
+            let o = unsafe {
+                core::slice::from_raw_parts_mut(xp.get().add(lo * width), (hi - lo) * width)
+            };
+            crate::simd::quick_gelu_slice(isa, o);
+        });
+    }
+
     /// Multi-head self-attention within each sequence: `qkv [R, 3D]` → `out [R, D]`.
     fn attention(&mut self, qkv: &[f32], out: &mut [f32], s: Shape) {
         let d = out.len() / (s.seqs * s.t);
@@ -186,11 +211,11 @@ impl Splice<'_> {
 
 /// The shape of one tower call: `seqs` sequences of `t` rows, `heads` heads, causal or not.
 #[derive(Clone, Copy)]
-struct Shape {
-    seqs: usize,
-    t: usize,
-    heads: usize,
-    causal: bool,
+pub(crate) struct Shape {
+    pub seqs: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub causal: bool,
 }
 
 /// Runs every layer of a tower over `a.x` (`[B·T, D]`), splicing prompts before each layer.
@@ -202,36 +227,74 @@ fn tower(
     splice: Option<Splice>,
 ) {
     for (l, layer) in layers.iter().enumerate() {
+        let (d, f, r) = (
+            layer.layer_norm1.weight.len(),
+            layer.fc1.bias.len(),
+            s.seqs * s.t,
+        );
         if let Some(sp) = splice {
-            sp.apply(l, &mut a.x, s.seqs, s.t, layer.layer_norm1.weight.len());
+            sp.apply(l, &mut a.x, s.seqs, s.t, d);
         }
-        block(cx, layer, a, s);
+        let bufs = BlockBufs {
+            x: &mut a.x[..r * d],
+            h: &mut a.h[..r * d],
+            qkv: &mut a.qkv[..r * 3 * d],
+            attn: &mut a.attn[..r * d],
+            mlp: &mut a.mlp[..r * f],
+        };
+        block(cx, layer, bufs, s, None);
     }
 }
 
-/// One pre-LN block (docs/model.md §4) on `R = seqs·t` rows, in place on `x`.
-fn block(cx: &mut Ctx, l: &EncoderLayer, a: &mut Activations, s: Shape) {
-    let (d, f, r) = (l.layer_norm1.weight.len(), l.fc1.bias.len(), s.seqs * s.t);
-    let Activations {
+/// One block's buffers, `R = seqs·t` rows each: the residual stream and the intermediates.
+pub(crate) struct BlockBufs<'a> {
+    pub x: &'a mut [f32],    // [R, D]  residual stream, updated in place
+    pub h: &'a mut [f32],    // [R, D]  LayerNorm output
+    pub qkv: &'a mut [f32],  // [R, 3D] fused q, k, v
+    pub attn: &'a mut [f32], // [R, D]  attention output, heads concatenated
+    pub mlp: &'a mut [f32],  // [R, F]  QuickGELU(fc1)
+}
+
+/// What a training forward keeps of a block for its backward (docs/training.md §2), beside the
+/// fused qkv it passes as [`BlockBufs::qkv`].
+pub(crate) struct Tape<'a> {
+    pub x_in: &'a mut [f32],  // [R, D] the block's input
+    pub x_mid: &'a mut [f32], // [R, D] the residual after attention
+    pub u: &'a mut [f32],     // [R, F] fc1's output before QuickGELU
+}
+
+/// One pre-LN block (docs/model.md §4), in place on `b.x`: the one block inference and training
+/// run. With a `tape` it also keeps what the backward needs (fc1 and QuickGELU then run apart,
+/// not fused).
+pub(crate) fn block(cx: &mut Ctx, l: &EncoderLayer, b: BlockBufs, s: Shape, tape: Option<Tape>) {
+    let BlockBufs {
         x,
         h,
         qkv,
         attn,
         mlp,
-    } = a;
-    let (x, h, qkv, attn, mlp) = (
-        &mut x[..r * d],
-        &mut h[..r * d],
-        &mut qkv[..r * 3 * d],
-        &mut attn[..r * d],
-        &mut mlp[..r * f],
-    );
+    } = b;
+    let mut tape = tape;
+    if let Some(tp) = tape.as_mut() {
+        tp.x_in.copy_from_slice(x); //               x_in = x                      [R, D]
+    }
     cx.ln(&l.layer_norm1, x, h); //                 h = ln1(x)                    [R, D]
     cx.linear(h, &l.qkv_proj, qkv, Then::Store); //  qkv = h·Wᵀ + b                [R, 3D]
     cx.attention(qkv, attn, s); //                   attn = softmax(q·kᵀ/√dh)·v    [R, D]
     cx.linear(attn, &l.out_proj, x, Then::AddTo); // x += attn·Wᵀ + b              [R, D]
-    cx.ln(&l.layer_norm2, x, h); //                 h = ln2(x)                    [R, D]
-    cx.linear(h, &l.fc1, mlp, Then::Gelu); //        mlp = QuickGELU(h·Wᵀ + b)     [R, F]
+    match tape {
+        None => {
+            cx.ln(&l.layer_norm2, x, h); //         h = ln2(x)                    [R, D]
+            cx.linear(h, &l.fc1, mlp, Then::Gelu); // mlp = QuickGELU(h·Wᵀ + b)     [R, F]
+        }
+        Some(tp) => {
+            tp.x_mid.copy_from_slice(x); //         x_mid = x                     [R, D]
+            cx.ln(&l.layer_norm2, x, h); //         h = ln2(x)                    [R, D]
+            cx.linear(h, &l.fc1, tp.u, Then::Store); // u = h·Wᵀ + b              [R, F]
+            mlp.copy_from_slice(tp.u); //           mlp = QuickGELU(u)            [R, F]
+            cx.gelu(mlp, tp.u.len() / (s.seqs * s.t));
+        }
+    }
     cx.linear(mlp, &l.fc2, x, Then::AddTo); //       x += mlp·Wᵀ + b               [R, D]
 }
 

@@ -1,6 +1,7 @@
-//! MaPLe prompt training (`docs/training.md`): the forward pass of both towers with
-//! the activations the backward needs, the backward pass (input gradients only: CLIP is frozen),
-//! the gradients of MaPLe's trainable tensors, and PyTorch's SGD.
+//! Prompt training (`docs/training.md`, `docs/prompts.md` §8): the forward pass of both towers
+//! through inference's own block with a tape of the activations the backward needs, the
+//! backward pass (input gradients only: CLIP is frozen), each method's gradients, and PyTorch's
+//! SGD.
 //!
 //! Shapes (ViT-B/16, n = 2, batch B = 4, C classes, text rows truncated at the longest EOT t):
 //! vision rows R = B·199, width 768, MLP 3072; text rows C·t, width 512, MLP 2048. Kept per
@@ -18,8 +19,8 @@ use crate::gemm::{
     gemm, gemm_seq, pack_rows, pack_rows_as_columns, panel_len, Epilogue, PackedMatrix, ALIGN_F32,
     NR,
 };
-use crate::model::{ln, Model, TokenRow};
-use crate::ops::{attention, attention_probs, attention_scratch_len, layer_norm_row};
+use crate::model::{block, BlockBufs, Ctx, Model, Scratch, Shape, Tape, TokenRow};
+use crate::ops::{attention_probs, attention_scratch_len, layer_norm_row};
 use crate::par::{split, Parallel, SyncPtr};
 use crate::prompts::{
     learned_shapes, meta_shapes, MaplePrompts, MetaNet, Method, Prompts, TowerPrompts,
@@ -513,17 +514,17 @@ struct Tower {
     d: usize,
     f: usize,
     t: usize,
-    x_in: Vec<f32>,  // [L, R, D] block inputs (after the prompt splice)
-    x_mid: Vec<f32>, // [L, R, D] residual after attention
-    qkv: Vec<f32>,   // [L, R, 3D]
-    u: Vec<f32>,     // [L, R, F] fc1 output before QuickGELU
-    x: Vec<f32>,     // [R, D] residual stream; after the forward: the last block's output
-    h: Vec<f32>,     // [R, D] LayerNorm output / its gradient
-    attn: Vec<f32>,  // [R, D] attention output / its gradient
-    g: Vec<f32>,     // [R, F] QuickGELU output / its gradient
-    dx: Vec<f32>,    // [R, D] gradient of the residual stream
-    dqkv: Vec<f32>,  // [R, 3D]
-    scratch: Vec<f32>,
+    x_in: Vec<f32>,   // [L, R, D] block inputs (after the prompt splice)
+    x_mid: Vec<f32>,  // [L, R, D] residual after attention
+    qkv: Vec<f32>,    // [L, R, 3D]
+    u: Vec<f32>,      // [L, R, F] fc1 output before QuickGELU
+    x: Vec<f32>,      // [R, D] residual stream; after the forward: the last block's output
+    h: Vec<f32>,      // [R, D] LayerNorm output / its gradient
+    attn: Vec<f32>,   // [R, D] attention output / its gradient
+    g: Vec<f32>,      // [R, F] QuickGELU output / its gradient
+    dx: Vec<f32>,     // [R, D] gradient of the residual stream
+    dqkv: Vec<f32>,   // [R, 3D]
+    scratch: Scratch, // attention's, forward and backward
     layers: Vec<LayerT>,
 }
 
@@ -559,7 +560,7 @@ impl Tower {
             g: vec![0.0; rows * f],
             dx: vec![0.0; rows * d],
             dqkv: vec![0.0; rows * 3 * d],
-            scratch: vec![0.0; threads * per],
+            scratch: Scratch::f32_only(threads * per),
             layers: layers.iter().map(LayerT::new).collect::<Result<_>>()?,
         })
     }
@@ -575,7 +576,7 @@ impl Tower {
             + self.g.len()
             + self.dx.len()
             + self.dqkv.len()
-            + self.scratch.len())
+            + self.scratch.attn.len())
     }
 
     /// The blocks over `seqs` sequences already embedded in `x`, keeping what the backward
@@ -592,75 +593,33 @@ impl Tower {
     ) {
         let (d, f, t, r) = (self.d, self.f, self.t, self.rows);
         let rows = seqs * t;
-        let isa = simd::isa();
+        let shape = Shape {
+            seqs,
+            t,
+            heads,
+            causal,
+        };
         for (l, layer) in layers.iter().enumerate() {
             let x = &mut self.x[..rows * d];
             splice(l, x);
-            self.x_in[l * r * d..][..rows * d].copy_from_slice(x);
-            let h = &mut self.h[..rows * d];
-            ln(par, &layer.layer_norm1, x, h, d);
-            let qkv = &mut self.qkv[l * r * 3 * d..][..rows * 3 * d];
-            let qb = &layer.qkv_proj.bias;
-            gemm(
-                par,
-                h,
-                d,
-                rows,
-                &layer.qkv_proj.weight,
-                qkv,
-                3 * d,
-                Epilogue::store(Some(qb)),
-            );
-            attention(
-                par,
-                qkv,
-                &mut self.attn,
-                seqs,
-                t,
-                d,
-                heads,
-                causal,
-                &mut self.scratch,
-            );
-            let ob = &layer.out_proj.bias;
-            gemm(
-                par,
-                &self.attn,
-                d,
-                rows,
-                &layer.out_proj.weight,
+            // The inference block, keeping what the backward needs.
+            let bufs = BlockBufs {
                 x,
-                d,
-                Epilogue::residual(ob),
-            );
-            self.x_mid[l * r * d..][..rows * d].copy_from_slice(x);
-            ln(par, &layer.layer_norm2, x, h, d);
-            let u = &mut self.u[l * r * f..][..rows * f];
-            let fb = &layer.fc1.bias;
-            gemm(
+                h: &mut self.h[..rows * d],
+                qkv: &mut self.qkv[l * r * 3 * d..][..rows * 3 * d],
+                attn: &mut self.attn[..rows * d],
+                mlp: &mut self.g[..rows * f],
+            };
+            let tape = Tape {
+                x_in: &mut self.x_in[l * r * d..][..rows * d],
+                x_mid: &mut self.x_mid[l * r * d..][..rows * d],
+                u: &mut self.u[l * r * f..][..rows * f],
+            };
+            let mut cx = Ctx {
                 par,
-                h,
-                d,
-                rows,
-                &layer.fc1.weight,
-                u,
-                f,
-                Epilogue::store(Some(fb)),
-            );
-            let g = &mut self.g[..rows * f];
-            g.copy_from_slice(u);
-            for_rows(par, g, f, &|_, gr| simd::quick_gelu_slice(isa, gr));
-            let b2 = &layer.fc2.bias;
-            gemm(
-                par,
-                g,
-                f,
-                rows,
-                &layer.fc2.weight,
-                x,
-                d,
-                Epilogue::residual(b2),
-            );
+                scratch: &mut self.scratch,
+            };
+            block(&mut cx, layer, bufs, shape, Some(tape));
         }
     }
 
@@ -704,7 +663,7 @@ impl Tower {
                 d,
                 heads,
                 causal,
-                &mut self.scratch,
+                &mut self.scratch.attn,
             );
             gemm(
                 par,
