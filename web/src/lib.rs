@@ -13,7 +13,7 @@
 
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{
-    Clip, ClipConfig, Model, Parallel, Prompts, SafeTensors, TextFeatures, TokenRow,
+    Clip, ClipConfig, Model, Parallel, Prompts, SafeTensors, TextFeatures, TextWorkspace, TokenRow,
     VisionWorkspace,
 };
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
@@ -43,12 +43,25 @@ struct Inner {
     tok: ClipTokenizer,
     labels: Vec<String>,
     text: Option<TextFeatures>,
+    /// The labels' token rows.
+    rows: Vec<TokenRow>,
+    /// CoCoOp's text workspace: its text features depend on each image (docs/prompts.md §3),
+    /// so they are computed per image, on the CPU.
+    conditioned: Option<TextWorkspace>,
     adapter: String,
     /// Why the CPU runs the model ("" on the GPU).
     reason: String,
 }
 
 impl Inner {
+    /// Whether the text features depend on the image (CoCoOp).
+    fn is_conditioned(&self) -> bool {
+        self.model
+            .prompts
+            .as_ref()
+            .is_some_and(Prompts::image_conditioned)
+    }
+
     async fn encode_texts(&mut self, rows: &[TokenRow]) -> Result<TextFeatures, JsValue> {
         match &mut self.backend {
             Backend::Gpu(g) => g.encode_texts_async(rows).await.map_err(js),
@@ -87,12 +100,6 @@ impl Maple {
             Some(p) => {
                 let st = SafeTensors::parse(&p).map_err(|e| js(format!("prompts: {e}")))?;
                 let pr = Prompts::load(&cfg, &st).map_err(|e| js(format!("prompts: {e}")))?;
-                if pr.image_conditioned() {
-                    return Err(js(format!(
-                        "prompts: {} (image-conditioned text) does not run in the browser yet",
-                        pr.method
-                    )));
-                }
                 let template = st
                     .metadata("template")
                     .map_or_else(|| pr.default_template(), str::to_string);
@@ -141,6 +148,8 @@ impl Maple {
                 tok,
                 labels: Vec::new(),
                 text: None,
+                rows: Vec::new(),
+                conditioned: None,
                 adapter,
                 reason,
             })),
@@ -192,8 +201,18 @@ impl Maple {
             let max_len = i.model.clip.config.text.max_position_embeddings;
             let rows: Vec<TokenRow> =
                 tokenize_labels(&i.tok, &i.template, &labels, max_len).map_err(js)?;
-            let text = i.encode_texts(&rows).await?;
+            let text = if i.is_conditioned() {
+                // CoCoOp: nothing to encode before an image exists.
+                let dim = i.model.clip.config.projection_dim;
+                TextFeatures {
+                    dim,
+                    data: Vec::new(),
+                }
+            } else {
+                i.encode_texts(&rows).await?
+            };
             i.text = Some(text);
+            i.rows = rows;
             i.labels = labels.labels.into_iter().map(|l| l.text).collect();
             Ok(JsValue::from(i.labels.len() as u32))
         })
@@ -207,8 +226,23 @@ impl Maple {
             let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
             let f = image_feature(&mut i, &rgba, width, height).await?;
             let text = i.text.as_ref().ok_or_else(|| js("set labels first"))?;
-            let mut logits = vec![0.0f32; text.len()];
-            i.model.logits(&f, text, &mut logits).map_err(js)?;
+            let mut logits = vec![0.0f32; i.rows.len()];
+            if i.is_conditioned() {
+                // CoCoOp: every label under this image's own context, on the CPU.
+                let Inner {
+                    model,
+                    par,
+                    rows,
+                    conditioned,
+                    ..
+                } = &mut *i;
+                let ws = conditioned.get_or_insert_with(|| model.text_workspace(8, par));
+                model
+                    .conditioned_logits(par, ws, &f, 1, rows, &mut logits)
+                    .map_err(js)?;
+            } else {
+                i.model.logits(&f, text, &mut logits).map_err(js)?;
+            }
             Ok(js_sys::Float32Array::from(logits.as_slice()).into())
         })
     }
@@ -233,6 +267,11 @@ impl Maple {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
+            if i.is_conditioned() {
+                return Err(js(
+                    "CoCoOp's text features depend on the image: there is no text embedding without one",
+                ));
+            }
             let set = LabelSet::from_names(&texts, "texts").map_err(js)?;
             let max_len = i.model.clip.config.text.max_position_embeddings;
             let rows: Vec<TokenRow> =
