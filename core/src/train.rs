@@ -1117,6 +1117,88 @@ fn plan_shapes(cfg: &ClipConfig, p: &Prompts) -> Vec<(String, Vec<usize>)> {
     }
 }
 
+impl TrainWorkspace {
+    /// logits = s · img_n · txt_nᵀ `[B, C]`, the batch's mean cross-entropy and ∂loss/∂logits.
+    fn loss(&mut self, count: usize, labels: &[usize], scale: f32) -> (f32, usize) {
+        let nc = self.classes.len();
+        let e = self.txt_n.len() / nc.max(1);
+        let (img_n, txt_n) = (&self.img_n[..count * e], &self.txt_n[..nc * e]);
+        scaled_dots(img_n, txt_n, count, nc, e, scale, &mut self.logits);
+        let dl = &mut self.dlogits[..count * nc];
+        cross_entropy(&self.logits[..count * nc], labels, nc, dl)
+    }
+}
+
+/// The splice points' gradients (`ws.d_*`) onto the method's tensors in `grads` (overwritten):
+/// one to one for CoOp, IVLP and VPT; for MaPLe the image rows also go back through the
+/// projections (`shared = proj(ctx)`, `vis_deep[j] = proj_j(text_deep[j])`) onto `ctx`, the deep
+/// text prompts and the projections' own weights.
+fn onto_params(
+    plan: &Prompts,
+    params: &PromptParams,
+    ws: &TrainWorkspace,
+    grads: &mut PromptParams,
+) -> Result<()> {
+    for t in &mut grads.tensors {
+        t.data.fill(0.0);
+    }
+    let (tp, vp) = (plan.text.as_ref(), plan.vision.as_ref());
+    if plan.method != Method::Maple {
+        let splice = core::iter::once(&ws.d_text_in)
+            .filter(|_| tp.is_some())
+            .chain(&ws.d_text_deep)
+            .chain(core::iter::once(&ws.d_vis_in).filter(|_| vp.is_some()))
+            .chain(&ws.d_vis_deep);
+        for (g, d) in grads.tensors.iter_mut().zip(splice) {
+            g.data.copy_from_slice(d);
+        }
+        return Ok(());
+    }
+    let pr = plan
+        .maple()
+        .ok_or_else(|| Error::Input("MaPLe prompts without both towers".into()))?;
+    let (n, depth) = (pr.n_ctx, pr.depth);
+    let (dt, dv) = (pr.ctx.len() / n, pr.shared_ctx.len() / n);
+    grads.tensors[CTX].data.copy_from_slice(&ws.d_text_in);
+    for (j, d) in ws.d_text_deep.iter().enumerate() {
+        grads.tensors[deep_text(j)].data.copy_from_slice(d);
+    }
+    let g = &mut grads.tensors;
+    {
+        let (head, _) = g.split_at_mut(3);
+        let (ctx_g, rest) = head.split_at_mut(1);
+        let (w_g, b_g) = rest.split_at_mut(1);
+        linear_backward_small(
+            pr.ctx,
+            &params.tensors[PROJ_W].data,
+            &ws.d_vis_in,
+            n,
+            dt,
+            dv,
+            &mut w_g[0].data,
+            &mut b_g[0].data,
+            &mut ctx_g[0].data,
+        );
+    }
+    for j in 0..depth - 1 {
+        let (_, deep) = g.split_at_mut(3);
+        let (t_g, rest) = deep[3 * j..3 * j + 3].split_at_mut(1);
+        let (w_g, b_g) = rest.split_at_mut(1);
+        linear_backward_small(
+            &pr.text_deep[j],
+            &params.tensors[deep_w(j)].data,
+            &ws.d_vis_deep[j],
+            n,
+            dt,
+            dv,
+            &mut w_g[0].data,
+            &mut b_g[0].data,
+            &mut t_g[0].data,
+        );
+    }
+    Ok(())
+}
+
 /// `acc[i, :] += Σ_s rows[s, off + i, :]` for each sequence s (stride `t·w`, `n` rows from
 /// `off`), then those rows are zeroed: an overwritten row's gradient goes to its prompt tensor,
 /// never to the row below.
@@ -1271,13 +1353,39 @@ impl Model {
         labels: &[usize],
         grads: &mut PromptParams,
     ) -> Result<StepStats> {
-        let cfg = &self.clip.config;
-        let (v, tc) = (&cfg.vision, &cfg.text);
-        let (dv, dt, e) = (
-            v.tower.hidden_size,
-            tc.tower.hidden_size,
-            cfg.projection_dim,
-        );
+        let plan = self.check_step(par, ws, params, pixels, labels, grads)?;
+        let count = labels.len();
+        if plan.meta_net.is_none() {
+            self.text_forward(par, ws, plan); //              txt_n [C, E], every class
+        }
+        self.image_forward(par, ws, plan, pixels, count); // img_n [B, E]
+        if plan.meta_net.is_some() {
+            // CoCoOp: the text side depends on each image.
+            return self.cocoop_text_steps(par, ws, plan, count, labels, grads);
+        }
+        let scale = libm::expf(self.clip.logit_scale);
+        let (loss, correct) = ws.loss(count, labels, scale); // logits, loss, ∂logits [B, C]
+        if plan.text.is_some() {
+            self.text_backward(par, ws, plan, count, scale); //  ∂ at the text splice points
+        }
+        if plan.vision.is_some() {
+            self.image_backward(par, ws, plan, count, scale); // ∂ at the image splice points
+        }
+        onto_params(plan, params, ws, grads)?; //            the method's tensors
+        Ok(StepStats { loss, correct })
+    }
+
+    /// The checks a step makes before touching anything; the prompts it trains.
+    fn check_step(
+        &self,
+        par: &Parallel,
+        ws: &TrainWorkspace,
+        params: &PromptParams,
+        pixels: &[f32],
+        labels: &[usize],
+        grads: &PromptParams,
+    ) -> Result<&Prompts> {
+        let v = &self.clip.config.vision;
         let plan = trainable(self)?;
         let (tp, vp) = (plan.text.as_ref(), plan.vision.as_ref());
         let count = labels.len();
@@ -1301,7 +1409,6 @@ impl Model {
             ));
         }
         let dims = |t: Option<&TowerPrompts>| t.map_or((0, 0), |t| (t.n, t.depth()));
-        let ((n_t, _), (n_v, _)) = (dims(tp), dims(vp));
         let deep = |t: Option<&TowerPrompts>| t.map_or(0, |t| t.deep.len());
         let want = &ws.shapes;
         let fits = |p: &PromptParams| {
@@ -1319,43 +1426,70 @@ impl Model {
                 "the gradient buffers do not match the model's prompts".into(),
             ));
         }
-        let np = v.num_positions();
+        Ok(plan)
+    }
 
-        // ---- text tower, every class: x [C·t, Dt] → txt_n [C, E] (CoCoOp: per image, below) ----
-        let tt = ws.txt.t;
+    /// The text tower over every class with the plan's text prompts: x [C·t, Dt] → txt_n [C, E].
+    fn text_forward(&self, par: &Parallel, ws: &mut TrainWorkspace, plan: &Prompts) {
+        let cfg = &self.clip.config;
+        let (dt, e, nc, tt) = (
+            cfg.text.tower.hidden_size,
+            cfg.projection_dim,
+            ws.classes.len(),
+            ws.txt.t,
+        );
+        let tp = plan.text.as_ref();
+        let n_t = plan.text_n();
         let tm = &self.clip.text_model;
-        let th = tc.tower.num_attention_heads;
-        let fl = &tm.final_layer_norm;
-        let tproj = &self.clip.text_projection;
-        if plan.meta_net.is_none() {
-            for (c, row) in ws.classes.iter().enumerate() {
-                self.embed_text(row, tt, &mut ws.txt.x[c * tt * dt..(c + 1) * tt * dt]);
-            }
-            let text_splice = |l: usize, x: &mut [f32]| {
-                if let Some(p) = tp.and_then(|t| t.deep_at(l)) {
-                    for s in x.chunks_exact_mut(tt * dt) {
-                        s[dt..(1 + n_t) * dt].copy_from_slice(p);
-                    }
-                }
-            };
-            ws.txt.forward(par, &tm.layers, nc, th, true, &text_splice);
-            let eot = &ws.eot;
-            let (txt_f, txt_n) = (&mut ws.txt_f[..nc * e], &mut ws.txt_n[..nc * e]);
-            head_forward(
-                par,
-                &ws.txt,
-                nc,
-                &|c| c * tt + eot[c],
-                fl,
-                tproj,
-                &mut ws.pooled,
-                txt_f,
-                txt_n,
-            );
+        for (c, row) in ws.classes.iter().enumerate() {
+            self.embed_text(row, tt, &mut ws.txt.x[c * tt * dt..(c + 1) * tt * dt]);
         }
+        let text_splice = |l: usize, x: &mut [f32]| {
+            if let Some(p) = tp.and_then(|t| t.deep_at(l)) {
+                for s in x.chunks_exact_mut(tt * dt) {
+                    s[dt..(1 + n_t) * dt].copy_from_slice(p);
+                }
+            }
+        };
+        let th = cfg.text.tower.num_attention_heads;
+        ws.txt.forward(par, &tm.layers, nc, th, true, &text_splice);
+        let eot = &ws.eot;
+        let (txt_f, txt_n) = (&mut ws.txt_f[..nc * e], &mut ws.txt_n[..nc * e]);
+        let (fl, tproj) = (&tm.final_layer_norm, &self.clip.text_projection);
+        let rows = |c: usize| c * tt + eot[c];
+        head_forward(
+            par,
+            &ws.txt,
+            nc,
+            &rows,
+            fl,
+            tproj,
+            &mut ws.pooled,
+            txt_f,
+            txt_n,
+        );
+    }
 
-        // ---- image tower: x [B·T, Dv] → img_n [B, E] ----
-        let tv = ws.vis.t;
+    /// The image tower with the plan's image prompts: x [B·T, Dv] → img_n [B, E].
+    fn image_forward(
+        &self,
+        par: &Parallel,
+        ws: &mut TrainWorkspace,
+        plan: &Prompts,
+        pixels: &[f32],
+        count: usize,
+    ) {
+        let cfg = &self.clip.config;
+        let v = &cfg.vision;
+        let (dv, e, tv, np) = (
+            v.tower.hidden_size,
+            cfg.projection_dim,
+            ws.vis.t,
+            v.num_positions(),
+        );
+        let vp = plan.vision.as_ref();
+        let n_v = plan.vision_n();
+        let img_len = 3 * v.image_size * v.image_size;
         for b in 0..count {
             let img = &pixels[b * img_len..(b + 1) * img_len];
             let x = &mut ws.vis.x[b * tv * dv..(b + 1) * tv * dv];
@@ -1372,8 +1506,7 @@ impl Model {
         let vh = v.tower.num_attention_heads;
         ws.vis
             .forward(par, &vm.layers, count, vh, false, &vis_splice);
-        let pl = &vm.post_layernorm;
-        let vproj = &self.clip.visual_projection;
+        let (pl, vproj) = (&vm.post_layernorm, &self.clip.visual_projection);
         let (img_f, img_n) = (&mut ws.img_f[..count * e], &mut ws.img_n[..count * e]);
         head_forward(
             par,
@@ -1386,148 +1519,116 @@ impl Model {
             img_f,
             img_n,
         );
+    }
 
-        if plan.meta_net.is_some() {
-            return self.cocoop_text_steps(par, ws, plan, count, labels, grads);
-        }
+    /// d txt_n = s · ∂logitsᵀ · img_n [C, E], to the EOT rows, then down the text tower to the
+    /// splice points: `ws.d_text_in`, `ws.d_text_deep`.
+    fn text_backward(
+        &self,
+        par: &Parallel,
+        ws: &mut TrainWorkspace,
+        plan: &Prompts,
+        count: usize,
+        scale: f32,
+    ) {
+        let cfg = &self.clip.config;
+        let (dt, e, nc, tt) = (
+            cfg.text.tower.hidden_size,
+            cfg.projection_dim,
+            ws.classes.len(),
+            ws.txt.t,
+        );
+        let n_t = plan.text_n();
+        let tm = &self.clip.text_model;
+        let (dl, eot) = (&ws.dlogits[..count * nc], &ws.eot);
+        head_backward(
+            par,
+            &mut ws.txt,
+            nc,
+            &|c, b| dl[b * nc + c],
+            count,
+            &ws.img_n[..count * e],
+            scale,
+            &ws.txt_f,
+            &ws.tproj_t,
+            &tm.final_layer_norm,
+            &|c| c * tt + eot[c],
+            (&mut ws.dn, &mut ws.df, &mut ws.pooled),
+        );
+        let (din, ddeep) = (&mut ws.d_text_in, &mut ws.d_text_deep);
+        din.fill(0.0);
+        ddeep.iter_mut().for_each(|d| d.fill(0.0));
+        let th = cfg.text.tower.num_attention_heads;
+        ws.txt
+            .backward(par, &tm.layers, nc, th, true, &mut |l, dx| {
+                if l == 0 {
+                    take_prompt_rows(dx, tt, dt, 1, n_t, din);
+                } else if let Some(acc) = ddeep.get_mut(l - 1) {
+                    take_prompt_rows(dx, tt, dt, 1, n_t, acc);
+                }
+            });
+    }
 
-        // ---- logits = s · img_n · txt_nᵀ [B, C], loss, dlogits ----
-        let scale = libm::expf(self.clip.logit_scale);
-        let (img_n, txt_n) = (&ws.img_n[..count * e], &ws.txt_n[..nc * e]);
-        scaled_dots(img_n, txt_n, count, nc, e, scale, &mut ws.logits);
-        let dl = &mut ws.dlogits[..count * nc];
-        let (loss, correct) = cross_entropy(&ws.logits[..count * nc], labels, nc, dl);
-        for t in &mut grads.tensors {
-            t.data.fill(0.0);
-        }
-
-        // ---- text backward (with text prompts): d txt_n = s · dlogitsᵀ · img_n [C, E], to the
-        // EOT rows, then down the tower to the splice points ----
-        if tp.is_some() {
-            let eot = &ws.eot;
-            head_backward(
-                par,
-                &mut ws.txt,
-                nc,
-                &|c, b| dl[b * nc + c],
-                count,
-                img_n,
-                scale,
-                &ws.txt_f,
-                &ws.tproj_t,
-                fl,
-                &|c| c * tt + eot[c],
-                (&mut ws.dn, &mut ws.df, &mut ws.pooled),
-            );
-            let (din, ddeep) = (&mut ws.d_text_in, &mut ws.d_text_deep);
-            din.fill(0.0);
-            ddeep.iter_mut().for_each(|d| d.fill(0.0));
-            ws.txt
-                .backward(par, &tm.layers, nc, th, true, &mut |l, dx| {
-                    if l == 0 {
-                        take_prompt_rows(dx, tt, dt, 1, n_t, din);
-                    } else if let Some(acc) = ddeep.get_mut(l - 1) {
-                        take_prompt_rows(dx, tt, dt, 1, n_t, acc);
-                    }
-                });
-        }
-
-        // ---- image backward (with image prompts): d img_n = s · dlogits · txt_n [B, E], to the
-        // CLS rows, then down the tower to the splice points ----
-        if let Some(v) = vp {
-            head_backward(
-                par,
-                &mut ws.vis,
-                count,
-                &|b, c| dl[b * nc + c],
-                nc,
-                txt_n,
-                scale,
-                &ws.img_f,
-                &ws.vproj_t,
-                pl,
-                &|b| b * tv,
-                (&mut ws.dn, &mut ws.df, &mut ws.pooled),
-            );
-            let (din, ddeep) = (&mut ws.d_vis_in, &mut ws.d_vis_deep);
-            let pre = &vm.pre_layrnorm;
-            ws.vis
-                .backward(par, &vm.layers, count, vh, false, &mut |l, dx| {
-                    if l == 0 {
-                        // ln_pre covered the appended prompts: back through it, row by row.
-                        din.fill(0.0);
-                        for s in dx.chunks_exact(tv * dv) {
-                            for i in 0..n_v {
-                                let x = &v.input[i * dv..(i + 1) * dv];
-                                let dy = &s[(np + i) * dv..(np + i + 1) * dv];
-                                let out = &mut din[i * dv..(i + 1) * dv];
-                                layer_norm_backward_row(x, dy, &pre.weight, pre.eps, out);
-                            }
+    /// d img_n = s · ∂logits · txt_n [B, E], to the CLS rows, then down the image tower to the
+    /// splice points: `ws.d_vis_in` (back through `ln_pre`, which covered the appended rows),
+    /// `ws.d_vis_deep`.
+    fn image_backward(
+        &self,
+        par: &Parallel,
+        ws: &mut TrainWorkspace,
+        plan: &Prompts,
+        count: usize,
+        scale: f32,
+    ) {
+        let Some(vp) = plan.vision.as_ref() else {
+            return;
+        };
+        let cfg = &self.clip.config;
+        let v = &cfg.vision;
+        let (dv, e, nc, tv, np, n_v) = (
+            v.tower.hidden_size,
+            cfg.projection_dim,
+            ws.classes.len(),
+            ws.vis.t,
+            v.num_positions(),
+            vp.n,
+        );
+        let vm = &self.clip.vision_model;
+        let dl = &ws.dlogits[..count * nc];
+        head_backward(
+            par,
+            &mut ws.vis,
+            count,
+            &|b, c| dl[b * nc + c],
+            nc,
+            &ws.txt_n[..nc * e],
+            scale,
+            &ws.img_f,
+            &ws.vproj_t,
+            &vm.post_layernorm,
+            &|b| b * tv,
+            (&mut ws.dn, &mut ws.df, &mut ws.pooled),
+        );
+        let (din, ddeep) = (&mut ws.d_vis_in, &mut ws.d_vis_deep);
+        let pre = &vm.pre_layrnorm;
+        let vh = v.tower.num_attention_heads;
+        ws.vis
+            .backward(par, &vm.layers, count, vh, false, &mut |l, dx| {
+                if l == 0 {
+                    din.fill(0.0);
+                    for s in dx.chunks_exact(tv * dv) {
+                        for i in 0..n_v {
+                            let x = &vp.input[i * dv..(i + 1) * dv];
+                            let dy = &s[(np + i) * dv..(np + i + 1) * dv];
+                            let out = &mut din[i * dv..(i + 1) * dv];
+                            layer_norm_backward_row(x, dy, &pre.weight, pre.eps, out);
                         }
-                    } else if let Some(acc) = ddeep.get_mut(l - 1) {
-                        acc.fill(0.0);
-                        take_prompt_rows(dx, tv, dv, np, n_v, acc);
                     }
-                });
-        }
-
-        // ---- the splice points' gradients onto the method's tensors ----
-        if plan.method != Method::Maple {
-            // CoOp, IVLP, VPT: the tensors are the splice rows, in the same order.
-            let splice = core::iter::once(&ws.d_text_in)
-                .filter(|_| tp.is_some())
-                .chain(&ws.d_text_deep)
-                .chain(core::iter::once(&ws.d_vis_in).filter(|_| vp.is_some()))
-                .chain(&ws.d_vis_deep);
-            for (g, d) in grads.tensors.iter_mut().zip(splice) {
-                g.data.copy_from_slice(d);
-            }
-            return Ok(StepStats { loss, correct });
-        }
-        let pr = plan
-            .maple()
-            .ok_or_else(|| Error::Input("MaPLe prompts without both towers".into()))?;
-        let (n, depth) = (pr.n_ctx, pr.depth);
-        grads.tensors[CTX].data.copy_from_slice(&ws.d_text_in);
-        for (j, d) in ws.d_text_deep.iter().enumerate() {
-            grads.tensors[deep_text(j)].data.copy_from_slice(d);
-        }
-
-        // ---- the projections: shared = proj(ctx), vis_deep[j] = proj_j(text_deep[j]) ----
-        let g = &mut grads.tensors;
-        {
-            let (head, _) = g.split_at_mut(3);
-            let (ctx_g, rest) = head.split_at_mut(1);
-            let (w_g, b_g) = rest.split_at_mut(1);
-            linear_backward_small(
-                pr.ctx,
-                &params.tensors[PROJ_W].data,
-                &ws.d_vis_in,
-                n,
-                dt,
-                dv,
-                &mut w_g[0].data,
-                &mut b_g[0].data,
-                &mut ctx_g[0].data,
-            );
-        }
-        for j in 0..depth - 1 {
-            let (_, deep) = g.split_at_mut(3);
-            let (t_g, rest) = deep[3 * j..3 * j + 3].split_at_mut(1);
-            let (w_g, b_g) = rest.split_at_mut(1);
-            linear_backward_small(
-                &pr.text_deep[j],
-                &params.tensors[deep_w(j)].data,
-                &ws.d_vis_deep[j],
-                n,
-                dt,
-                dv,
-                &mut w_g[0].data,
-                &mut b_g[0].data,
-                &mut t_g[0].data,
-            );
-        }
-        Ok(StepStats { loss, correct })
+                } else if let Some(acc) = ddeep.get_mut(l - 1) {
+                    acc.fill(0.0);
+                    take_prompt_rows(dx, tv, dv, np, n_v, acc);
+                }
+            });
     }
 
     /// CoCoOp's text side of a step (docs/prompts.md §3, §8), image by image once the image
