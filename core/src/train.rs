@@ -745,7 +745,7 @@ pub fn layer_norm_backward(
     });
 }
 
-/// The gradient of [`attention`] with respect to its fused `qkv` input, written to `dqkv`
+/// The gradient of [`attention`](crate::ops::attention) with respect to its fused `qkv` input, written to `dqkv`
 /// (`[batch·t, 3d]`), given `dout` (`[batch·t, d]`). Per (sequence, head), with S = Q·Kᵀ·s and
 /// P = softmax(S) recomputed as in the forward: dV = Pᵀ·dO, dP = dO·Vᵀ,
 /// dS = P ⊙ (dP − rowsum(P ⊙ dP))·s, dQ = dS·K, dK = dSᵀ·Q. `scratch` holds
