@@ -792,10 +792,7 @@ impl Classifier {
     /// Whether the text features depend on the image (CoCoOp): computed per batch, never
     /// cached.
     fn conditioned(&self) -> bool {
-        self.model
-            .prompts
-            .as_ref()
-            .is_some_and(maple_core::Prompts::image_conditioned)
+        self.model.text_depends_on_image()
     }
 
     /// CoCoOp: each image's logits against the labels encoded under its own context, on the

@@ -96,11 +96,7 @@ fn prompt_tensors(
     dtype: Option<Dtype>,
 ) -> maple_core::Result<Converted> {
     let names = src.names();
-    let module = if names.iter().all(|n| n.starts_with("module.")) {
-        "module."
-    } else {
-        ""
-    };
+    let module = maple_core::prompts::module_prefix(&names);
     let mut out = Vec::new();
     for n in &names {
         let bare = n.strip_prefix(module).unwrap_or(n);

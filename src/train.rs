@@ -910,11 +910,7 @@ impl Trainer {
             return Ok((0.0, 0));
         };
         // CoCoOp's text features depend on the image: encoded per image below instead.
-        let conditioned = self
-            .model
-            .prompts
-            .as_ref()
-            .is_some_and(maple_core::Prompts::image_conditioned);
+        let conditioned = self.model.text_depends_on_image();
         let text = if conditioned {
             maple_core::TextFeatures {
                 dim: self.model.clip.config.projection_dim,

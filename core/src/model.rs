@@ -437,6 +437,14 @@ impl Model {
         LinearPrecision::F32
     }
 
+    /// Whether the text features depend on the image (CoCoOp): then labels are encoded per
+    /// image ([`conditioned_logits`](Self::conditioned_logits)), never once for all images.
+    pub fn text_depends_on_image(&self) -> bool {
+        self.prompts
+            .as_ref()
+            .is_some_and(Prompts::image_conditioned)
+    }
+
     /// Text prompt rows (positions 1..=n of every label's sequence).
     pub fn text_n(&self) -> usize {
         self.prompts.as_ref().map_or(0, Prompts::text_n)

@@ -1032,6 +1032,8 @@ impl TrainWorkspace {
             tt,
             par.threads(),
         )?;
+        let (d_text_in, d_text_deep) = splice_grad(prompts.text.as_ref(), tc.tower.hidden_size);
+        let (d_vis_in, d_vis_deep) = splice_grad(prompts.vision.as_ref(), v.tower.hidden_size);
         Ok(TrainWorkspace {
             batch,
             threads: par.threads(),
@@ -1051,10 +1053,10 @@ impl TrainWorkspace {
             df: vec![0.0; batch.max(c) * e],
             pooled: vec![0.0; batch.max(c) * w],
             dn: vec![0.0; batch.max(c) * e],
-            d_text_in: splice_grad(prompts.text.as_ref(), tc.tower.hidden_size).0,
-            d_text_deep: splice_grad(prompts.text.as_ref(), tc.tower.hidden_size).1,
-            d_vis_in: splice_grad(prompts.vision.as_ref(), v.tower.hidden_size).0,
-            d_vis_deep: splice_grad(prompts.vision.as_ref(), v.tower.hidden_size).1,
+            d_text_in,
+            d_text_deep,
+            d_vis_in,
+            d_vis_deep,
             shapes: plan_shapes(cfg, prompts)
                 .into_iter()
                 .map(|(_, s)| s)

@@ -56,10 +56,7 @@ struct Inner {
 impl Inner {
     /// Whether the text features depend on the image (CoCoOp).
     fn is_conditioned(&self) -> bool {
-        self.model
-            .prompts
-            .as_ref()
-            .is_some_and(Prompts::image_conditioned)
+        self.model.text_depends_on_image()
     }
 
     async fn encode_texts(&mut self, rows: &[TokenRow]) -> Result<TextFeatures, JsValue> {

@@ -226,11 +226,7 @@ fn main() {
         println!("{}", serde_json::Value::Object(out));
         return;
     }
-    if model
-        .prompts
-        .as_ref()
-        .is_some_and(maple_core::Prompts::image_conditioned)
-    {
+    if model.text_depends_on_image() {
         let tok = load_tokenizer(&a.model).unwrap();
         cocoop_bench(&a, &model, &par, &tok, &mut out);
         println!("{}", serde_json::Value::Object(out));

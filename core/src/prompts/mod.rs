@@ -269,15 +269,22 @@ pub(crate) struct Keys<'a> {
     pub module: &'static str,
 }
 
+/// The DataParallel prefix of a checkpoint's names: `"module."` when every name carries it,
+/// else `""`.
+pub fn module_prefix(names: &[&str]) -> &'static str {
+    if !names.is_empty() && names.iter().all(|n| n.starts_with("module.")) {
+        "module."
+    } else {
+        ""
+    }
+}
+
 impl<'a> Keys<'a> {
     pub fn new(src: &'a dyn TensorSource) -> Self {
-        let names = src.names();
-        let module = if !names.is_empty() && names.iter().all(|n| n.starts_with("module.")) {
-            "module."
-        } else {
-            ""
-        };
-        Keys { src, module }
+        Keys {
+            src,
+            module: module_prefix(&src.names()),
+        }
     }
 
     /// Whether tensor `name` exists.
