@@ -503,13 +503,14 @@ impl ClassifierBuilder {
 /// Warnings for settings in the environment that would otherwise be ignored without a word:
 /// `MAPLE_SIMD` naming no kernel path or one this CPU lacks, `WGPU_BACKEND` naming no backend.
 fn env_warnings(device: Device) -> Vec<String> {
-    use maple_core::simd::{isa, Isa, IsaRefusal};
+    use maple_core::simd::{isa, names, Isa, IsaRefusal};
     let mut w = Vec::new();
     if let Some(v) = std::env::var_os("MAPLE_SIMD") {
         let v = v.to_string_lossy();
         match Isa::from_env_value(&v) {
             Err(IsaRefusal::Unknown) => w.push(format!(
-                "MAPLE_SIMD=\"{v}\" is not one of avx512, avx2, portable; ignored (using {})",
+                "MAPLE_SIMD=\"{v}\" is not one of {}; ignored (using {})",
+                names().join(", "),
                 isa().name()
             )),
             Err(IsaRefusal::Unsupported) => w.push(format!(

@@ -136,3 +136,66 @@ fn bf16_on_the_gpu_is_refused() {
         "{e}"
     );
 }
+
+/// The tiny model in int8 against the PyTorch golden (fp32): every int8 kernel (VNNI, NEON
+/// `usdot` or `sdot`, portable) sums the same integers, so this runs whichever the machine picks
+/// (the aarch64 CI runs it on CPUs with and without dotprod and i8mm) against one bound: PyTorch's
+/// top-1 on every image, and every logit within 5% of that image's logit range (the tiny logits
+/// span 20–30; int8's worst error measured on x86 was 0.44, 2.4% of its image's range).
+#[test]
+fn tiny_int8_is_near_pytorch_with_its_top1() {
+    let g = golden("golden_tiny.json");
+    let dir = common::tiny_dir();
+    let names: Vec<&str> = g["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut c = Classifier::builder(&dir)
+        .prompts(dir.join("maple_prompts.safetensors"))
+        .label_set(LabelSet::parse(&names.join("\n"), "labels").unwrap())
+        .template(g["template"].as_str().unwrap())
+        .device(Device::Cpu)
+        .precision(Precision::Int8)
+        .build()
+        .unwrap();
+    assert!(c.model().is_int8());
+    let images: Vec<std::path::PathBuf> = g["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| fixtures().join("images").join(v.as_str().unwrap()))
+        .collect();
+    let sources: Vec<ImageSource> = images.iter().map(|p| ImageSource::Path(p)).collect();
+    let (mut max, mut worst) = (0.0f32, 0.0f32);
+    for (i, r) in c.classify_batch(&sources).unwrap().into_iter().enumerate() {
+        let got = r.unwrap().logits;
+        let want: Vec<f32> = g["maple"]["logits"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        let range = want.iter().fold(f32::MIN, |m, &v| m.max(v))
+            - want.iter().fold(f32::MAX, |m, &v| m.min(v));
+        max = max.max(d);
+        worst = worst.max(d / range);
+        assert_eq!(top_k(&got, 1), top_k(&want, 1), "image {i}: top-1");
+    }
+    eprintln!(
+        "tiny int8 ({}): max |Δlogit| vs PyTorch {max:.2e}, {:.1}% of the image's range",
+        maple::engine::simd::int8_kernel_name(),
+        100.0 * worst
+    );
+    assert!(
+        worst <= 0.05,
+        "tiny int8: |Δlogit| {:.1}% of the range",
+        100.0 * worst
+    );
+}

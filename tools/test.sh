@@ -43,7 +43,18 @@ export SPIRV_VAL="$PWD/$SPV/cmeel.prefix/bin/spirv-val"
 cargo test -p maple-gpu -- --nocapture --test-threads=1
 # Windows: maple-classify.exe cross-built and run under wine against the golden logits.
 bash tools/windows-test.sh
+# aarch64: the NEON kernels under qemu-aarch64 as three CPUs (with and without dotprod and i8mm),
+# core unit tests and the tiny golden tests.
+bash tools/aarch64-test.sh
 cargo test -p maple-clip-core --no-default-features
+# The core's unit tests for wasm32 with SIMD128 (.cargo/config.toml) under Node's WASI: the SIMD128
+# kernels against their portable twins, as the browser build compiles them.
+if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1 >&2; then
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/tools/wasi-run.mjs" \
+    cargo test -q --release -p maple-clip-core --no-default-features --target wasm32-wasip1 --lib -- --test-threads=1
+else
+  echo "wasm32-wasip1 core tests: SKIPPED (rustup target add wasm32-wasip1 failed)"
+fi
 # The Python wheel (bindings/python, PEP 517 + maturin) installed into a virtual environment, then
 # its pytest suite: every image kind against the golden logits, training against PyTorch autograd,
 # the GIL, fork, pickling, mypy --strict, and a Ray Data job on a two-node local cluster with an

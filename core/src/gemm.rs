@@ -475,9 +475,13 @@ type Kernel = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32, u
 fn kernel(isa: Isa) -> (Kernel, usize) {
     match isa.path() {
         #[cfg(target_arch = "x86_64")]
-        simd::Path::Avx512 => (x86::kernel_avx512, 12),
+        simd::Path::Avx512 => (simd::x86::kernel_avx512, 12),
         #[cfg(target_arch = "x86_64")]
-        simd::Path::Avx2 => (x86::kernel_avx2, 6),
+        simd::Path::Avx2 => (simd::x86::kernel_avx2, 6),
+        #[cfg(target_arch = "aarch64")]
+        simd::Path::Neon => (simd::neon::kernel, 6),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        simd::Path::Simd128 => (simd::wasm::kernel, simd::wasm::MR),
         _ => (kernel_portable, 6),
     }
 }
@@ -617,7 +621,7 @@ fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::PORTABLE {
         // SAFETY: Avx2/Avx512 imply F16C (checked in simd::detect).
-        unsafe { x86::widen_f16c(src, dst) };
+        unsafe { simd::x86::widen_f16c(src, dst) };
         return;
     }
     let _ = isa;
@@ -672,130 +676,6 @@ pub fn gemm_reference(a: &[f32], m: usize, k: usize, w_out_in: &[f32], n: usize)
         }
     }
     c
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
-mod x86 {
-    use super::NR;
-    use core::arch::x86_64::*;
-
-    macro_rules! dispatch {
-        ($mr:expr, $f:ident, $args:tt; $($r:literal)*) => {
-            match $mr {
-                $($r => $f::<$r> $args,)*
-                _ => unreachable!(),
-            }
-        };
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel_avx2(
-        mr: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        dispatch!(mr, k256, (kc, a, lda, b, c, ldc, load); 1 2 3 4 5 6)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel_avx512(
-        mr: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        dispatch!(mr, k512, (kc, a, lda, b, c, ldc, load); 1 2 3 4 5 6 7 8 9 10 11 12)
-    }
-
-    /// R × 16 tile in 2R ymm accumulators; per k: two B loads, R broadcasts, 2R FMAs.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn k256<const R: usize>(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        const { assert!(NR == 16) };
-        let mut lo = [_mm256_setzero_ps(); R];
-        let mut hi = [_mm256_setzero_ps(); R];
-        if load {
-            for i in 0..R {
-                lo[i] = _mm256_loadu_ps(c.add(i * ldc));
-                hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
-            }
-        }
-        for p in 0..kc {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            for i in 0..R {
-                let av = _mm256_broadcast_ss(&*a.add(i * lda + p));
-                lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
-                hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
-            }
-        }
-        for i in 0..R {
-            _mm256_storeu_ps(c.add(i * ldc), lo[i]);
-            _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
-        }
-    }
-
-    /// R × 16 tile in R zmm accumulators; per k: one B load, R broadcast-FMAs.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn k512<const R: usize>(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        const { assert!(NR == 16) };
-        let mut acc = [_mm512_setzero_ps(); R];
-        if load {
-            for i in 0..R {
-                acc[i] = _mm512_loadu_ps(c.add(i * ldc));
-            }
-        }
-        for p in 0..kc {
-            let bv = _mm512_loadu_ps(b.add(p * NR));
-            for i in 0..R {
-                let av = _mm512_set1_ps(*a.add(i * lda + p));
-                acc[i] = _mm512_fmadd_ps(av, bv, acc[i]);
-            }
-        }
-        for i in 0..R {
-            _mm512_storeu_ps(c.add(i * ldc), acc[i]);
-        }
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    pub(super) unsafe fn widen_f16c(src: &[u16], dst: &mut [f32]) {
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-            i += 8;
-        }
-        while i < n {
-            dst[i] = half::f16::from_bits(src[i]).to_f32();
-            i += 1;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -909,6 +789,52 @@ mod tests {
             let want = gemm_reference(&p, t, t, &vt, hd);
             for (x, y) in o.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-4, "{isa:?} PV {x} vs {y}");
+            }
+        }
+    }
+
+    /// SIMD128 has no fused multiply-add: its kernel does the portable kernel's multiplies and
+    /// adds in the same order, so the two agree to the bit (other paths fuse, and are held to
+    /// the f64 reference above instead).
+    #[test]
+    fn simd128_kernel_equals_the_portable_kernel_bit_for_bit() {
+        let seq = Parallel::sequential();
+        let mut r = Rng::new(5);
+        for isa in simd::available() {
+            if isa.path() != simd::Path::Simd128 {
+                continue;
+            }
+            for &(m, k, n) in &[(1, 3, 1), (9, 400, 37), (130, 64, 16)] {
+                let a: Vec<f32> = (0..m * k).map(|_| r.uniform(1.0)).collect();
+                let w: Vec<f32> = (0..n * k).map(|_| r.uniform(1.0)).collect();
+                let bias: Vec<f32> = (0..n).map(|_| r.uniform(1.0)).collect();
+                let b = PackedMatrix::from_out_in(&w, n, k);
+                let mut got = vec![0.5f32; m * n];
+                let mut want = got.clone();
+                gemm_isa(
+                    isa,
+                    &seq,
+                    &a,
+                    k,
+                    m,
+                    &b,
+                    &mut got,
+                    n,
+                    Epilogue::residual(&bias),
+                );
+                let p = Isa::PORTABLE;
+                gemm_isa(
+                    p,
+                    &seq,
+                    &a,
+                    k,
+                    m,
+                    &b,
+                    &mut want,
+                    n,
+                    Epilogue::residual(&bias),
+                );
+                assert_eq!(got, want, "m={m} k={k} n={n}");
             }
         }
     }

@@ -45,11 +45,13 @@ impl Tile {
     }
 
     /// Columns (1..=NR; fewer only in the last panel).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 tiles' epilogues
     pub fn nv(&self) -> usize {
         self.nv
     }
 
     /// Floats between output rows.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 tiles' epilogues
     pub fn ldc(&self) -> usize {
         self.ldc
     }
@@ -64,6 +66,7 @@ impl Tile {
 
     /// The tile's first output value: `mr` rows of `nv` values, `ldc` apart, which this thread
     /// alone writes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 tiles' epilogues
     pub fn out_ptr(&mut self) -> *mut f32 {
         self.ptr
     }

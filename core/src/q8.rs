@@ -15,7 +15,7 @@ use crate::buf::{starts_aligned, Buf};
 use crate::gemm::{Act, Epilogue, PackedMatrix, SharedBytes, NR};
 use crate::lowp::{for_each_tile, Tile, MR};
 use crate::par::{split, Parallel, SyncPtr};
-use crate::simd;
+use crate::simd::{self, Int8Kernel};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -136,19 +136,10 @@ impl Q8Scratch {
     }
 }
 
-/// Whether the VNNI kernel runs here (else the portable one: same results, slower): the CPU
-/// has AVX-512 VNNI and the chosen path ([`simd::isa`], which `MAPLE_SIMD` sets) is `avx512`.
+/// Whether the VNNI kernel runs here (else another: same results): the CPU has AVX-512 VNNI and
+/// the chosen path ([`simd::isa`], which `MAPLE_SIMD` sets) is `avx512`.
 pub fn has_vnni() -> bool {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    {
-        simd::isa().path() == simd::Path::Avx512
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
-    {
-        false
-    }
+    simd::int8_kernel() == Int8Kernel::Vnni
 }
 
 /// `C = A·B (+ epilogue)` with B int8, A quantised per row into `s` on the way.
@@ -164,12 +155,12 @@ pub fn gemm_q8(
     ep: Epilogue<'_>,
     s: &mut Q8Scratch,
 ) {
-    gemm_q8_with(has_vnni(), par, a, lda, m, b, c, ldc, ep, s)
+    gemm_q8_with(simd::int8_kernel(), par, a, lda, m, b, c, ldc, ep, s)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_q8_with(
-    vnni: bool,
+    kern: Int8Kernel,
     par: &Parallel,
     a: &[f32],
     lda: usize,
@@ -202,15 +193,12 @@ pub(crate) fn gemm_q8_with(
             let row = &a[i * lda..i * lda + k];
             // SAFETY: row i of the u8 buffer and (scale, min) i belong to this thread alone.
             let q = unsafe { core::slice::from_raw_parts_mut((ap as *mut u8).add(i * k4), k4) };
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: VNNI detected implies AVX-512F and BW.
-            let (sc, lo_v) = if vnni {
-                unsafe { x86::quantize_row(row, q) }
-            } else {
-                quantize_row(row, q)
+            let (sc, lo_v) = match kern {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: only detection makes `Vnni`, which implies AVX-512F and BW.
+                Int8Kernel::Vnni => unsafe { x86::quantize_row(row, q) },
+                _ => quantize_row(row, q),
             };
-            #[cfg(not(target_arch = "x86_64"))]
-            let (sc, lo_v) = quantize_row(row, q);
             q[k..].fill(0);
             unsafe {
                 *qp.get().add(2 * i) = sc;
@@ -221,8 +209,6 @@ pub(crate) fn gemm_q8_with(
     // 2. Integer products per (row tile, column panel), then back to f32 per row.
     let ua: &[u8] = &s.a;
     let sa: &[f32] = &s.scale;
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = vnni; // one kernel off x86
     let isa = simd::isa();
     let gelu = ep.act == Act::QuickGelu;
     // The weight's slices once (each look-up of a shared one goes through its owner).
@@ -231,21 +217,26 @@ pub(crate) fn gemm_q8_with(
         let bp = &bd[t.p() * k4 * NR..(t.p() + 1) * k4 * NR];
         let arows = &ua[t.i0() * k4..(t.i0() + t.mr()) * k4];
         let rows_sa = &sa[2 * t.i0()..2 * (t.i0() + t.mr())];
-        #[cfg(target_arch = "x86_64")]
-        if vnni && isa.path() == simd::Path::Avx512 && t.nv() == NR {
-            // SAFETY: VNNI detected (with AVX-512F/BW); a whole panel; slices sized above.
-            unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, (bs, bc), &ep) };
-            return;
+        match kern {
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Vnni if t.nv() == NR => {
+                // SAFETY: only detection makes `Vnni` (with AVX-512F/BW); a whole panel;
+                // slices sized above.
+                unsafe { x86::tile_then_epilogue(t, k4, arows, bp, rows_sa, (bs, bc), &ep) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Int8Kernel::Vnni => unsafe { x86::tile(t.mr(), k4, arows, bp, acc) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: only detection makes `Usdot` (i8mm) or `Sdot` (dotprod); slices sized
+            // above (a tile's rows of k4 bytes, one panel of k4 × NR bytes and NR sums).
+            Int8Kernel::Usdot | Int8Kernel::Sdot => unsafe {
+                let sums = &bc[t.p() * NR..(t.p() + 1) * NR];
+                simd::neon::q8_tile(kern == Int8Kernel::Usdot, t.mr(), k4, arows, bp, sums, acc)
+            },
+            _ => tile_portable(t.mr(), k4, arows, bp, acc),
         }
-        #[cfg(target_arch = "x86_64")]
-        if vnni {
-            // SAFETY: VNNI detected; slices sized above.
-            unsafe { x86::tile(t.mr(), k4, arows, bp, acc) };
-        } else {
-            tile_portable(t.mr(), k4, arows, bp, acc);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        tile_portable(t.mr(), k4, arows, bp, acc);
         for (i, (a, s)) in acc.iter().zip(rows_sa.chunks_exact(2)).enumerate() {
             let n0 = t.n0();
             let out = t.row(i);
@@ -526,12 +517,14 @@ mod tests {
             let want = reference(&a, m, k, &w, n);
             let exact = crate::gemm::gemm_reference(&a, m, k, &w, n);
             let mut outs = Vec::new();
-            for vnni in [false, has_vnni()] {
+            let kernels = simd::int8_kernels();
+            assert_eq!(kernels.last(), Some(&Int8Kernel::Portable));
+            for &kern in &kernels {
                 let mut c = vec![0.0f32; m * n];
                 let mut s = Q8Scratch::new(m, k);
                 let par = Parallel::sequential();
                 gemm_q8_with(
-                    vnni,
+                    kern,
                     &par,
                     &a,
                     k,
@@ -552,7 +545,13 @@ mod tests {
                 }
                 outs.push(c);
             }
-            assert_eq!(outs[0], outs[1], "VNNI and portable kernels differ");
+            for (o, kern) in outs.iter().zip(&kernels) {
+                assert_eq!(
+                    o,
+                    &outs[outs.len() - 1],
+                    "{kern:?} and portable kernels differ"
+                );
+            }
         }
     }
 
@@ -571,6 +570,7 @@ mod tests {
         let mut want = vec![0u8; k];
         assert_eq!(quantize_row(&row, &mut want), (1.0, 0.0));
         assert_eq!(want[2], 13, "roundf(12.5) = 13");
+        #[cfg(target_arch = "x86_64")]
         if has_vnni() {
             let mut got = vec![0u8; k];
             // SAFETY: VNNI detected (AVX-512F and BW with it).

@@ -4,8 +4,19 @@
 //! `exp` is Cephes' single-precision scheme: `x = n·ln2 + r` (ln2 split in two constants),
 //! a degree-6 polynomial for `e^r` on |r| ≤ ln2/2, and `2^n` built in the exponent bits. Its error
 //! against libm's correctly rounded `expf` is ≤ 2 ulp over the range used here (tested below).
+//!
+//! Each architecture's kernels live in one file beside this one (`simd/x86.rs`, `simd/neon.rs`,
+//! `simd/wasm.rs`): element-wise math, the f32 GEMM micro-kernel and the int8 tiles. A new
+//! architecture is a new file, a `Path` variant and its arm in `Path::supported`.
 
 use core::sync::atomic::{AtomicU8, Ordering};
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub(crate) mod wasm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
 
 /// A SIMD code path this CPU can run: a token that only detection makes ([`isa`], [`available`],
 /// [`Isa::from_env_value`], which refuse a path the CPU lacks) or [`Isa::PORTABLE`] (plain Rust,
@@ -21,13 +32,20 @@ use core::sync::atomic::{AtomicU8, Ordering};
 pub struct Isa(Path);
 
 /// The code paths (crate-internal: kernels match on them; only this module wraps one in an
-/// [`Isa`], after detection).
+/// [`Isa`], after detection). Every variant exists on every target so that `MAPLE_SIMD` can
+/// name one this build lacks; [`Path::supported`] says no to it there.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Path {
-    /// AVX-512F (+ FMA): 16-lane kernels.
+    /// x86-64 AVX-512F (+ AVX2, FMA, F16C): 16-lane kernels.
     Avx512,
-    /// AVX2 + FMA + F16C: 8-lane kernels.
+    /// x86-64 AVX2 + FMA + F16C: 8-lane kernels.
     Avx2,
+    /// aarch64 Advanced SIMD (NEON, with FMA): 4-lane kernels; int8 through `sdot` (dotprod) or
+    /// `usdot` (i8mm) where the CPU has them.
+    Neon,
+    /// wasm32 SIMD128 (a compile-time choice: the browser build enables it): 4-lane kernels,
+    /// multiply and add unfused.
+    Simd128,
     /// Plain Rust (any target, `no_std` without target features).
     Portable,
 }
@@ -35,36 +53,89 @@ pub(crate) enum Path {
 /// Why [`Isa::from_env_value`] gave no path.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum IsaRefusal {
-    /// The value names no path (`avx512`, `avx2` and `portable` are the names).
+    /// The value names no path (see [`names`]).
     Unknown,
-    /// The path exists but this CPU cannot run it.
+    /// The path exists but this CPU (or this build) cannot run it.
     Unsupported,
+}
+
+impl Path {
+    /// Best first.
+    const ALL: [Path; 5] = [
+        Path::Avx512,
+        Path::Avx2,
+        Path::Neon,
+        Path::Simd128,
+        Path::Portable,
+    ];
+
+    /// How `MAPLE_SIMD` names it.
+    fn env_name(self) -> &'static str {
+        match self {
+            Path::Avx512 => "avx512",
+            Path::Avx2 => "avx2",
+            Path::Neon => "neon",
+            Path::Simd128 => "simd128",
+            Path::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU (and this build) runs it: the one place that decides.
+    fn supported(self) -> bool {
+        match self {
+            Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => x86::has_avx2_fma_f16c(),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => x86::has_avx2_fma_f16c() && x86::has_avx512f(),
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => neon::has_neon(),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Path::Simd128 => true,
+            _ => false,
+        }
+    }
+}
+
+/// The `MAPLE_SIMD` values that name a path of this architecture, best first (for messages).
+pub fn names() -> alloc::vec::Vec<&'static str> {
+    let arch: &[Path] = if cfg!(target_arch = "x86_64") {
+        &[Path::Avx512, Path::Avx2]
+    } else if cfg!(target_arch = "aarch64") {
+        &[Path::Neon]
+    } else if cfg!(target_arch = "wasm32") {
+        &[Path::Simd128]
+    } else {
+        &[]
+    };
+    arch.iter()
+        .chain(&[Path::Portable])
+        .map(|p| p.env_name())
+        .collect()
 }
 
 impl Isa {
     /// The plain-Rust path: every CPU runs it.
     pub const PORTABLE: Isa = Isa(Path::Portable);
 
-    /// The path a `MAPLE_SIMD` value (`avx512`, `avx2`, `portable`) names, if this CPU runs it.
+    /// The path a `MAPLE_SIMD` value (one of [`names`]) names, if this CPU runs it.
     pub fn from_env_value(v: &str) -> Result<Isa, IsaRefusal> {
-        let path = match v {
-            "avx512" => Path::Avx512,
-            "avx2" => Path::Avx2,
-            "portable" => Path::Portable,
-            _ => return Err(IsaRefusal::Unknown),
-        };
-        available()
+        let path = Path::ALL
             .into_iter()
-            .find(|i| i.0 == path)
-            .ok_or(IsaRefusal::Unsupported)
+            .find(|p| p.env_name() == v)
+            .ok_or(IsaRefusal::Unknown)?;
+        if path.supported() {
+            Ok(Isa(path))
+        } else {
+            Err(IsaRefusal::Unsupported)
+        }
     }
 
-    /// How `MAPLE_SIMD` names it.
+    /// Its name for people (and for reports).
     pub fn name(self) -> &'static str {
         match self.0 {
-            Path::Avx512 => "avx512",
             Path::Avx2 => "avx2+fma",
-            Path::Portable => "portable",
+            p => p.env_name(),
         }
     }
 
@@ -77,46 +148,29 @@ impl Isa {
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
 
 /// The best path this CPU supports (detected at run time with `std`, from the compile-time
-/// target features without). With `std`, `MAPLE_SIMD=avx512|avx2|portable` picks another
+/// target features without). With `std`, `MAPLE_SIMD` (one of [`names`]) picks another
 /// supported one (for benchmarks and for checking the fallbacks); it also governs the int8
-/// (VNNI) and bf16 kernels, which run only on the `avx512` path. The first call may allocate (std
-/// reads the environment), so workspaces call it before any forward pass.
+/// and bf16 kernels, which run only on a SIMD path. The first call may allocate
+/// (std reads the environment), so workspaces call it before any forward pass.
 pub fn isa() -> Isa {
     match CHOSEN.load(Ordering::Relaxed) {
-        1 => Isa(Path::Avx512),
-        2 => Isa(Path::Avx2),
-        3 => Isa(Path::Portable),
-        _ => {
+        0 => {
             let i = detect();
-            CHOSEN.store(
-                match i.0 {
-                    Path::Avx512 => 1,
-                    Path::Avx2 => 2,
-                    Path::Portable => 3,
-                },
-                Ordering::Relaxed,
-            );
+            let at = Path::ALL.iter().position(|p| *p == i.0).unwrap_or(4);
+            CHOSEN.store(at as u8 + 1, Ordering::Relaxed);
             i
         }
+        c => Isa(Path::ALL[(c as usize - 1).min(4)]),
     }
 }
 
 /// The paths this machine can run, best first (tests run each).
 pub fn available() -> alloc::vec::Vec<Isa> {
-    let best = detect_hw();
-    [Path::Avx512, Path::Avx2, Path::Portable]
+    Path::ALL
         .into_iter()
-        .filter(|p| rank(*p) >= rank(best))
+        .filter(|p| p.supported())
         .map(Isa)
         .collect()
-}
-
-fn rank(p: Path) -> u8 {
-    match p {
-        Path::Avx512 => 0,
-        Path::Avx2 => 1,
-        Path::Portable => 2,
-    }
 }
 
 fn detect() -> Isa {
@@ -127,46 +181,77 @@ fn detect() -> Isa {
     {
         return i;
     }
-    Isa(detect_hw())
+    available().into_iter().next().unwrap_or(Isa::PORTABLE)
 }
 
-fn detect_hw() -> Path {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    {
-        let avx2 = std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c");
-        if avx2 && std::is_x86_feature_detected!("avx512f") {
-            return Path::Avx512;
-        }
-        if avx2 {
-            return Path::Avx2;
-        }
-        Path::Portable
-    }
-    #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
-    {
-        if cfg!(all(
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c",
-            target_feature = "avx512f"
-        )) {
-            Path::Avx512
-        } else if cfg!(all(
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        )) {
-            Path::Avx2
-        } else {
-            Path::Portable
+/// The int8 dot-product kernel (crate-internal like [`Path`]: made only from detection).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Int8Kernel {
+    /// x86-64 AVX-512 VNNI `vpdpbusd` (u8 × s8), with AVX-512BW.
+    Vnni,
+    /// aarch64 i8mm `usdot` (u8 × s8).
+    Usdot,
+    /// aarch64 dotprod `sdot` (s8 × s8: activations shifted by −128, corrected by the column
+    /// sums).
+    Sdot,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Int8Kernel {
+    fn supported(self, path: Path) -> bool {
+        match self {
+            Int8Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Vnni => path == Path::Avx512 && x86::has_vnni(),
+            #[cfg(target_arch = "aarch64")]
+            Int8Kernel::Usdot => path == Path::Neon && neon::has_i8mm(),
+            #[cfg(target_arch = "aarch64")]
+            Int8Kernel::Sdot => path == Path::Neon && neon::has_dotprod(),
+            _ => {
+                let _ = path;
+                false
+            }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        Path::Portable
+
+    /// What a report calls it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Vnni => "avx512-vnni",
+            Int8Kernel::Usdot => "neon-i8mm",
+            Int8Kernel::Sdot => "neon-dotprod",
+            Int8Kernel::Portable => "portable",
+        }
     }
+}
+
+/// The int8 kernels the chosen path can run, best first (tests run each).
+pub(crate) fn int8_kernels() -> alloc::vec::Vec<Int8Kernel> {
+    let path = isa().path();
+    [
+        Int8Kernel::Vnni,
+        Int8Kernel::Usdot,
+        Int8Kernel::Sdot,
+        Int8Kernel::Portable,
+    ]
+    .into_iter()
+    .filter(|k| k.supported(path))
+    .collect()
+}
+
+/// The int8 kernel `--precision int8` runs here: the best of [`int8_kernels`].
+pub(crate) fn int8_kernel() -> Int8Kernel {
+    int8_kernels()
+        .into_iter()
+        .next()
+        .unwrap_or(Int8Kernel::Portable)
+}
+
+/// The name of the int8 kernel that runs here (for reports: `avx512-vnni`, `neon-i8mm`,
+/// `neon-dotprod`, `portable`).
+pub fn int8_kernel_name() -> &'static str {
+    int8_kernel().name()
 }
 
 // Cephes expf constants.
@@ -228,6 +313,11 @@ pub fn quick_gelu_slice(isa: Isa, v: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Path::Avx2 => unsafe { x86::gelu256(v) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: only detection makes a NEON `Isa`.
+        Path::Neon => unsafe { neon::gelu(v) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Path::Simd128 => wasm::gelu(v),
         _ => v.iter_mut().for_each(|x| *x = gelu1(*x)),
     }
 }
@@ -246,6 +336,11 @@ pub fn exp_scaled_sum(isa: Isa, v: &mut [f32], scale: f32, shift: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Path::Avx2 => unsafe { x86::exp_sum256(v, scale, shift) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: only detection makes a NEON `Isa`.
+        Path::Neon => unsafe { neon::exp_sum(v, scale, shift) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Path::Simd128 => wasm::exp_sum(v, scale, shift),
         _ => {
             let mut s = 0.0;
             for x in v.iter_mut() {
@@ -271,225 +366,6 @@ pub fn max(v: &[f32]) -> f32 {
         r = r.max(x);
     }
     r
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86 {
-    use super::*;
-    use core::arch::x86_64::*;
-
-    macro_rules! exp_body {
-        ($x:expr, $set1:ident, $min:ident, $max:ident, $fmadd:ident, $fnmadd:ident, $mul:ident,
-         $round:expr, $cvt:ident, $add_epi:ident, $slli:ident, $cast:ident, $seti:ident) => {{
-            // The limits first: min/max return their second operand when one is NaN, so a NaN
-            // stays NaN, as the scalar twin's `clamp` keeps it (the NaN checks downstream rely
-            // on it).
-            let x = $min($set1(EXP_HI), $max($set1(EXP_LO), $x));
-            let n = $round($fmadd(x, $set1(LOG2E), $set1(0.5)));
-            let r = $fnmadd(n, $set1(LN2_HI), x);
-            let r = $fnmadd(n, $set1(LN2_LO), r);
-            let mut y = $set1(P[0]);
-            y = $fmadd(y, r, $set1(P[1]));
-            y = $fmadd(y, r, $set1(P[2]));
-            y = $fmadd(y, r, $set1(P[3]));
-            y = $fmadd(y, r, $set1(P[4]));
-            y = $fmadd(y, r, $set1(P[5]));
-            let r2 = $mul(r, r);
-            y = $fmadd(y, r2, r);
-            y = $fmadd(y, $set1(1.0), $set1(1.0)); // y + 1, rounded once as the scalar does
-            let e = $slli::<23>($add_epi($cvt(n), $seti(127)));
-            $mul(y, $cast(e))
-        }};
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn exp8(x: __m256) -> __m256 {
-        exp_body!(
-            x,
-            _mm256_set1_ps,
-            _mm256_min_ps,
-            _mm256_max_ps,
-            _mm256_fmadd_ps,
-            _mm256_fnmadd_ps,
-            _mm256_mul_ps,
-            |v| _mm256_floor_ps(v),
-            _mm256_cvtps_epi32,
-            _mm256_add_epi32,
-            _mm256_slli_epi32,
-            _mm256_castsi256_ps,
-            _mm256_set1_epi32
-        )
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn exp16(x: __m512) -> __m512 {
-        exp_body!(
-            x,
-            _mm512_set1_ps,
-            _mm512_min_ps,
-            _mm512_max_ps,
-            _mm512_fmadd_ps,
-            _mm512_fnmadd_ps,
-            _mm512_mul_ps,
-            |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(v),
-            _mm512_cvtps_epi32,
-            _mm512_add_epi32,
-            _mm512_slli_epi32,
-            _mm512_castsi512_ps,
-            _mm512_set1_epi32
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gelu256(v: &mut [f32]) {
-        let mut c = v.chunks_exact_mut(8);
-        for x in &mut c {
-            let p = x.as_mut_ptr();
-            let a = _mm256_loadu_ps(p);
-            let e = exp8(_mm256_mul_ps(a, _mm256_set1_ps(-1.702)));
-            _mm256_storeu_ps(p, _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0), e)));
-        }
-        for x in c.into_remainder() {
-            *x = gelu1(*x);
-        }
-    }
-
-    /// QuickGELU of 16 lanes: `a / (1 + exp(-1.702 a))`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(crate) fn gelu16(a: __m512) -> __m512 {
-        let e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-1.702)));
-        _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0), e))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gelu512(v: &mut [f32]) {
-        let mut c = v.chunks_exact_mut(16);
-        for x in &mut c {
-            let p = x.as_mut_ptr();
-            _mm512_storeu_ps(p, gelu16(_mm512_loadu_ps(p)));
-        }
-        let rest = c.into_remainder();
-        let (m, p) = (tail_mask(rest.len()), rest.as_mut_ptr());
-        _mm512_mask_storeu_ps(p, m, gelu16(_mm512_maskz_loadu_ps(m, p)));
-    }
-
-    /// Writes `v + bias` (16 lanes; `bias` may be null), added to what `out` holds if
-    /// `accumulate`, then QuickGELU'd if `gelu`: the same operations, in the same order, as a
-    /// scalar epilogue followed by [`super::quick_gelu_slice`].
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn store16(
-        out: *mut f32,
-        mut v: __m512,
-        bias: *const f32,
-        gelu: bool,
-        accumulate: bool,
-    ) {
-        if !bias.is_null() {
-            v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
-        }
-        if accumulate {
-            v = _mm512_add_ps(_mm512_loadu_ps(out), v);
-        }
-        if gelu {
-            v = gelu16(v);
-        }
-        _mm512_storeu_ps(out, v);
-    }
-
-    /// [`super::bias_act`]: 16 lanes at a time, the tail as the scalar code does it.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bias_act512(v: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
-        let n16 = v.len() / 16 * 16;
-        let p = v.as_mut_ptr();
-        for j in (0..n16).step_by(16) {
-            let mut x = _mm512_loadu_ps(p.add(j));
-            if let Some(b) = bias {
-                x = _mm512_add_ps(x, _mm512_loadu_ps(b.as_ptr().add(j)));
-            }
-            if gelu {
-                x = gelu16(x);
-            }
-            _mm512_storeu_ps(p.add(j), x);
-        }
-        for (j, x) in v.iter_mut().enumerate().skip(n16) {
-            if let Some(b) = bias {
-                *x += b[j];
-            }
-            if gelu {
-                *x = gelu1(*x);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_sum256(v: &mut [f32], scale: f32, shift: f32) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut c = v.chunks_exact_mut(8);
-        for x in &mut c {
-            let p = x.as_mut_ptr();
-            let a = _mm256_fmsub_ps(
-                _mm256_loadu_ps(p),
-                _mm256_set1_ps(scale),
-                _mm256_set1_ps(shift),
-            );
-            let e = exp8(a);
-            _mm256_storeu_ps(p, e);
-            acc = _mm256_add_ps(acc, e);
-        }
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-        for x in c.into_remainder() {
-            *x = exp(libm::fmaf(*x, scale, -shift));
-            s += *x;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp_sum512(v: &mut [f32], scale: f32, shift: f32) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        let mut c = v.chunks_exact_mut(16);
-        for x in &mut c {
-            let p = x.as_mut_ptr();
-            let a = _mm512_fmsub_ps(
-                _mm512_loadu_ps(p),
-                _mm512_set1_ps(scale),
-                _mm512_set1_ps(shift),
-            );
-            let e = exp16(a);
-            _mm512_storeu_ps(p, e);
-            acc = _mm512_add_ps(acc, e);
-        }
-        let mut s = _mm512_reduce_add_ps(acc);
-        // The tail in one masked vector (the scalar twin's values), summed in order as the
-        // scalar code does.
-        let rest = c.into_remainder();
-        let m = tail_mask(rest.len());
-        let p = rest.as_mut_ptr();
-        let a = _mm512_fmsub_ps(
-            _mm512_maskz_loadu_ps(m, p),
-            _mm512_set1_ps(scale),
-            _mm512_set1_ps(shift),
-        );
-        _mm512_mask_storeu_ps(p, m, exp16(a));
-        for x in rest {
-            s += *x;
-        }
-        s
-    }
-
-    /// The lanes `0..n` (`n < 16`).
-    #[inline]
-    fn tail_mask(n: usize) -> __mmask16 {
-        debug_assert!(n < 16);
-        ((1u32 << n) - 1) as __mmask16
-    }
 }
 
 #[cfg(test)]
@@ -586,6 +462,74 @@ mod tests {
                 (s as f64 - want).abs() <= 1e-5 * want,
                 "{isa:?} {s} vs {want}"
             );
+        }
+    }
+
+    /// Every path against the portable twin on values with NaNs in the vector body and in the
+    /// tails: NaN stays NaN; NEON (the twin's own steps) to the bit, the others within 1e-6
+    /// relative (AVX fuses `x·scale − shift`, whose rounding `exp` carries into its result;
+    /// SIMD128's `exp` is unfused).
+    #[test]
+    fn every_path_keeps_nan_and_matches_the_portable_twin() {
+        for isa in available() {
+            let exact = isa.path() == Path::Neon;
+            for n in 0..50 {
+                let xs: Vec<f32> = (0..n)
+                    .map(|i| match i % 7 {
+                        3 => f32::NAN,
+                        _ => (i as f32 - 23.0) * 0.731,
+                    })
+                    .collect();
+                let run = |isa: Isa| {
+                    let (mut g, mut e) = (xs.clone(), xs.clone());
+                    quick_gelu_slice(isa, &mut g);
+                    exp_scaled_sum(isa, &mut e, 0.37, 1.5);
+                    (g, e)
+                };
+                let ((g, e), (gp, ep)) = (run(isa), run(Isa::PORTABLE));
+                for i in 0..n {
+                    if xs[i].is_nan() {
+                        assert!(
+                            g[i].is_nan() && e[i].is_nan(),
+                            "{isa:?} NaN lost: n={n} i={i}"
+                        );
+                        continue;
+                    }
+                    for (what, y, want) in [("gelu", g[i], gp[i]), ("exp", e[i], ep[i])] {
+                        let close = (y - want).abs() <= 1e-6 * want.abs();
+                        let ok = if exact {
+                            y.to_bits() == want.to_bits()
+                        } else {
+                            close
+                        };
+                        assert!(ok, "{isa:?} {what} n={n} i={i}: {y} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD path of the architecture the tests run on is there (so the tests above ran it),
+    /// and the names `MAPLE_SIMD` takes are this architecture's.
+    #[test]
+    fn this_architecture_s_path_is_detected() {
+        let paths: Vec<Path> = available().iter().map(|i| i.path()).collect();
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(paths, [Path::Neon, Path::Portable]);
+            assert_eq!(names(), ["neon", "portable"]);
+        }
+        if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+            assert_eq!(paths, [Path::Simd128, Path::Portable]);
+            assert_eq!(names(), ["simd128", "portable"]);
+        }
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(names(), ["avx512", "avx2", "portable"]);
+        }
+        assert_eq!(paths.last(), Some(&Path::Portable));
+        assert_eq!(Isa::from_env_value("sse9"), Err(IsaRefusal::Unknown));
+        for p in Path::ALL {
+            let got = Isa::from_env_value(p.env_name());
+            assert_eq!(got.is_ok(), paths.contains(&p), "{p:?}");
         }
     }
 }

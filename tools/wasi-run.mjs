@@ -1,0 +1,10 @@
+// Runs a wasm32-wasip1 test binary under Node's WASI (cargo's runner for that target):
+// `node tools/wasi-run.mjs file.wasm [args...]`. Exits with the program's status.
+import { readFile } from "node:fs/promises";
+import { WASI } from "node:wasi";
+
+const [file, ...args] = process.argv.slice(2);
+const wasi = new WASI({ version: "preview1", args: [file, ...args], env: {}, returnOnExit: true });
+const module = await WebAssembly.compile(await readFile(file));
+const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
+process.exitCode = wasi.start(instance);
