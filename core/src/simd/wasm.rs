@@ -5,7 +5,7 @@
 //! - Element-wise math: Cephes' `exp` in its original unfused form (within 2 ulp of a correctly
 //!   rounded `expf`, tested in `simd::tests`); the tails go through the same vector code on a
 //!   padded copy, so a value does not depend on where it falls in the slice.
-//! - f32 GEMM micro-kernel: [`MR`] rows × 16 columns (4 registers a row), the portable kernel's
+//! - f32 GEMM micro-kernel: [`MR`] = 2 rows × 16 columns (4 registers a row), the portable kernel's
 //!   products and sums in the same order, so the same bits.
 //!
 //! The intrinsics on values are safe functions here (the whole build has `simd128`); only the
@@ -16,10 +16,11 @@ use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P};
 use crate::gemm::NR;
 use core::arch::wasm32::*;
 
-/// Rows of the f32 micro-kernel: 16 accumulators + 4 B registers + 1 broadcast, which the
-/// engines' register allocators keep in the 16 (x86-64) or 32 (arm64) vector registers of the
-/// machine below with few spills.
-pub(crate) const MR: usize = 4;
+/// Rows of the f32 micro-kernel: 8 accumulators + 4 B registers + 1 broadcast fit the 16 vector
+/// registers of an x86-64 machine under the engine; more rows spill. Measured in Node 20 on Zen 4
+/// (`tools/bench/kernels-wasm.sh`, fc1's shape): 2 rows 33 GFLOP/s, 3 rows 25, 4 rows 19–25,
+/// 6 rows 11.
+pub(crate) const MR: usize = 2;
 
 /// Cephes' `exp` on 4 lanes, unfused. A NaN stays NaN (`f32x4.min`/`max` return NaN when either
 /// operand is one).
@@ -102,10 +103,8 @@ pub(crate) unsafe fn kernel(
     ldc: usize,
     load: bool,
 ) {
-    const { assert!(MR == 4) };
+    const { assert!(MR == 2) };
     match mr {
-        4 => k::<4>(kc, a, lda, b, c, ldc, load),
-        3 => k::<3>(kc, a, lda, b, c, ldc, load),
         2 => k::<2>(kc, a, lda, b, c, ldc, load),
         _ => k::<1>(kc, a, lda, b, c, ldc, load),
     }

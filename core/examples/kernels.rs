@@ -1,0 +1,79 @@
+//! Each CPU kernel on every path this machine runs, one thread, with its speed against the
+//! portable path: `cargo run --release -p maple-clip-core --example kernels`; for the browser's
+//! SIMD128, the same under Node (tools/bench/kernels-wasm.sh). Shapes are the ViT-B/16 image
+//! tower's: 197 tokens, width 768, MLP 3072, 12 heads.
+use maple_core::gemm::{gemm_isa, Epilogue, PackedMatrix};
+use maple_core::par::Parallel;
+use maple_core::simd::{available, exp_scaled_sum, quick_gelu_slice, Isa};
+use maple_core::synth::Rng;
+use std::time::Instant;
+
+/// Best of 5 runs of `f` (after one warm-up), in seconds.
+fn best(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let (t, d, mlp) = (197, 768, 3072);
+    let mut r = Rng::new(1);
+    let a: Vec<f32> = (0..t * d).map(|_| r.uniform(1.0)).collect();
+    let w: Vec<f32> = (0..mlp * d).map(|_| r.uniform(0.05)).collect();
+    let bias: Vec<f32> = (0..mlp).map(|_| r.uniform(0.1)).collect();
+    let fc1 = PackedMatrix::from_out_in(&w, mlp, d);
+    let scores: Vec<f32> = (0..12 * t * t).map(|_| r.uniform(3.0)).collect();
+    let hidden: Vec<f32> = (0..t * mlp).map(|_| r.uniform(3.0)).collect();
+    let seq = Parallel::sequential();
+    let mut c = vec![0.0f32; t * mlp];
+    let mut rows: Vec<(&str, Isa, f64)> = Vec::new();
+    for isa in available() {
+        let g = best(|| {
+            gemm_isa(
+                isa,
+                &seq,
+                &a,
+                d,
+                t,
+                &fc1,
+                &mut c,
+                mlp,
+                Epilogue::gelu(&bias),
+            )
+        });
+        rows.push(("fc1 + GELU 197x768x3072", isa, g));
+        let mut s = scores.clone();
+        let e = best(|| {
+            for row in s.chunks_exact_mut(t) {
+                exp_scaled_sum(isa, row, 0.125, 1.0);
+            }
+        });
+        rows.push(("softmax exp 12x197x197", isa, e));
+        let mut h = hidden.clone();
+        let q = best(|| quick_gelu_slice(isa, &mut h));
+        rows.push(("QuickGELU 197x3072", isa, q));
+    }
+    println!("kernel                    path          time   vs portable");
+    for (name, isa, secs) in &rows {
+        let base = rows
+            .iter()
+            .find(|(n, i, _)| n == name && *i == Isa::PORTABLE)
+            .map_or(*secs, |x| x.2);
+        let rate = if name.starts_with("fc1") {
+            format!("  {:.1} GFLOP/s", 2.0 * (t * d * mlp) as f64 / secs / 1e9)
+        } else {
+            String::new()
+        };
+        println!(
+            "{name:<25} {:<9} {:>8.3} ms {:>6.2}x{rate}",
+            isa.name(),
+            secs * 1e3,
+            base / secs
+        );
+    }
+}
