@@ -29,6 +29,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
 export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
+cargo clippy -q -p maple-clip-core --all-targets --target $T -- -D warnings
 core=(cargo test -q --release --target $T -p maple-clip-core --lib)
 # The library without its default features: no hub client (TLS) and no wgpu to cross-build.
 tiny=(cargo test -q --release --target $T --no-default-features --test golden_logits --test family --test int8)

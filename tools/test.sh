@@ -48,10 +48,16 @@ bash tools/windows-test.sh
 bash tools/aarch64-test.sh
 cargo test -p maple-clip-core --no-default-features
 # The core's unit tests for wasm32 with SIMD128 (.cargo/config.toml) under Node's WASI: the SIMD128
-# kernels against their portable twins, as the browser build compiles them.
+# kernels against their portable twins, as the browser build compiles them; then with relaxed SIMD
+# too (the browser package's second build; Node 20 has it behind a flag).
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1 >&2; then
-  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/tools/wasi-run.mjs" \
-    cargo test -q --release -p maple-clip-core --no-default-features --target wasm32-wasip1 --lib -- --test-threads=1
+  cargo clippy -q -p maple-clip-core --all-targets --target wasm32-wasip1 -- -D warnings
+  export CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --experimental-wasm-relaxed-simd $PWD/tools/wasi-run.mjs"
+  cargo test -q --release -p maple-clip-core --no-default-features --target wasm32-wasip1 --lib -- --test-threads=1
+  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+    cargo test -q --release -p maple-clip-core --no-default-features --target wasm32-wasip1 --lib \
+    --target-dir target/wasm-relaxed -- --test-threads=1
+  unset CARGO_TARGET_WASM32_WASIP1_RUNNER
 else
   echo "wasm32-wasip1 core tests: SKIPPED (rustup target add wasm32-wasip1 failed)"
 fi

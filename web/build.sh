@@ -16,7 +16,18 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; th
 fi
 cargo build -p maple-web --lib --target wasm32-unknown-unknown --profile wasm >&2
 wasm-bindgen --target web --out-dir web/pkg target/wasm32-unknown-unknown/wasm/maple_web.wasm >&2
+# A second build with relaxed SIMD (the GEMM's multiply-adds fused, f32x4.relaxed_madd), which
+# index.js loads where the browser validates it; the first is the fallback. Same Rust code, so
+# wasm-bindgen writes the same glue for both (checked): only the .wasm differs.
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+  cargo build -p maple-web --lib --target wasm32-unknown-unknown --profile wasm --target-dir target/wasm-relaxed >&2
+rm -rf target/wasm-relaxed/pkg
+wasm-bindgen --target web --out-dir target/wasm-relaxed/pkg \
+  target/wasm-relaxed/wasm32-unknown-unknown/wasm/maple_web.wasm >&2
+cmp -s web/pkg/maple_web.js target/wasm-relaxed/pkg/maple_web.js \
+  || { echo "the relaxed-SIMD build's glue differs from the SIMD128 build's" >&2; exit 1; }
+cp target/wasm-relaxed/pkg/maple_web_bg.wasm web/pkg/maple_web_relaxed_bg.wasm
 # The npm package: wasm-bindgen's binding and types + the API (web/js/) + licences.
 cp web/js/index.js web/js/index.d.ts web/js/package.json web/js/README.md web/pkg/
 cp LICENSE-MIT LICENSE-APACHE web/pkg/
-ls -l web/pkg/maple_web_bg.wasm >&2
+ls -l web/pkg/maple_web_bg.wasm web/pkg/maple_web_relaxed_bg.wasm >&2

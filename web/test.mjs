@@ -195,6 +195,45 @@ try {
   const cpuDiff = goldenDiff(cpu.out);
   check(cpuDiff <= 1e-3, `CPU path: logits differ from the PyTorch golden by ${cpuDiff}`);
   summary.cpu = { adapter: cpu.adapter, reason: cpu.reason, maxAbsLogitDiff: cpuDiff, msPerImage: Math.round(cpu.msPerImage) };
+  // Chromium has relaxed SIMD, so the package loaded its relaxed build; the SIMD128 build (the
+  // fallback for engines without it) in a fresh page, told which file to load, and int8 there.
+  check(/simd128\+relaxed/.test(cpu.adapter), `the default build on Chromium: ${cpu.adapter}`);
+  const plainPage = await ctx.newPage();
+  plainPage.on("pageerror", (e) => logs.push(String(e)));
+  await plainPage.goto(`${base}/app/index.html`);
+  await plainPage.waitForFunction(() => window.lib !== undefined, null, { timeout: 60000 });
+  const plain = await plainPage.evaluate(async (args) => {
+    await window.lib.initWasm(new URL("./node_modules/maple-web/maple_web_bg.wasm", location.href));
+    const m = await window.lib.loadModel(args.url, { prompts: "maple_prompts.safetensors", device: "cpu", cache: false });
+    await m.setLabels(args.labelsText);
+    const out = [];
+    for (const name of args.images) {
+      const blob = await (await fetch(`/tests/fixtures/images/${name}`)).blob();
+      out.push({ name, kind: "Blob", logits: (await m.classify(blob)).scores.map((s) => s.logit) });
+    }
+    const q = await window.lib.loadModel(args.url, { prompts: "maple_prompts.safetensors", precision: "int8", cache: false });
+    await q.setLabels(args.labelsText);
+    const blob = await (await fetch(`/tests/fixtures/images/${args.images[0]}`)).blob();
+    const int8 = (await q.classify(blob)).scores.map((s) => s.logit);
+    let gpuErr = "";
+    try { await window.lib.loadModel(args.url, { precision: "int8", device: "gpu", cache: false }); } catch (e) { gpuErr = String(e.message || e); }
+    return { adapter: m.adapter, out, int8, int8Device: q.device, int8Precision: q.precision, gpuErr, relaxed: window.lib.hasRelaxedSimd() };
+  }, { url: tinyUrl, labelsText, images });
+  await plainPage.close();
+  check(/simd128,/.test(plain.adapter) && plain.relaxed, `the SIMD128 build, asked for: ${plain.adapter}`);
+  const plainDiff = goldenDiff(plain.out);
+  check(plainDiff <= 1e-3, `SIMD128 build: logits differ from the PyTorch golden by ${plainDiff}`);
+  // int8 (the CPU's int8 kernel in wasm): PyTorch's top-1 and within 5% of the logit range, the
+  // bound tests/int8.rs holds every int8 kernel to.
+  const g0 = golden.maple.logits[golden.images.indexOf(images[0])];
+  const range = Math.max(...g0) - Math.min(...g0);
+  const int8Diff = Math.max(...g0.map((g, j) => Math.abs(g - plain.int8[j])));
+  const argmax = (v) => v.indexOf(Math.max(...v));
+  check(plain.int8Device === "cpu" && plain.int8Precision === "int8", `int8 ran on ${plain.int8Device} as ${plain.int8Precision}`);
+  check(argmax(plain.int8) === argmax(g0) && int8Diff <= 0.05 * range, `int8: top-1 or |Δlogit| ${int8Diff} (range ${range})`);
+  check(/runs on the CPU/.test(plain.gpuErr), `int8 on the GPU: "${plain.gpuErr}"`);
+  summary.simd128Fallback = { adapter: plain.adapter, maxAbsLogitDiff: plainDiff };
+  summary.int8 = { maxAbsLogitDiff: int8Diff, logitRange: range };
 
   // 4c. The prompt family (CoOp, CoCoOp, IVLP, VPT, as safetensors) on the GPU and the CPU
   // against the PyTorch golden (tools/reference/family.py). CoCoOp's per-image text runs on the

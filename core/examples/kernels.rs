@@ -4,7 +4,8 @@
 //! tower's: 197 tokens, width 768, MLP 3072, 12 heads.
 use maple_core::gemm::{gemm_isa, Epilogue, PackedMatrix};
 use maple_core::par::Parallel;
-use maple_core::simd::{available, exp_scaled_sum, quick_gelu_slice, Isa};
+use maple_core::q8::{gemm_q8, Q8Matrix, Q8Scratch};
+use maple_core::simd::{available, exp_scaled_sum, int8_kernel_name, isa, quick_gelu_slice, Isa};
 use maple_core::synth::Rng;
 use std::time::Instant;
 
@@ -58,6 +59,29 @@ fn main() {
         let q = best(|| quick_gelu_slice(isa, &mut h));
         rows.push(("QuickGELU 197x3072", isa, q));
     }
+    // int8 runs on the chosen path's kernel (MAPLE_SIMD=portable for the portable one).
+    let q8 = Q8Matrix::from_out_in(&w, mlp, d);
+    let mut qs = Q8Scratch::new(t, d);
+    let q = best(|| {
+        gemm_q8(
+            &seq,
+            &a,
+            d,
+            t,
+            &q8,
+            &mut c,
+            mlp,
+            Epilogue::gelu(&bias),
+            &mut qs,
+        )
+    });
+    println!(
+        "int8 fc1 + GELU 197x768x3072 on {} ({}): {:.3} ms, {:.1} GOP/s",
+        int8_kernel_name(),
+        isa().name(),
+        q * 1e3,
+        2.0 * (t * d * mlp) as f64 / q / 1e9
+    );
     println!("kernel                    path          time   vs portable");
     for (name, isa, secs) in &rows {
         let base = rows

@@ -235,6 +235,9 @@ pub(crate) fn gemm_q8_with(
                 let sums = &bc[t.p() * NR..(t.p() + 1) * NR];
                 simd::neon::q8_tile(kern == Int8Kernel::Usdot, t.mr(), k4, arows, bp, sums, acc)
             },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: slices sized above (a tile's rows of k4 bytes, one panel of k4 × NR bytes).
+            Int8Kernel::WasmDot => unsafe { simd::wasm::q8_tile(t.mr(), k4, arows, bp, acc) },
             _ => tile_portable(t.mr(), k4, arows, bp, acc),
         }
         for (i, (a, s)) in acc.iter().zip(rows_sa.chunks_exact(2)).enumerate() {

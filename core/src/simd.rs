@@ -135,6 +135,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self.0 {
             Path::Avx2 => "avx2+fma",
+            Path::Simd128 if cfg!(target_feature = "relaxed-simd") => "simd128+relaxed",
             p => p.env_name(),
         }
     }
@@ -194,6 +195,8 @@ pub(crate) enum Int8Kernel {
     /// aarch64 dotprod `sdot` (s8 × s8: activations shifted by −128, corrected by the column
     /// sums).
     Sdot,
+    /// wasm32 SIMD128 `i32x4.dot_i16x8_s` on bytes widened to 16 bits.
+    WasmDot,
     /// Plain Rust.
     Portable,
 }
@@ -208,6 +211,8 @@ impl Int8Kernel {
             Int8Kernel::Usdot => path == Path::Neon && neon::has_i8mm(),
             #[cfg(target_arch = "aarch64")]
             Int8Kernel::Sdot => path == Path::Neon && neon::has_dotprod(),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Int8Kernel::WasmDot => path == Path::Simd128,
             _ => {
                 let _ = path;
                 false
@@ -221,6 +226,7 @@ impl Int8Kernel {
             Int8Kernel::Vnni => "avx512-vnni",
             Int8Kernel::Usdot => "neon-i8mm",
             Int8Kernel::Sdot => "neon-dotprod",
+            Int8Kernel::WasmDot => "simd128-dot",
             Int8Kernel::Portable => "portable",
         }
     }
@@ -233,6 +239,7 @@ pub(crate) fn int8_kernels() -> alloc::vec::Vec<Int8Kernel> {
         Int8Kernel::Vnni,
         Int8Kernel::Usdot,
         Int8Kernel::Sdot,
+        Int8Kernel::WasmDot,
         Int8Kernel::Portable,
     ]
     .into_iter()
@@ -249,7 +256,7 @@ pub(crate) fn int8_kernel() -> Int8Kernel {
 }
 
 /// The name of the int8 kernel that runs here (for reports: `avx512-vnni`, `neon-i8mm`,
-/// `neon-dotprod`, `portable`).
+/// `neon-dotprod`, `simd128-dot`, `portable`).
 pub fn int8_kernel_name() -> &'static str {
     int8_kernel().name()
 }

@@ -1,6 +1,8 @@
 //! [`GpuModel`]: CLIP (+ a method's prompts) resident on a GPU, with a plan per batch size.
 
-use crate::plan::{Plan, Profile, TextInput};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::plan::Profile;
+use crate::plan::{Plan, TextInput};
 use crate::weights::{Precision, Weights};
 use crate::{forward, Gpu, GpuError, KernelSet, Result};
 use maple_core::{Model, TextFeatures, TokenRow};

@@ -8,7 +8,9 @@ use crate::weights::Precision;
 use crate::{Gpu, GpuError, Result};
 use wgpu::util::DeviceExt;
 
-/// One recorded dispatch: what it runs, on what, and the work it does (for the profile).
+/// One recorded dispatch: what it runs, on what, and the work it does (for the profile, which
+/// the browser build does not have).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) struct Dispatch {
     /// Kernel family and variant, e.g. `matmul tiled 64×64` (the profile's row).
     pub name: String,

@@ -32,13 +32,22 @@ export interface LoadOptions {
   cache?: boolean | string;
   /** Aborts the downloads. */
   signal?: AbortSignal;
-  /** Where `maple_web_bg.wasm` is; by default next to `maple_web.js`. */
+  /**
+   * The wasm file to load; by default `maple_web_relaxed_bg.wasm` (relaxed SIMD: fused
+   * multiply-adds in the GEMM) where the engine has relaxed SIMD, else `maple_web_bg.wasm`
+   * (SIMD128), both next to `index.js`. Only the first call's choice counts.
+   */
   wasm?: string | URL;
   /**
    * "auto" (default): a hardware GPU adapter, else the CPU (a software WebGPU adapter is slower
    * than the CPU path); "gpu": any adapter, software ones included; "cpu": the CPU path.
    */
   device?: "auto" | "gpu" | "cpu";
+  /**
+   * "f32" (default) or "int8": the image tower's Linears in int8 (per-column weight scales,
+   * per-row activations), on the CPU only ("auto" then picks the CPU; "gpu" is an error).
+   */
+  precision?: "f32" | "int8";
 }
 
 /** One label's score. */
@@ -70,6 +79,8 @@ export class MapleModel {
   readonly adapter: string;
   /** What runs the model. */
   readonly device: "gpu" | "cpu";
+  /** The image tower's Linears. */
+  readonly precision: "f32" | "int8";
   /** Why the CPU runs it ("" on a GPU). */
   readonly deviceReason: string;
   /** The labels, in order. */
@@ -90,8 +101,10 @@ export class MapleModel {
   free(): void;
 }
 
-/** Loads the wasm module once. */
+/** Loads the wasm module once (see `LoadOptions.wasm` for which file). */
 export function initWasm(wasm?: string | URL): Promise<unknown>;
+/** Whether this engine runs relaxed SIMD (then the relaxed build is the default). */
+export function hasRelaxedSimd(): boolean;
 /** Bytes of wasm memory in use (models live there on the CPU side; it grows, never shrinks). */
 export function wasmMemoryBytes(): Promise<number>;
 /** The `resolve/` base URL of a Hugging Face model repository. */

@@ -17,8 +17,27 @@ let wasmReady = null;
 
 /** Loads the wasm module once (`wasm` overrides where `maple_web_bg.wasm` is fetched from). */
 export function initWasm(wasm) {
-  wasmReady ??= init(wasm === undefined ? undefined : { module_or_path: wasm });
+  wasmReady ??= init({ module_or_path: wasm ?? defaultWasm() });
   return wasmReady;
+}
+
+/**
+ * Whether this engine has relaxed SIMD: a module of one function doing `f32x4.relaxed_madd` on
+ * three constants validates.
+ */
+export function hasRelaxedSimd() {
+  const c = [0xfd, 0x0c, ...new Array(16).fill(0)]; // v128.const 0
+  const body = [0x00, ...c, ...c, ...c, 0xfd, 0x85, 0x02, 0x0b]; // f32x4.relaxed_madd, end
+  return WebAssembly.validate(new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // type: [] -> [v128]
+    0x03, 0x02, 0x01, 0x00, // one function of that type
+    0x0a, body.length + 2, 0x01, body.length, ...body]));
+}
+
+/** The build to load: relaxed SIMD (fused multiply-adds in the GEMM) where the engine has it. */
+function defaultWasm() {
+  const name = hasRelaxedSimd() ? "maple_web_relaxed_bg.wasm" : "maple_web_bg.wasm";
+  return new URL(name, import.meta.url);
 }
 
 /** Bytes of wasm memory in use (models live there on the CPU side; it grows, never shrinks). */
@@ -102,12 +121,16 @@ function resolveUrl(base, nameOrUrl) {
  * bucket, `false`: no caching), `signal` (an AbortSignal), `wasm` (URL of the wasm file),
  * `device` ("auto", the default: a hardware GPU adapter, else the CPU, as software WebGPU
  * adapters such as SwiftShader are far slower than the CPU path; "gpu": any adapter; "cpu").
- * `model.device` and `model.deviceReason` say what was chosen and why.
+ * `model.device` and `model.deviceReason` say what was chosen and why. `precision`: "f32" (the
+ * default) or "int8" (the image tower's Linears in int8 on the CPU, as `maple-classify
+ * --precision int8`: "auto" then picks the CPU, "gpu" is an error).
  */
 export async function loadModel(base, options = {}) {
   const { onProgress, signal } = options;
   await initWasm(options.wasm);
   const asked = options.device ?? "auto";
+  const precision = options.precision ?? "f32";
+  if (!["f32", "int8"].includes(precision)) throw new Error(`precision "${precision}": use "f32" or "int8"`);
   if (!["auto", "gpu", "cpu"].includes(asked)) throw new Error(`device "${asked}": use "auto", "gpu" or "cpu"`);
   let device = asked;
   let noWebGpu = "";
@@ -135,7 +158,7 @@ export async function loadModel(base, options = {}) {
     got[key] = await fetchBytes(resolveUrl(base, name), name, cache, onProgress, signal);
   }));
   const config = new TextDecoder().decode(got.config);
-  const inner = await Maple.load(config, got.weights, got.prompts, device);
+  const inner = await Maple.load(config, got.weights, got.prompts, device, precision);
   return new MapleModel(inner, noWebGpu);
 }
 
@@ -196,6 +219,11 @@ export class MapleModel {
   constructor(inner, reason = "") {
     this.#inner = inner;
     this.#reason = reason;
+  }
+
+  /** "f32" or "int8": the image tower's Linears. */
+  get precision() {
+    return this.#inner.precision();
   }
 
   /** "gpu" or "cpu": what runs the model. */

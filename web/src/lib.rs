@@ -4,12 +4,15 @@
 //! This is the low-level binding; the npm package's `index.js` (web/js/) wraps it with model
 //! loading by URL, the browser cache, progress events and image conversion.
 //!
-//! JS: `const m = await Maple.load(configJson, weights, prompts?, device?); await m.set_labels(text);
+//! JS: `const m = await Maple.load(configJson, weights, prompts?, device?, precision?);
+//! await m.set_labels(text);
 //! const logits = await m.classify(rgba, width, height);`
 //!
 //! `device` is "auto" (the default: a hardware GPU adapter, else the CPU, as the CLI chooses),
-//! "gpu" (any adapter, software ones included) or "cpu" (the engine's portable kernels in wasm,
-//! one thread).
+//! "gpu" (any adapter, software ones included) or "cpu" (the engine's SIMD128 kernels in wasm,
+//! one thread). `precision` is "f32" (the default) or "int8": the image tower's Linears in int8
+//! (per-column weight scales, per-row activations, as `maple-classify --precision int8`), on the
+//! CPU only, so "auto" then picks the CPU and "gpu" is refused.
 
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{
@@ -87,7 +90,13 @@ impl Maple {
         weights: Vec<u8>,
         prompts: Option<Vec<u8>>,
         device: Option<String>,
+        precision: Option<String>,
     ) -> Result<Maple, JsValue> {
+        let int8 = match precision.as_deref().unwrap_or("f32") {
+            "f32" => false,
+            "int8" => true,
+            p => return Err(js(format!("precision \"{p}\": use \"f32\" or \"int8\""))),
+        };
         let cfg =
             ClipConfig::from_hf_json(&config_json).map_err(|e| js(format!("config.json: {e}")))?;
         let st = SafeTensors::parse(&weights).map_err(|e| js(format!("model: {e}")))?;
@@ -104,9 +113,15 @@ impl Maple {
             }
             None => (None, TEMPLATE.to_string()),
         };
-        let model = Model::new(clip, prompts);
+        let mut model = Model::new(clip, prompts);
         let device = device.as_deref().unwrap_or("auto");
+        if int8 && device == "gpu" {
+            return Err(js(
+                "precision \"int8\" runs on the CPU: use device \"cpu\" or \"auto\"",
+            ));
+        }
         let choice = match device {
+            "auto" if int8 => None,
             "auto" => Some(AdapterChoice::Hardware),
             "gpu" => Some(AdapterChoice::Any),
             "cpu" => None,
@@ -131,9 +146,16 @@ impl Maple {
             None => (
                 Backend::Cpu(None),
                 cpu_name(),
-                "device \"cpu\" asked for".into(),
+                if int8 && device == "auto" {
+                    "precision \"int8\" runs on the CPU".into()
+                } else {
+                    "device \"cpu\" asked for".into()
+                },
             ),
         };
+        if int8 {
+            model.quantize_image_tower();
+        }
         let tok = ClipTokenizer::builtin().map_err(js)?;
         check_template(&tok, &template, model.text_n(), "prompts").map_err(js)?;
         Ok(Maple {
@@ -151,6 +173,15 @@ impl Maple {
                 reason,
             })),
         })
+    }
+
+    /// "f32" or "int8": the image tower's Linears.
+    pub fn precision(&self) -> String {
+        if self.inner.borrow().model.is_int8() {
+            "int8".into()
+        } else {
+            "f32".into()
+        }
     }
 
     /// "gpu" or "cpu": what runs the model.

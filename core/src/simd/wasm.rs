@@ -1,12 +1,20 @@
 //! wasm32 SIMD128 kernels (compiled in when the build enables `simd128`, as the browser build
 //! does: a wasm module is validated whole, so there is no run-time choice inside one build).
 //!
-//! SIMD128 has no fused multiply-add, so these kernels multiply and add in two roundings:
+//! SIMD128 has no fused multiply-add, so these kernels multiply and add in two roundings (the
+//! browser package also ships a build with relaxed SIMD, whose `f32x4.relaxed_madd` the GEMM
+//! uses instead: fused where the machine has FMA, the engine's choice, so not bit-exact):
 //! - Element-wise math: Cephes' `exp` in its original unfused form (within 2 ulp of a correctly
 //!   rounded `expf`, tested in `simd::tests`); the tails go through the same vector code on a
 //!   padded copy, so a value does not depend on where it falls in the slice.
 //! - f32 GEMM micro-kernel: [`MR`] = 2 rows × 16 columns (4 registers a row), the portable kernel's
-//!   products and sums in the same order, so the same bits.
+//!   products and sums in the same order, so the same bits (without relaxed SIMD).
+//!
+//! - int8 tile: SIMD128 has no byte dot product, so each 16-byte B register (4 columns × 4 k) is
+//!   widened to two 8-lane i16 vectors once per k-quad, and `i32x4.dot_i16x8_s` multiplies them
+//!   by a row's 4 activation bytes (widened and repeated): each i32 lane then holds 2 of a
+//!   column's 4 products, and the pairs are added at the end. Integer sums: exact, so the same
+//!   result as every other int8 kernel.
 //!
 //! The intrinsics on values are safe functions here (the whole build has `simd128`); only the
 //! loads and stores through pointers are `unsafe`.
@@ -14,6 +22,7 @@
 
 use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P};
 use crate::gemm::NR;
+use crate::lowp::MR as Q8_MR;
 use core::arch::wasm32::*;
 
 /// Rows of the f32 micro-kernel: 8 accumulators + 4 B registers + 1 broadcast fit the 16 vector
@@ -21,6 +30,20 @@ use core::arch::wasm32::*;
 /// (`tools/bench/kernels-wasm.sh`, fc1's shape): 2 rows 33 GFLOP/s, 3 rows 25, 4 rows 19–25,
 /// 6 rows 11.
 pub(crate) const MR: usize = 2;
+
+/// `a·b + c`: one fused instruction where the build has relaxed SIMD (on engines whose machine
+/// has FMA; relaxed SIMD lets the engine choose), else a multiply and an add.
+#[inline(always)]
+fn madd(a: v128, b: v128, c: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        f32x4_relaxed_madd(a, b, c)
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        f32x4_add(f32x4_mul(a, b), c)
+    }
+}
 
 /// Cephes' `exp` on 4 lanes, unfused. A NaN stays NaN (`f32x4.min`/`max` return NaN when either
 /// operand is one).
@@ -140,13 +163,66 @@ unsafe fn k<const R: usize>(
         for i in 0..R {
             let av = v128_load32_splat(a.add(i * lda + p) as *const u32);
             for q in 0..4 {
-                acc[i][q] = f32x4_add(acc[i][q], f32x4_mul(av, bv[q]));
+                acc[i][q] = madd(av, bv[q], acc[i][q]);
             }
         }
     }
     for i in 0..R {
         for q in 0..4 {
             v128_store(c.add(i * ldc + 4 * q) as *mut v128, acc[i][q]);
+        }
+    }
+}
+
+/// The int8 tile (`q8`'s `tile_portable`, same sums): `acc[i][j] = Σ_k a[i·k4 + k] ·
+/// b[(k/4)·NR·4 + j·4 + k%4]` for `i < mr`.
+///
+/// # Safety
+/// `a` holds `mr · k4` bytes, `b` `k4 · NR`; `mr ≤ MR`; `k4` is a multiple of 4.
+pub(crate) unsafe fn q8_tile(
+    mr: usize,
+    k4: usize,
+    a: &[u8],
+    b: &[i8],
+    acc: &mut [[i32; NR]; Q8_MR],
+) {
+    debug_assert!(mr <= Q8_MR && a.len() >= mr * k4 && b.len() >= k4 * NR);
+    let mut i = 0;
+    while i + 2 <= mr {
+        q8_rows::<2>(k4, a.as_ptr().add(i * k4), b.as_ptr(), &mut acc[i..i + 2]);
+        i += 2;
+    }
+    if i < mr {
+        q8_rows::<1>(k4, a.as_ptr().add(i * k4), b.as_ptr(), &mut acc[i..i + 1]);
+    }
+}
+
+/// R rows: 8R accumulators (column pairs' partial sums), the panel's k-quad widened once.
+unsafe fn q8_rows<const R: usize>(k4: usize, ap: *const u8, bp: *const i8, out: &mut [[i32; NR]]) {
+    let mut s = [[i32x4_splat(0); 8]; R];
+    for q in 0..k4 / 4 {
+        let bq = bp.add(q * NR * 4) as *const v128;
+        let mut w = [i16x8_splat(0); 8];
+        for t in 0..4 {
+            let v = v128_load(bq.add(t));
+            w[2 * t] = i16x8_extend_low_i8x16(v);
+            w[2 * t + 1] = i16x8_extend_high_i8x16(v);
+        }
+        for r in 0..R {
+            // The row's 4 bytes in both halves, widened: [a0 a1 a2 a3 a0 a1 a2 a3] as i16.
+            let quad = v128_load32_splat(ap.add(r * k4 + 4 * q) as *const u32);
+            let av = u16x8_extend_low_u8x16(quad);
+            for h in 0..8 {
+                s[r][h] = i32x4_add(s[r][h], i32x4_dot_i16x8(av, w[h]));
+            }
+        }
+    }
+    // Lane pairs (0, 1) and (2, 3) of s[r][h] are columns 2h and 2h + 1.
+    for r in 0..R {
+        for h in 0..8 {
+            let v = s[r][h];
+            out[r][2 * h] = i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v);
+            out[r][2 * h + 1] = i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v);
         }
     }
 }

@@ -1,0 +1,128 @@
+// node tools/bench/web/bench.mjs MODEL_DIR FP32.onnx INT8.onnx IMAGE — the browser half of
+// tools/bench/web.sh. One server (127.0.0.1, COOP/COEP headers: the page is cross-origin
+// isolated, so onnxruntime-web may use threads) serves the repository, the model directory and
+// the two ONNX graphs; Debian's headless Chromium loads a fresh page per configuration:
+//   maple   web/pkg on the CPU (device "cpu"), embedImage(blob): decode + preprocess + image tower;
+//   ORT     onnxruntime-web's wasm backend (SIMD, its threaded build), session.run on one
+//           preprocessed 1×3×224×224 tensor: the image tower alone, at 1 and 2 threads.
+// Each: one warm-up, then 5 timed runs; prints one JSON line with best and median seconds per
+// image, and maple's wasm memory after loading and after one image.
+import { createServer } from "node:http";
+import { readFile, stat } from "node:fs/promises";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, extname } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = resolve(new URL("../../..", import.meta.url).pathname);
+const here = resolve(new URL(".", import.meta.url).pathname);
+const [modelDir, fp32, int8, image] = process.argv.slice(2).map((p) => resolve(p));
+if (!image) {
+  console.error("usage: node tools/bench/web/bench.mjs MODEL_DIR FP32.onnx INT8.onnx IMAGE");
+  process.exit(2);
+}
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
+  ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg" };
+const mounts = { "/model/": modelDir, "/onnx/fp32.onnx": fp32, "/onnx/int8.onnx": int8, "/image": image,
+  "/ort/": join(here, "node_modules/onnxruntime-web/dist"), "/pkg/": join(root, "web/pkg") };
+const page = `<!doctype html><meta charset="utf-8"><title>maple web bench</title>
+<script type="module">
+import * as maple from "/pkg/index.js";
+window.maple = maple;
+window.loadOrt = async () => { window.ort = await import("/ort/ort.wasm.min.mjs"); };
+</script>`;
+const server = createServer(async (req, res) => {
+  const url = decodeURIComponent(new URL(req.url, "http://x").pathname);
+  const headers = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
+  if (url === "/") {
+    res.writeHead(200, { ...headers, "content-type": "text/html" }).end(page);
+    return;
+  }
+  const at = Object.keys(mounts).find((m) => url === m || (m.endsWith("/") && url.startsWith(m)));
+  if (!at) { res.writeHead(404, headers).end(); return; }
+  const path = at.endsWith("/") ? join(mounts[at], url.slice(at.length)) : mounts[at];
+  try {
+    const body = await readFile(path);
+    res.writeHead(200, { ...headers, "content-type": types[extname(path)] || "application/octet-stream",
+      "content-length": body.length }).end(body);
+  } catch { res.writeHead(404, headers).end(); }
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const base = `http://127.0.0.1:${server.address().port}`;
+
+const args = ["--headless=new", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+  "--disable-sync", "--no-first-run", "--disable-quic", "--js-flags=--max-old-space-size=8192"];
+const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "maple-web-bench-")), {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args,
+});
+const stats = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return { best_s: s[0], median_s: s[Math.floor(s.length / 2)], runs_s: xs };
+};
+
+async function fresh() {
+  const p = await ctx.newPage();
+  const logs = [];
+  p.on("console", (m) => logs.push(m.text()));
+  p.on("pageerror", (e) => logs.push(String(e)));
+  await p.goto(`${base}/`);
+  await p.waitForFunction(() => window.maple !== undefined, null, { timeout: 60000 });
+  if (!(await p.evaluate(() => self.crossOriginIsolated))) throw new Error("the page is not cross-origin isolated");
+  return { p, logs };
+}
+
+const out = { chromium: (await ctx.browser()?.version()) ?? null, image: image.split("/").pop() };
+try {
+  for (const precision of ["f32", "int8"]) {
+    const { p, logs } = await fresh();
+    const r = await p.evaluate(async ({ precision }) => {
+      const m = await window.maple.loadModel("/model/", { prompts: "maple_prompts.safetensors", device: "cpu",
+        precision, cache: false });
+      const afterLoad = await window.maple.wasmMemoryBytes();
+      const blob = await (await fetch("/image")).blob();
+      await m.embedImage(blob);
+      const afterImage = await window.maple.wasmMemoryBytes();
+      const runs = [];
+      for (let i = 0; i < 5; i++) {
+        const t = performance.now();
+        await m.embedImage(blob);
+        runs.push((performance.now() - t) / 1000);
+      }
+      return { runs, afterLoad, afterImage, device: m.device, threads: m.threads ?? 1 };
+    }, { precision }).catch((e) => ({ error: String(e.message || e), logs }));
+    out[`maple_${precision}`] = r.error ? r : { ...stats(r.runs), threads: r.threads, device: r.device,
+      wasm_memory_after_load_bytes: r.afterLoad, wasm_memory_after_image_bytes: r.afterImage };
+    await p.close();
+  }
+  for (const [name, file] of [["fp32", "/onnx/fp32.onnx"], ["int8", "/onnx/int8.onnx"]]) {
+    for (const threads of [1, 2]) {
+      const { p, logs } = await fresh();
+      const r = await p.evaluate(async ({ file, threads }) => {
+        await window.loadOrt();
+        const ort = window.ort;
+        ort.env.wasm.numThreads = threads;
+        ort.env.wasm.wasmPaths = "/ort/";
+        const s = await ort.InferenceSession.create(file, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+        const px = new Float32Array(3 * 224 * 224);
+        for (let i = 0; i < px.length; i++) px[i] = Math.sin(i * 0.001) * 1.5;
+        const feeds = { [s.inputNames[0]]: new ort.Tensor("float32", px, [1, 3, 224, 224]) };
+        await s.run(feeds);
+        const runs = [];
+        for (let i = 0; i < 5; i++) {
+          const t = performance.now();
+          await s.run(feeds);
+          runs.push((performance.now() - t) / 1000);
+        }
+        return { runs, version: ort.env.versions?.web ?? null };
+      }, { file, threads }).catch((e) => ({ error: String(e.message || e), logs }));
+      out[`ort_${name}_t${threads}`] = r.error ? r : { ...stats(r.runs), version: r.version };
+      await p.close();
+    }
+  }
+} finally {
+  await ctx.close();
+  server.close();
+}
+out.model_bytes = (await stat(join(modelDir, "model.safetensors"))).size;
+console.log(JSON.stringify(out));
