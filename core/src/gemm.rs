@@ -624,6 +624,11 @@ fn widen(isa: Isa, src: &[u16], dst: &mut [f32]) {
         unsafe { simd::x86::widen_f16c(src, dst) };
         return;
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if isa != Isa::PORTABLE {
+        simd::wasm::widen_f16(src, dst);
+        return;
+    }
     let _ = isa;
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = half::f16::from_bits(s).to_f32();
@@ -836,6 +841,27 @@ mod tests {
                     Epilogue::residual(&bias),
                 );
                 assert_eq!(got, want, "m={m} k={k} n={n}");
+            }
+        }
+    }
+
+    /// f16 → f32 on every path (F16C, SIMD128, plain) is `half`'s conversion, bit for bit, for
+    /// all 65 536 patterns: NaN payloads, infinities, subnormals, both zeros.
+    #[test]
+    fn widening_f16_is_exact_for_every_pattern() {
+        let src: Vec<u16> = (0..=u16::MAX).collect();
+        let want: Vec<u32> = src
+            .iter()
+            .map(|&h| half::f16::from_bits(h).to_f32().to_bits())
+            .collect();
+        for isa in simd::available() {
+            // Offsets 0 and 3: the 8-wide body and the scalar tail both see every pattern.
+            for off in [0, 3] {
+                let mut dst = vec![0.0f32; src.len() - off];
+                widen(isa, &src[off..], &mut dst);
+                for (i, d) in dst.iter().enumerate() {
+                    assert_eq!(d.to_bits(), want[i + off], "{isa:?} {:#06x}", src[i + off]);
+                }
             }
         }
     }

@@ -25,10 +25,17 @@ if [ ! -f $B/maple_vision.onnx ] || [ ! -f $B/maple_vision_int8_per_channel.onnx
   "$PY" tools/bench/ort_bench.py $M_DIR --threads 2 --onnx $B/maple_vision.onnx --int8 --batches 1 --reps 1 \
     >$B/ort_export.log 2>&1 || die "the ONNX export failed: $(tail -n 1 $B/ort_export.log)"
 fi
+F16=target/synth-full-f16
+if [ ! -f $F16/model.safetensors ]; then
+  mkdir -p $F16
+  cargo build --release -q -p maple-cli --bin maple-convert
+  ./target/release/maple-convert $M_DIR/model.safetensors $F16/model.safetensors --dtype f16
+  cp $M_DIR/config.json $M_DIR/maple_prompts.safetensors $F16/
+fi
 bash web/build.sh
 (cd tools/bench/web && npm ci --silent --no-audit --no-fund)
 echo "headless Chromium: maple (CPU) and onnxruntime-web ..." >&2
-node tools/bench/web/bench.mjs $M_DIR $B/maple_vision.onnx $B/maple_vision_int8_per_channel.onnx \
+node tools/bench/web/bench.mjs $M_DIR $F16 $B/maple_vision.onnx $B/maple_vision_int8_per_channel.onnx \
   tests/fixtures/images/rgb_451x300.png >$B/web.json
 echo "native maple-bench ..." >&2
 for t in 1 2; do
@@ -46,6 +53,7 @@ for k, v in w.items():
 rows = [
     ("maple, browser CPU (wasm)", "f32", 1, w["maple_f32"]),
     ("maple, browser CPU (wasm)", "int8", 1, w["maple_int8"]),
+    ("maple, browser CPU (wasm), f16 weights", "f32", 1, w["maple_f16"]),
     (f"onnxruntime-web {w['ort_fp32_t1']['version']} (wasm)", "fp32", 1, w["ort_fp32_t1"]),
     (f"onnxruntime-web {w['ort_fp32_t2']['version']} (wasm)", "fp32", 2, w["ort_fp32_t2"]),
     (f"onnxruntime-web {w['ort_int8_t1']['version']} (wasm)", "dynamic int8", 1, w["ort_int8_t1"]),
@@ -73,4 +81,7 @@ print(f"maple wasm memory (f32): {m['wasm_memory_after_load_bytes'] / 2**20:.0f}
       f"{m['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB after one image; "
       f"int8: {w['maple_int8']['wasm_memory_after_load_bytes'] / 2**20:.0f} / "
       f"{w['maple_int8']['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB; model file {w['model_bytes'] / 2**20:.0f} MiB")
+f = w["maple_f16"]
+print(f"maple wasm memory (f16 weights): {f['wasm_memory_after_load_bytes'] / 2**20:.0f} MiB after loading, "
+      f"{f['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB after one image; model file {w['f16_model_bytes'] / 2**20:.0f} MiB")
 PY

@@ -226,3 +226,49 @@ unsafe fn q8_rows<const R: usize>(k4: usize, ap: *const u8, bp: *const i8, out: 
         }
     }
 }
+
+/// f16 bits → f32, 8 at a time, exactly (`half`'s values: NaNs quieted with their payloads,
+/// subnormals included):
+/// the bits shifted into place and the exponent rebased, then the two edge cases fixed with
+/// selects (Inf/NaN: exponent all ones; zero/subnormal: rebuilt through one float subtraction).
+pub(crate) fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (src, dst) = (&src[..n], &mut dst[..n]);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 8 halves (16 bytes) from i and 8 floats (32 bytes) from i are in bounds.
+        unsafe {
+            let h = v128_load(src.as_ptr().add(i) as *const v128);
+            let p = dst.as_mut_ptr().add(i) as *mut v128;
+            v128_store(p, widen4(u32x4_extend_low_u16x8(h)));
+            v128_store(p.add(1), widen4(u32x4_extend_high_u16x8(h)));
+        }
+        i += 8;
+    }
+    for (d, &s) in dst[i..].iter_mut().zip(&src[i..]) {
+        *d = half::f16::from_bits(s).to_f32();
+    }
+}
+
+/// Four f16 values (one per 32-bit lane, high half zero) as f32.
+#[inline]
+fn widen4(h: v128) -> v128 {
+    const SHIFTED_EXP: u32 = 0x7c00 << 13;
+    let o = u32x4_shl(v128_and(h, u32x4_splat(0x7fff)), 13);
+    let e = v128_and(o, u32x4_splat(SHIFTED_EXP));
+    let o = i32x4_add(o, u32x4_splat((127 - 15) << 23));
+    // Inf/NaN: the exponent goes to all ones.
+    let inf_nan = i32x4_eq(e, u32x4_splat(SHIFTED_EXP));
+    let o = v128_bitselect(i32x4_add(o, u32x4_splat((128 - 16) << 23)), o, inf_nan);
+    // A NaN comes out quiet, as F16C and `half` make it.
+    let nan = v128_andnot(
+        inf_nan,
+        i32x4_eq(v128_and(h, u32x4_splat(0x3ff)), u32x4_splat(0)),
+    );
+    let o = v128_or(o, v128_and(nan, u32x4_splat(0x0040_0000)));
+    // Zero/subnormal: one more exponent step, then subtract 2^-14 as a float.
+    let tiny = i32x4_eq(e, u32x4_splat(0));
+    let sub = f32x4_sub(i32x4_add(o, u32x4_splat(1 << 23)), u32x4_splat(113 << 23));
+    let o = v128_bitselect(sub, o, tiny);
+    v128_or(o, u32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
+}

@@ -1,8 +1,10 @@
-// node tools/bench/web/bench.mjs MODEL_DIR FP32.onnx INT8.onnx IMAGE — the browser half of
+// node tools/bench/web/bench.mjs MODEL_DIR F16_DIR FP32.onnx INT8.onnx IMAGE — the browser half of
 // tools/bench/web.sh. One server (127.0.0.1, COOP/COEP headers: the page is cross-origin
 // isolated, so onnxruntime-web may use threads) serves the repository, the model directory and
 // the two ONNX graphs; Debian's headless Chromium loads a fresh page per configuration:
-//   maple   web/pkg on the CPU (device "cpu"), embedImage(blob): decode + preprocess + image tower;
+//   maple   web/pkg on the CPU (device "cpu"), embedImage(blob): decode + preprocess + image tower,
+//           f32 and int8 from MODEL_DIR's f32 weights, and f32 arithmetic on F16_DIR's f16 weights
+//           (kept f16 in memory, widened inside the GEMM);
 //   ORT     onnxruntime-web's wasm backend (SIMD, its threaded build), session.run on one
 //           preprocessed 1×3×224×224 tensor: the image tower alone, at 1 and 2 threads.
 // Each: one warm-up, then 5 timed runs; prints one JSON line with best and median seconds per
@@ -16,15 +18,15 @@ import { chromium } from "playwright-core";
 
 const root = resolve(new URL("../../..", import.meta.url).pathname);
 const here = resolve(new URL(".", import.meta.url).pathname);
-const [modelDir, fp32, int8, image] = process.argv.slice(2).map((p) => resolve(p));
+const [modelDir, f16Dir, fp32, int8, image] = process.argv.slice(2).map((p) => resolve(p));
 if (!image) {
-  console.error("usage: node tools/bench/web/bench.mjs MODEL_DIR FP32.onnx INT8.onnx IMAGE");
+  console.error("usage: node tools/bench/web/bench.mjs MODEL_DIR F16_DIR FP32.onnx INT8.onnx IMAGE");
   process.exit(2);
 }
 
 const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
   ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg" };
-const mounts = { "/model/": modelDir, "/onnx/fp32.onnx": fp32, "/onnx/int8.onnx": int8, "/image": image,
+const mounts = { "/model/": modelDir, "/model16/": f16Dir, "/onnx/fp32.onnx": fp32, "/onnx/int8.onnx": int8, "/image": image,
   "/ort/": join(here, "node_modules/onnxruntime-web/dist"), "/pkg/": join(root, "web/pkg") };
 const page = `<!doctype html><meta charset="utf-8"><title>maple web bench</title>
 <script type="module">
@@ -74,10 +76,10 @@ async function fresh() {
 
 const out = { chromium: (await ctx.browser()?.version()) ?? null, image: image.split("/").pop() };
 try {
-  for (const precision of ["f32", "int8"]) {
+  for (const [key, dir, precision] of [["f32", "/model/", "f32"], ["int8", "/model/", "int8"], ["f16", "/model16/", "f32"]]) {
     const { p, logs } = await fresh();
-    const r = await p.evaluate(async ({ precision }) => {
-      const m = await window.maple.loadModel("/model/", { prompts: "maple_prompts.safetensors", device: "cpu",
+    const r = await p.evaluate(async ({ dir, precision }) => {
+      const m = await window.maple.loadModel(dir, { prompts: "maple_prompts.safetensors", device: "cpu",
         precision, cache: false });
       const afterLoad = await window.maple.wasmMemoryBytes();
       const blob = await (await fetch("/image")).blob();
@@ -90,8 +92,8 @@ try {
         runs.push((performance.now() - t) / 1000);
       }
       return { runs, afterLoad, afterImage, device: m.device, threads: m.threads ?? 1 };
-    }, { precision }).catch((e) => ({ error: String(e.message || e), logs }));
-    out[`maple_${precision}`] = r.error ? r : { ...stats(r.runs), threads: r.threads, device: r.device,
+    }, { dir, precision }).catch((e) => ({ error: String(e.message || e), logs }));
+    out[`maple_${key}`] = r.error ? r : { ...stats(r.runs), threads: r.threads, device: r.device,
       wasm_memory_after_load_bytes: r.afterLoad, wasm_memory_after_image_bytes: r.afterImage };
     await p.close();
   }
@@ -125,4 +127,5 @@ try {
   server.close();
 }
 out.model_bytes = (await stat(join(modelDir, "model.safetensors"))).size;
+out.f16_model_bytes = (await stat(join(f16Dir, "model.safetensors"))).size;
 console.log(JSON.stringify(out));
