@@ -59,9 +59,13 @@ const server = createServer(async (req, res) => {
     path = join(root, url);
   }
   if (!path.startsWith(root)) { res.writeHead(403).end(); return; }
+  // `?isolated` pages are cross-origin isolated (the threaded CPU path); the rest are not. COEP
+  // goes on every response: a dedicated worker's script needs its own.
+  const isolated = { "cross-origin-embedder-policy": "require-corp",
+    ...(new URL(req.url, "http://x").searchParams.has("isolated") ? { "cross-origin-opener-policy": "same-origin" } : {}) };
   try {
     const body = await readFile(path);
-    res.writeHead(200, { "content-type": types[extname(path)] || "application/octet-stream", "content-length": body.length }).end(body);
+    res.writeHead(200, { ...isolated, "content-type": types[extname(path)] || "application/octet-stream", "content-length": body.length }).end(body);
   } catch { res.writeHead(404).end(); }
 });
 await new Promise((r) => server.listen(0, "127.0.0.1", r));
@@ -233,6 +237,31 @@ try {
   check(argmax(plain.int8) === argmax(g0) && int8Diff <= 0.05 * range, `int8: top-1 or |Δlogit| ${int8Diff} (range ${range})`);
   check(/runs on the CPU/.test(plain.gpuErr), `int8 on the GPU: "${plain.gpuErr}"`);
   summary.simd128Fallback = { adapter: plain.adapter, maxAbsLogitDiff: plainDiff };
+  check(/, 1 thread\)/.test(cpu.adapter), `a page that is not cross-origin isolated runs one thread: ${cpu.adapter}`);
+  // The threaded CPU path: a cross-origin-isolated page, 3 threads (the page's and 2 Web Workers
+  // on the threaded build), every image against the golden.
+  const isoPage = await ctx.newPage();
+  isoPage.on("pageerror", (e) => logs.push(String(e)));
+  await isoPage.goto(`${base}/app/index.html?isolated`);
+  await isoPage.waitForFunction(() => window.lib !== undefined, null, { timeout: 60000 });
+  const threaded = await isoPage.evaluate(async (args) => {
+    const m = await window.lib.loadModel(args.url, { prompts: "maple_prompts.safetensors", device: "cpu", threads: 3, cache: false });
+    await m.setLabels(args.labelsText);
+    const out = [];
+    for (const name of args.images) {
+      const blob = await (await fetch(`/tests/fixtures/images/${name}`)).blob();
+      out.push({ name, kind: "Blob", logits: (await m.classify(blob)).scores.map((s) => s.logit) });
+    }
+    const r = { adapter: m.adapter, threads: m.threads, isolated: self.crossOriginIsolated, out };
+    m.free(); // the workers leave their loops
+    return r;
+  }, { url: tinyUrl, labelsText, images });
+  await isoPage.close();
+  check(threaded.isolated && threaded.threads === 3 && /3 threads/.test(threaded.adapter),
+    `threaded CPU path: ${threaded.threads} threads (${threaded.adapter}), isolated ${threaded.isolated}`);
+  const threadedDiff = goldenDiff(threaded.out);
+  check(threadedDiff <= 1e-3, `threaded CPU path: logits differ from the PyTorch golden by ${threadedDiff}`);
+  summary.threaded = { adapter: threaded.adapter, maxAbsLogitDiff: threadedDiff };
   summary.int8 = { maxAbsLogitDiff: int8Diff, logitRange: range };
 
   // 4c. The prompt family (CoOp, CoCoOp, IVLP, VPT, as safetensors) on the GPU and the CPU

@@ -5,6 +5,12 @@
 //! [`prompts`] (one file per method) → [`model`] (forward passes over allocate-once workspaces), with the
 //! kernels in [`gemm`] and [`ops`], and [`preprocess`] for pixels.
 #![no_std]
+// The browser package's threaded build (nightly, atomics) parks idle Web Workers with
+// `memory.atomic.wait32`, whose intrinsic is not stable yet.
+#![cfg_attr(
+    all(target_arch = "wasm32", target_feature = "atomics"),
+    feature(stdarch_wasm_atomic_wait)
+)]
 #![warn(missing_docs)]
 
 extern crate alloc;

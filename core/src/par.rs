@@ -2,6 +2,8 @@
 //! pool (built once, with the workspace) runs one closure on every thread and waits for all of
 //! them. Dispatching a job allocates nothing, so a forward pass stays allocation-free. In a child
 //! of `fork()` (whose workers stayed in the parent) a pool runs every share on the calling thread.
+//! In the browser's threaded build (wasm32 with atomics) the workers are Web Workers that the
+//! page starts ([`web`]).
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -9,6 +11,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub struct Parallel {
     #[cfg(feature = "std")]
     pool: Option<pool::Pool>,
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    web: Option<alloc::sync::Arc<web::Shared>>,
 }
 
 impl Parallel {
@@ -17,7 +21,29 @@ impl Parallel {
         Parallel {
             #[cfg(feature = "std")]
             pool: None,
+            #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+            web: None,
         }
+    }
+
+    /// `threads` in all, the calling thread included, the others Web Workers that the embedder
+    /// starts: each calls [`web::worker_loop`] with [`Self::web_handle`] and its index
+    /// `1..threads`. Until every one of them has, work runs on the calling thread alone.
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    pub fn for_web_workers(threads: usize) -> Self {
+        let mut p = Self::sequential();
+        if threads > 1 {
+            p.web = Some(alloc::sync::Arc::new(web::Shared::new(threads)));
+        }
+        p
+    }
+
+    /// What [`web::worker_loop`] takes (0 for a pool without workers).
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    pub fn web_handle(&self) -> usize {
+        self.web
+            .as_ref()
+            .map_or(0, |s| alloc::sync::Arc::as_ptr(s) as usize)
     }
 
     /// `threads` workers in all (the caller counts as one). 0 means all available cores.
@@ -30,6 +56,8 @@ impl Parallel {
         };
         Parallel {
             pool: (n > 1).then(|| pool::Pool::new(n)),
+            #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+            web: None,
         }
     }
 
@@ -39,6 +67,10 @@ impl Parallel {
         if let Some(p) = &self.pool {
             return p.threads();
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+        if let Some(s) = &self.web {
+            return s.n;
+        }
         1
     }
 
@@ -47,6 +79,11 @@ impl Parallel {
         #[cfg(feature = "std")]
         if let Some(p) = &self.pool {
             p.run(f);
+            return;
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+        if let Some(s) = &self.web {
+            s.run(f);
             return;
         }
         f(0, 1)
@@ -95,6 +132,142 @@ impl SyncPtr {
     #[inline]
     pub fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+impl Drop for Parallel {
+    fn drop(&mut self) {
+        if let Some(s) = &self.web {
+            s.shut_down();
+        }
+    }
+}
+
+/// The pool of the browser's threaded build: the page's thread runs share 0 of each job and
+/// waits by spinning (a page may not block: `Atomics.wait` is refused there); each Web Worker
+/// runs its share, spins a little for the next job, then sleeps in `memory.atomic.wait32` until
+/// the page's thread bumps the generation.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub mod web {
+    use alloc::sync::Arc;
+    use core::arch::wasm32::{memory_atomic_notify, memory_atomic_wait32};
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+    type Job = dyn Fn(usize, usize) + Sync;
+
+    /// Spins before sleeping: a forward pass hands out ~90 jobs per image, back to back.
+    const SPINS: u32 = 1 << 14;
+
+    /// What the page's thread and the workers share.
+    pub struct Shared {
+        pub(super) n: usize,
+        /// Bumped once per job (and at shutdown); the workers sleep on it.
+        generation: AtomicI32,
+        /// Workers still running the current job.
+        remaining: AtomicUsize,
+        /// Workers inside [`worker_loop`].
+        started: AtomicUsize,
+        shutdown: AtomicBool,
+        /// The current job: written by the page's thread only while no worker runs one.
+        job: UnsafeCell<Option<*const Job>>,
+    }
+
+    // SAFETY: `job` is written only between jobs (after `remaining` reached 0, before the next
+    // generation is published with Release) and read by workers only after they see that
+    // generation with Acquire; the rest is atomics.
+    unsafe impl Sync for Shared {}
+    unsafe impl Send for Shared {}
+
+    impl Shared {
+        pub(super) fn new(n: usize) -> Self {
+            Shared {
+                n,
+                generation: AtomicI32::new(0),
+                remaining: AtomicUsize::new(0),
+                started: AtomicUsize::new(0),
+                shutdown: AtomicBool::new(false),
+                job: UnsafeCell::new(None),
+            }
+        }
+
+        pub(super) fn run<'a>(&self, f: &'a (dyn Fn(usize, usize) + Sync + 'a)) {
+            if self.started.load(Ordering::Acquire) < self.n - 1 {
+                // Not every worker is in yet: every share here, in order (the same results).
+                for t in 0..self.n {
+                    f(t, self.n);
+                }
+                return;
+            }
+            // SAFETY: no worker reads `job` now (the last job ended with `remaining` at 0); the
+            // pointer is used only until `remaining` is 0 again, below, while `f` lives.
+            unsafe {
+                *self.job.get() = Some(core::mem::transmute::<
+                    &'a (dyn Fn(usize, usize) + Sync + 'a),
+                    &'static Job,
+                >(f) as *const Job)
+            };
+            self.remaining.store(self.n - 1, Ordering::Release);
+            self.generation.fetch_add(1, Ordering::Release);
+            // SAFETY: a valid, aligned i32 in the shared memory.
+            unsafe { memory_atomic_notify(self.generation.as_ptr(), u32::MAX) };
+            f(0, self.n);
+            while self.remaining.load(Ordering::Acquire) != 0 {
+                core::hint::spin_loop();
+            }
+            // SAFETY: every worker is done with it.
+            unsafe { *self.job.get() = None };
+        }
+
+        pub(super) fn shut_down(&self) {
+            self.shutdown.store(true, Ordering::Release);
+            self.generation.fetch_add(1, Ordering::Release);
+            // SAFETY: as in `run`.
+            unsafe { memory_atomic_notify(self.generation.as_ptr(), u32::MAX) };
+        }
+    }
+
+    /// A Web Worker's life: runs share `tid` of every job of the pool behind `handle` (from
+    /// `Parallel::web_handle`) and returns when that pool is dropped.
+    ///
+    /// # Safety
+    /// `handle` comes from `Parallel::web_handle` of a live pool, on this module's shared
+    /// memory; `tid` is in `1..threads`, and no other worker has it.
+    pub unsafe fn worker_loop(handle: usize, tid: usize) {
+        let ptr = handle as *const Shared;
+        // The worker holds its own reference, so the state outlives a pool dropped meanwhile.
+        Arc::increment_strong_count(ptr);
+        let s = Arc::from_raw(ptr);
+        s.started.fetch_add(1, Ordering::AcqRel);
+        let mut seen = 0;
+        loop {
+            let mut spins = 0;
+            loop {
+                if s.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                let g = s.generation.load(Ordering::Acquire);
+                if g != seen {
+                    seen = g;
+                    break;
+                }
+                if spins < SPINS {
+                    spins += 1;
+                    core::hint::spin_loop();
+                } else {
+                    memory_atomic_wait32(s.generation.as_ptr(), g, -1);
+                }
+            }
+            if s.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            // SAFETY: published before this generation (see `Shared`); `f` outlives the job.
+            if let Some(f) = *s.job.get() {
+                (*f)(tid, s.n);
+            }
+            s.remaining.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

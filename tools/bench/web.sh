@@ -51,9 +51,11 @@ for k, v in w.items():
     if isinstance(v, dict) and "error" in v:
         sys.exit(f"{k} failed in the browser: {v['error']}")
 rows = [
-    ("maple, browser CPU (wasm)", "f32", 1, w["maple_f32"]),
-    ("maple, browser CPU (wasm)", "int8", 1, w["maple_int8"]),
-    ("maple, browser CPU (wasm), f16 weights", "f32", 1, w["maple_f16"]),
+    ("maple, browser CPU (wasm)", "f32", 1, w["maple_f32_t1"]),
+    ("maple, browser CPU (wasm)", "f32", 2, w["maple_f32_t2"]),
+    ("maple, browser CPU (wasm)", "int8", 1, w["maple_int8_t1"]),
+    ("maple, browser CPU (wasm)", "int8", 2, w["maple_int8_t2"]),
+    ("maple, browser CPU (wasm), f16 weights", "f32", 1, w["maple_f16_t1"]),
     (f"onnxruntime-web {w['ort_fp32_t1']['version']} (wasm)", "fp32", 1, w["ort_fp32_t1"]),
     (f"onnxruntime-web {w['ort_fp32_t2']['version']} (wasm)", "fp32", 2, w["ort_fp32_t2"]),
     (f"onnxruntime-web {w['ort_int8_t1']['version']} (wasm)", "dynamic int8", 1, w["ort_int8_t1"]),
@@ -69,19 +71,18 @@ for t in (1, 2):
     n = nat[t]
     print(f"| maple, native ({n['simd']}) | f32 | {t} | {n['image_b1_images_per_s']:.2f} | – |")
     print(f"| maple, native ({n['simd']}) | int8 | {t} | {n['int8_image_b1_images_per_s']:.2f} | – |")
-r = lambda a, c: (1 / w[a]["best_s"]) / (1 / w[c]["best_s"])
+r = lambda a, c: w[c]["best_s"] / w[a]["best_s"]
 print()
-print(f"maple browser f32 (1 thread) / onnxruntime-web fp32: {r('maple_f32', 'ort_fp32_t1'):.2f}x at 1 thread, "
-      f"{r('maple_f32', 'ort_fp32_t2'):.2f}x against its 2 threads")
-print(f"maple browser int8 (1 thread) / onnxruntime-web int8: {r('maple_int8', 'ort_int8_t1'):.2f}x at 1 thread, "
-      f"{r('maple_int8', 'ort_int8_t2'):.2f}x against its 2 threads")
-print(f"native maple f32 (1 thread) / browser f32: {nat[1]['image_b1_images_per_s'] * w['maple_f32']['best_s']:.2f}x")
-m = w["maple_f32"]
+for t in (1, 2):
+    print(f"{t} thread(s): maple f32 / onnxruntime-web fp32 {r(f'maple_f32_t{t}', f'ort_fp32_t{t}'):.2f}x, "
+          f"maple int8 / onnxruntime-web int8 {r(f'maple_int8_t{t}', f'ort_int8_t{t}'):.2f}x, "
+          f"native maple f32 / browser f32 {nat[t]['image_b1_images_per_s'] * w[f'maple_f32_t{t}']['best_s']:.2f}x")
+m = w["maple_f32_t1"]
 print(f"maple wasm memory (f32): {m['wasm_memory_after_load_bytes'] / 2**20:.0f} MiB after loading, "
       f"{m['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB after one image; "
-      f"int8: {w['maple_int8']['wasm_memory_after_load_bytes'] / 2**20:.0f} / "
-      f"{w['maple_int8']['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB; model file {w['model_bytes'] / 2**20:.0f} MiB")
-f = w["maple_f16"]
+      f"int8: {w['maple_int8_t1']['wasm_memory_after_load_bytes'] / 2**20:.0f} / "
+      f"{w['maple_int8_t1']['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB; model file {w['model_bytes'] / 2**20:.0f} MiB")
+f = w["maple_f16_t1"]
 print(f"maple wasm memory (f16 weights): {f['wasm_memory_after_load_bytes'] / 2**20:.0f} MiB after loading, "
       f"{f['wasm_memory_after_image_bytes'] / 2**20:.0f} MiB after one image; model file {w['f16_model_bytes'] / 2**20:.0f} MiB")
 PY

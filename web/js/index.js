@@ -15,10 +15,52 @@ export const DEFAULT_CACHE = "maple-models-v1";
 
 let wasmReady = null;
 
-/** Loads the wasm module once (`wasm` overrides where `maple_web_bg.wasm` is fetched from). */
-export function initWasm(wasm) {
-  wasmReady ??= init({ module_or_path: wasm ?? defaultWasm() });
+/**
+ * Loads the wasm module once. `wasm` overrides which file (see `loadModel`'s options); with
+ * `threads` > 1 on a cross-origin-isolated page (SharedArrayBuffer) whose engine has relaxed
+ * SIMD, and no `wasm` given, the threaded build (`threads/`) is loaded instead. Resolves to
+ * `{ Maple, exports, module, glue, threaded }`.
+ */
+export function initWasm(wasm, threads = 1) {
+  wasmReady ??= (async () => {
+    if (wasm === undefined && threads > 1 && threadsPossible()) {
+      const glueUrl = new URL("./threads/maple_web.js", import.meta.url).href;
+      const glue = await import(glueUrl);
+      const bytes = await (await fetch(new URL("./threads/maple_web_bg.wasm", import.meta.url))).arrayBuffer();
+      const module = await WebAssembly.compile(bytes);
+      const exports = await glue.default({ module_or_path: module });
+      return { Maple: glue.Maple, exports, module, glue: glueUrl, threaded: true };
+    }
+    const exports = await init({ module_or_path: wasm ?? defaultWasm() });
+    return { Maple, exports, threaded: false };
+  })();
   return wasmReady;
+}
+
+/**
+ * Whether this page can run the CPU path on several threads: it is cross-origin isolated (served
+ * with `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy:
+ * require-corp`), so wasm memory can be shared with Web Workers, and the engine has relaxed SIMD
+ * (the threaded build is the relaxed one).
+ */
+export function threadsPossible() {
+  return globalThis.crossOriginIsolated === true && typeof SharedArrayBuffer !== "undefined" && hasRelaxedSimd();
+}
+
+/** Starts the model's `threads − 1` Web Workers; resolves once each runs its loop. */
+async function startWorkers(wasm, inner) {
+  const n = inner.threads();
+  const handle = inner.worker_handle();
+  const workers = [];
+  for (let tid = 1; tid < n; tid++) {
+    const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    workers.push(new Promise((resolve, reject) => {
+      w.onmessage = () => resolve(w);
+      w.onerror = (e) => reject(new Error(`maple worker ${tid}: ${e.message || e}`));
+    }));
+    w.postMessage({ glue: wasm.glue, module: wasm.module, memory: wasm.exports.memory, handle, tid });
+  }
+  return Promise.all(workers);
 }
 
 /**
@@ -42,7 +84,7 @@ function defaultWasm() {
 
 /** Bytes of wasm memory in use (models live there on the CPU side; it grows, never shrinks). */
 export async function wasmMemoryBytes() {
-  return (await initWasm()).memory.buffer.byteLength;
+  return (await initWasm()).exports.memory.buffer.byteLength;
 }
 
 /** The `resolve/` base URL of a Hugging Face model repository. */
@@ -123,11 +165,14 @@ function resolveUrl(base, nameOrUrl) {
  * adapters such as SwiftShader are far slower than the CPU path; "gpu": any adapter; "cpu").
  * `model.device` and `model.deviceReason` say what was chosen and why. `precision`: "f32" (the
  * default) or "int8" (the image tower's Linears in int8 on the CPU, as `maple-classify
- * --precision int8`: "auto" then picks the CPU, "gpu" is an error).
+ * --precision int8`: "auto" then picks the CPU, "gpu" is an error). `threads`: the CPU path's
+ * threads, the page's included (default: the core count, at most 4), on a cross-origin-isolated
+ * page only (see `threadsPossible`); elsewhere one. `model.threads` says how many run.
  */
 export async function loadModel(base, options = {}) {
   const { onProgress, signal } = options;
-  await initWasm(options.wasm);
+  const wantThreads = options.threads ?? Math.min(globalThis.navigator?.hardwareConcurrency ?? 1, 4);
+  const wasm = await initWasm(options.wasm, wantThreads);
   const asked = options.device ?? "auto";
   const precision = options.precision ?? "f32";
   if (!["f32", "int8"].includes(precision)) throw new Error(`precision "${precision}": use "f32" or "int8"`);
@@ -158,7 +203,9 @@ export async function loadModel(base, options = {}) {
     got[key] = await fetchBytes(resolveUrl(base, name), name, cache, onProgress, signal);
   }));
   const config = new TextDecoder().decode(got.config);
-  const inner = await Maple.load(config, got.weights, got.prompts, device, precision);
+  const inner = await wasm.Maple.load(config, got.weights, got.prompts, device, precision,
+    wasm.threaded ? wantThreads : 1);
+  if (wasm.threaded && inner.threads() > 1) await startWorkers(wasm, inner);
   return new MapleModel(inner, noWebGpu);
 }
 
@@ -219,6 +266,11 @@ export class MapleModel {
   constructor(inner, reason = "") {
     this.#inner = inner;
     this.#reason = reason;
+  }
+
+  /** Threads the CPU path runs on, the page's included (1 on the GPU). */
+  get threads() {
+    return this.#inner.threads();
   }
 
   /** "f32" or "int8": the image tower's Linears. */

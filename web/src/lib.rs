@@ -91,6 +91,7 @@ impl Maple {
         prompts: Option<Vec<u8>>,
         device: Option<String>,
         precision: Option<String>,
+        threads: Option<u32>,
     ) -> Result<Maple, JsValue> {
         let int8 = match precision.as_deref().unwrap_or("f32") {
             "f32" => false,
@@ -142,10 +143,10 @@ impl Maple {
                 (Backend::Gpu(g), adapter, String::new())
             }
             Some(Err(e)) if device == "gpu" => return Err(js(e)),
-            Some(Err(e)) => (Backend::Cpu(None), cpu_name(), e.to_string()),
+            Some(Err(e)) => (Backend::Cpu(None), String::new(), e.to_string()),
             None => (
                 Backend::Cpu(None),
-                cpu_name(),
+                String::new(),
                 if int8 && device == "auto" {
                     "precision \"int8\" runs on the CPU".into()
                 } else {
@@ -156,6 +157,11 @@ impl Maple {
         if int8 {
             model.quantize_image_tower();
         }
+        let par = cpu_pool(&backend, threads.unwrap_or(1).max(1) as usize);
+        let adapter = match backend {
+            Backend::Cpu(_) => cpu_name(par.threads()),
+            Backend::Gpu(_) => adapter,
+        };
         let tok = ClipTokenizer::builtin().map_err(js)?;
         check_template(&tok, &template, model.text_n(), "prompts").map_err(js)?;
         Ok(Maple {
@@ -163,7 +169,7 @@ impl Maple {
                 model,
                 template,
                 backend,
-                par: Parallel::sequential(),
+                par,
                 tok,
                 labels: Vec::new(),
                 text: None,
@@ -181,6 +187,28 @@ impl Maple {
             "int8".into()
         } else {
             "f32".into()
+        }
+    }
+
+    /// Threads the CPU path runs on, the page's included (1 on the GPU, and in builds without
+    /// threads).
+    pub fn threads(&self) -> u32 {
+        let i = self.inner.borrow();
+        match i.backend {
+            Backend::Cpu(_) => i.par.threads() as u32,
+            Backend::Gpu(_) => 1,
+        }
+    }
+
+    /// What each Web Worker passes to [`maple_worker`] (0 without workers).
+    pub fn worker_handle(&self) -> usize {
+        #[cfg(target_feature = "atomics")]
+        {
+            self.inner.borrow().par.web_handle()
+        }
+        #[cfg(not(target_feature = "atomics"))]
+        {
+            0
         }
     }
 
@@ -347,7 +375,36 @@ async fn image_feature(
     }
 }
 
+/// The CPU path's threads: the page's alone, or (in the threaded build, on a cross-origin
+/// isolated page) with `threads − 1` Web Workers that `index.js` starts.
+fn cpu_pool(backend: &Backend, threads: usize) -> Parallel {
+    match backend {
+        #[cfg(target_feature = "atomics")]
+        Backend::Cpu(_) => Parallel::for_web_workers(threads),
+        _ => {
+            let _ = threads;
+            Parallel::sequential()
+        }
+    }
+}
+
+/// A Web Worker's whole life in the threaded build: runs its share of every parallel job of the
+/// model whose [`Maple::worker_handle`] is `handle`, as thread `tid` (1 and up), and returns when
+/// that model is freed. Returns at once in builds without threads.
+#[wasm_bindgen]
+pub fn maple_worker(handle: usize, tid: usize) {
+    #[cfg(target_feature = "atomics")]
+    if handle != 0 {
+        // SAFETY: `handle` is a live model's `worker_handle` (index.js passes nothing else), on
+        // this module's shared memory, and index.js gives each worker its own `tid`.
+        unsafe { maple_core::par::web::worker_loop(handle, tid) };
+    }
+    #[cfg(not(target_feature = "atomics"))]
+    let _ = (handle, tid);
+}
+
 /// How the CPU path names itself where a GPU adapter's name would go.
-fn cpu_name() -> String {
-    format!("CPU ({}, 1 thread)", maple_core::simd::isa().name())
+fn cpu_name(threads: usize) -> String {
+    let t = if threads == 1 { "thread" } else { "threads" };
+    format!("CPU ({}, {threads} {t})", maple_core::simd::isa().name())
 }

@@ -7,6 +7,7 @@
 //           (kept f16 in memory, widened inside the GEMM);
 //   ORT     onnxruntime-web's wasm backend (SIMD, its threaded build), session.run on one
 //           preprocessed 1×3×224×224 tensor: the image tower alone, at 1 and 2 threads.
+// maple runs at 1 and 2 threads (its threaded build with one Web Worker), f16 at 1.
 // Each: one warm-up, then 5 timed runs; prints one JSON line with best and median seconds per
 // image, and maple's wasm memory after loading and after one image.
 import { createServer } from "node:http";
@@ -76,11 +77,12 @@ async function fresh() {
 
 const out = { chromium: (await ctx.browser()?.version()) ?? null, image: image.split("/").pop() };
 try {
-  for (const [key, dir, precision] of [["f32", "/model/", "f32"], ["int8", "/model/", "int8"], ["f16", "/model16/", "f32"]]) {
+  for (const [key, dir, precision, threads] of [["f32_t1", "/model/", "f32", 1], ["f32_t2", "/model/", "f32", 2],
+    ["int8_t1", "/model/", "int8", 1], ["int8_t2", "/model/", "int8", 2], ["f16_t1", "/model16/", "f32", 1]]) {
     const { p, logs } = await fresh();
-    const r = await p.evaluate(async ({ dir, precision }) => {
+    const r = await p.evaluate(async ({ dir, precision, threads }) => {
       const m = await window.maple.loadModel(dir, { prompts: "maple_prompts.safetensors", device: "cpu",
-        precision, cache: false });
+        precision, threads, cache: false });
       const afterLoad = await window.maple.wasmMemoryBytes();
       const blob = await (await fetch("/image")).blob();
       await m.embedImage(blob);
@@ -91,9 +93,10 @@ try {
         await m.embedImage(blob);
         runs.push((performance.now() - t) / 1000);
       }
-      return { runs, afterLoad, afterImage, device: m.device, threads: m.threads ?? 1 };
-    }, { dir, precision }).catch((e) => ({ error: String(e.message || e), logs }));
-    out[`maple_${key}`] = r.error ? r : { ...stats(r.runs), threads: r.threads, device: r.device,
+      return { runs, afterLoad, afterImage, device: m.device, threads: m.threads, adapter: m.adapter };
+    }, { dir, precision, threads }).catch((e) => ({ error: String(e.message || e), logs }));
+    if (!r.error && r.threads !== threads) r.error = `asked for ${threads} threads, ran ${r.threads} (${r.adapter})`;
+    out[`maple_${key}`] = r.error ? r : { ...stats(r.runs), threads: r.threads, adapter: r.adapter,
       wasm_memory_after_load_bytes: r.afterLoad, wasm_memory_after_image_bytes: r.afterImage };
     await p.close();
   }
