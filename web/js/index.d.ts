@@ -48,6 +48,12 @@ export interface LoadOptions {
    * per-row activations), on the CPU only ("auto" then picks the CPU; "gpu" is an error).
    */
   precision?: "f32" | "int8";
+  /**
+   * CPU threads, the page's included (default: the core count, at most 4). More than one needs a
+   * cross-origin-isolated page (COOP `same-origin` + COEP `require-corp`, on the package's files
+   * too) and relaxed SIMD; elsewhere one thread runs (`threadsPossible()`).
+   */
+  threads?: number;
 }
 
 /** One label's score. */
@@ -81,6 +87,8 @@ export class MapleModel {
   readonly device: "gpu" | "cpu";
   /** The image tower's Linears. */
   readonly precision: "f32" | "int8";
+  /** Threads the CPU path runs on, the page's included (1 on the GPU). */
+  readonly threads: number;
   /** Why the CPU runs it ("" on a GPU). */
   readonly deviceReason: string;
   /** The labels, in order. */
@@ -102,9 +110,11 @@ export class MapleModel {
 }
 
 /** Loads the wasm module once (see `LoadOptions.wasm` for which file). */
-export function initWasm(wasm?: string | URL): Promise<unknown>;
+export function initWasm(wasm?: string | URL, threads?: number): Promise<unknown>;
 /** Whether this engine runs relaxed SIMD (then the relaxed build is the default). */
 export function hasRelaxedSimd(): boolean;
+/** Whether this page can run the CPU path on several threads (cross-origin isolated + relaxed SIMD). */
+export function threadsPossible(): boolean;
 /** Bytes of wasm memory in use (models live there on the CPU side; it grows, never shrinks). */
 export function wasmMemoryBytes(): Promise<number>;
 /** The `resolve/` base URL of a Hugging Face model repository. */
