@@ -26,14 +26,14 @@ impl Parallel {
         }
     }
 
-    /// `threads` in all, the calling thread included, the others Web Workers that the embedder
-    /// starts: each calls [`web::worker_loop`] with [`Self::web_handle`] and its index
-    /// `1..threads`. Until every one of them has, work runs on the calling thread alone.
+    /// `threads` in all (at most 64), the calling thread included, the others Web Workers that
+    /// the embedder starts: each calls [`web::worker_loop`] with [`Self::web_handle`] and its
+    /// index `1..threads`. Until every one of them has, work runs on the calling thread alone.
     #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
     pub fn for_web_workers(threads: usize) -> Self {
         let mut p = Self::sequential();
         if threads > 1 {
-            p.web = Some(alloc::sync::Arc::new(web::Shared::new(threads)));
+            p.web = Some(web::Shared::start(threads.min(web::MAX_THREADS)));
         }
         p
     }
@@ -139,7 +139,7 @@ impl SyncPtr {
 impl Drop for Parallel {
     fn drop(&mut self) {
         if let Some(s) = &self.web {
-            s.shut_down();
+            s.stop();
         }
     }
 }
@@ -151,11 +151,48 @@ impl Drop for Parallel {
 #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
 pub mod web {
     use alloc::sync::Arc;
+    use alloc::vec::Vec;
     use core::arch::wasm32::{memory_atomic_notify, memory_atomic_wait32};
     use core::cell::UnsafeCell;
-    use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
     type Job = dyn Fn(usize, usize) + Sync;
+
+    /// Threads a pool may have (one bit each in `Shared::claimed`).
+    pub(super) const MAX_THREADS: usize = 64;
+
+    /// The pools whose workers may still join, by address: `Shared::start` adds one, `stop`
+    /// removes it before the pool's own reference goes, and [`worker_loop`] takes a reference
+    /// only to a pool it finds here, under the same lock. So a handle is only ever a live pool.
+    static LIVE: Registry = Registry {
+        lock: AtomicBool::new(false),
+        pools: UnsafeCell::new(Vec::new()),
+    };
+
+    struct Registry {
+        lock: AtomicBool,
+        pools: UnsafeCell<Vec<usize>>,
+    }
+
+    // SAFETY: `pools` is touched only while `lock` is held (`Registry::with`).
+    unsafe impl Sync for Registry {}
+
+    impl Registry {
+        /// `f` on the list, under a spin lock (held for a few instructions; a page may not block).
+        fn with<R>(&self, f: impl FnOnce(&mut Vec<usize>) -> R) -> R {
+            while self
+                .lock
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                core::hint::spin_loop();
+            }
+            // SAFETY: the lock is held until the store below.
+            let r = f(unsafe { &mut *self.pools.get() });
+            self.lock.store(false, Ordering::Release);
+            r
+        }
+    }
 
     /// Spins before sleeping: a forward pass hands out ~90 jobs per image, back to back.
     const SPINS: u32 = 1 << 14;
@@ -169,6 +206,8 @@ pub mod web {
         remaining: AtomicUsize,
         /// Workers inside [`worker_loop`].
         started: AtomicUsize,
+        /// Bit `t`: a worker has taken index `t`.
+        claimed: AtomicU64,
         shutdown: AtomicBool,
         /// The current job: written by the page's thread only while no worker runs one.
         job: UnsafeCell<Option<*const Job>>,
@@ -181,15 +220,19 @@ pub mod web {
     unsafe impl Send for Shared {}
 
     impl Shared {
-        pub(super) fn new(n: usize) -> Self {
-            Shared {
+        /// A pool of `n` threads, registered for its workers to join.
+        pub(super) fn start(n: usize) -> Arc<Self> {
+            let s = Arc::new(Shared {
                 n,
                 generation: AtomicI32::new(0),
                 remaining: AtomicUsize::new(0),
                 started: AtomicUsize::new(0),
+                claimed: AtomicU64::new(0),
                 shutdown: AtomicBool::new(false),
                 job: UnsafeCell::new(None),
-            }
+            });
+            LIVE.with(|p| p.push(Arc::as_ptr(&s) as usize));
+            s
         }
 
         pub(super) fn run<'a>(&self, f: &'a (dyn Fn(usize, usize) + Sync + 'a)) {
@@ -220,7 +263,10 @@ pub mod web {
             unsafe { *self.job.get() = None };
         }
 
-        pub(super) fn shut_down(&self) {
+        /// No worker joins any more; those in the loop leave it.
+        pub(super) fn stop(&self) {
+            let me = self as *const Shared as usize;
+            LIVE.with(|p| p.retain(|&h| h != me));
             self.shutdown.store(true, Ordering::Release);
             self.generation.fetch_add(1, Ordering::Release);
             // SAFETY: as in `run`.
@@ -229,16 +275,28 @@ pub mod web {
     }
 
     /// A Web Worker's life: runs share `tid` of every job of the pool behind `handle` (from
-    /// `Parallel::web_handle`) and returns when that pool is dropped.
-    ///
-    /// # Safety
-    /// `handle` comes from `Parallel::web_handle` of a live pool, on this module's shared
-    /// memory; `tid` is in `1..threads`, and no other worker has it.
-    pub unsafe fn worker_loop(handle: usize, tid: usize) {
-        let ptr = handle as *const Shared;
-        // The worker holds its own reference, so the state outlives a pool dropped meanwhile.
-        Arc::increment_strong_count(ptr);
-        let s = Arc::from_raw(ptr);
+    /// `Parallel::web_handle`) and returns when that pool is dropped. Returns at once for a
+    /// handle that is no live pool's, a `tid` outside `1..threads`, or one another worker took.
+    pub fn worker_loop(handle: usize, tid: usize) {
+        let found = LIVE.with(|p| {
+            p.contains(&handle).then(|| {
+                let ptr = handle as *const Shared;
+                // SAFETY: a registered pool's `Arc` pointer; it leaves the list (under this
+                // lock) before its owner's reference can go, so it is alive here. The worker
+                // takes its own reference, so the state outlives a pool dropped meanwhile.
+                unsafe {
+                    Arc::increment_strong_count(ptr);
+                    Arc::from_raw(ptr)
+                }
+            })
+        });
+        let Some(s) = found else { return };
+        if tid == 0
+            || tid >= s.n
+            || s.claimed.fetch_or(1 << tid, Ordering::AcqRel) & (1 << tid) != 0
+        {
+            return;
+        }
         s.started.fetch_add(1, Ordering::AcqRel);
         let mut seen = 0;
         loop {
@@ -256,15 +314,18 @@ pub mod web {
                     spins += 1;
                     core::hint::spin_loop();
                 } else {
-                    memory_atomic_wait32(s.generation.as_ptr(), g, -1);
+                    // SAFETY: a valid, aligned i32 in the shared memory; this is a worker, where
+                    // waiting is allowed.
+                    unsafe { memory_atomic_wait32(s.generation.as_ptr(), g, -1) };
                 }
             }
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            // SAFETY: published before this generation (see `Shared`); `f` outlives the job.
-            if let Some(f) = *s.job.get() {
-                (*f)(tid, s.n);
+            // SAFETY: published before this generation (see `Shared`); `f` outlives the job,
+            // whose caller waits for `remaining` to reach 0.
+            if let Some(f) = unsafe { *s.job.get() } {
+                unsafe { (*f)(tid, s.n) };
             }
             s.remaining.fetch_sub(1, Ordering::AcqRel);
         }

@@ -390,15 +390,12 @@ fn cpu_pool(backend: &Backend, threads: usize) -> Parallel {
 
 /// A Web Worker's whole life in the threaded build: runs its share of every parallel job of the
 /// model whose [`Maple::worker_handle`] is `handle`, as thread `tid` (1 and up), and returns when
-/// that model is freed. Returns at once in builds without threads.
+/// that model is freed. Returns at once for a handle that is no live model's, a `tid` that is out
+/// of range or taken, and in builds without threads.
 #[wasm_bindgen]
 pub fn maple_worker(handle: usize, tid: usize) {
     #[cfg(target_feature = "atomics")]
-    if handle != 0 {
-        // SAFETY: `handle` is a live model's `worker_handle` (index.js passes nothing else), on
-        // this module's shared memory, and index.js gives each worker its own `tid`.
-        unsafe { maple_core::par::web::worker_loop(handle, tid) };
-    }
+    maple_core::par::web::worker_loop(handle, tid);
     #[cfg(not(target_feature = "atomics"))]
     let _ = (handle, tid);
 }
