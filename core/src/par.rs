@@ -3,7 +3,7 @@
 //! them. Dispatching a job allocates nothing, so a forward pass stays allocation-free. In a child
 //! of `fork()` (whose workers stayed in the parent) a pool runs every share on the calling thread.
 //! In the browser's threaded build (wasm32 with atomics) the workers are Web Workers that the
-//! page starts ([`web`]).
+//! page starts (`par::web`, compiled only there).
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
