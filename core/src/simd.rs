@@ -11,6 +11,17 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
+/// A micro-kernel's row count at run time → its const-generic instance: `dispatch!(mr, k,
+/// (args...); 1 2 3)` calls `k::<mr>(args...)` for each listed count (callers never pass another).
+macro_rules! dispatch {
+    ($mr:expr, $f:ident, $args:tt; $($r:literal)*) => {
+        match $mr {
+            $($r => $f::<$r> $args,)*
+            _ => unreachable!(),
+        }
+    };
+}
+
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -232,26 +243,34 @@ impl Int8Kernel {
     }
 }
 
-/// The int8 kernels the chosen path can run, best first (tests run each).
-pub(crate) fn int8_kernels() -> alloc::vec::Vec<Int8Kernel> {
-    let path = isa().path();
-    [
+impl Int8Kernel {
+    /// Best first.
+    const ALL: [Int8Kernel; 5] = [
         Int8Kernel::Vnni,
         Int8Kernel::Usdot,
         Int8Kernel::Sdot,
         Int8Kernel::WasmDot,
         Int8Kernel::Portable,
-    ]
-    .into_iter()
-    .filter(|k| k.supported(path))
-    .collect()
+    ];
 }
 
-/// The int8 kernel `--precision int8` runs here: the best of [`int8_kernels`].
-pub(crate) fn int8_kernel() -> Int8Kernel {
-    int8_kernels()
+/// The int8 kernels the chosen path can run, best first (tests run each).
+#[cfg(test)]
+pub(crate) fn int8_kernels() -> alloc::vec::Vec<Int8Kernel> {
+    let path = isa().path();
+    Int8Kernel::ALL
         .into_iter()
-        .next()
+        .filter(|k| k.supported(path))
+        .collect()
+}
+
+/// The int8 kernel `--precision int8` runs here: the best of [`int8_kernels`]. Asked once per
+/// int8 GEMM, so it allocates nothing.
+pub(crate) fn int8_kernel() -> Int8Kernel {
+    let path = isa().path();
+    Int8Kernel::ALL
+        .into_iter()
+        .find(|k| k.supported(path))
         .unwrap_or(Int8Kernel::Portable)
 }
 

@@ -124,14 +124,7 @@ pub(crate) unsafe fn kernel(
     ldc: usize,
     load: bool,
 ) {
-    match mr {
-        6 => k::<6>(kc, a, lda, b, c, ldc, load),
-        5 => k::<5>(kc, a, lda, b, c, ldc, load),
-        4 => k::<4>(kc, a, lda, b, c, ldc, load),
-        3 => k::<3>(kc, a, lda, b, c, ldc, load),
-        2 => k::<2>(kc, a, lda, b, c, ldc, load),
-        _ => k::<1>(kc, a, lda, b, c, ldc, load),
-    }
+    dispatch!(mr, k, (kc, a, lda, b, c, ldc, load); 1 2 3 4 5 6)
 }
 
 /// R × 16 tile in 4R registers; per k: 4 B loads, R broadcasts, 4R FMAs.

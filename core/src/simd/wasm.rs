@@ -127,10 +127,7 @@ pub(crate) unsafe fn kernel(
     load: bool,
 ) {
     const { assert!(MR == 2) };
-    match mr {
-        2 => k::<2>(kc, a, lda, b, c, ldc, load),
-        _ => k::<1>(kc, a, lda, b, c, ldc, load),
-    }
+    dispatch!(mr, k, (kc, a, lda, b, c, ldc, load); 1 2)
 }
 
 /// R × 16 tile in 4R registers; per k: 4 B loads, R broadcasts, 4R multiplies and adds.

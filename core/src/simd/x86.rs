@@ -264,15 +264,6 @@ fn tail_mask(n: usize) -> __mmask16 {
 
 // The f32 GEMM micro-kernels (`gemm::Kernel`).
 
-macro_rules! dispatch {
-    ($mr:expr, $f:ident, $args:tt; $($r:literal)*) => {
-        match $mr {
-            $($r => $f::<$r> $args,)*
-            _ => unreachable!(),
-        }
-    };
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn kernel_avx2(
     mr: usize,
