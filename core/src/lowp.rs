@@ -45,13 +45,25 @@ impl Tile {
     }
 
     /// Columns (1..=NR; fewer only in the last panel).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 tiles' epilogues
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )] // the x86 and SIMD128 tiles' epilogues
     pub fn nv(&self) -> usize {
         self.nv
     }
 
     /// Floats between output rows.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 tiles' epilogues
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )] // the x86 and SIMD128 tiles' epilogues
     pub fn ldc(&self) -> usize {
         self.ldc
     }
@@ -66,7 +78,13 @@ impl Tile {
 
     /// The tile's first output value: `mr` rows of `nv` values, `ldc` apart, which this thread
     /// alone writes.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 tiles' epilogues
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )] // the x86 and SIMD128 tiles' epilogues
     pub fn out_ptr(&mut self) -> *mut f32 {
         self.ptr
     }

@@ -32,6 +32,9 @@ pub struct Q8Matrix {
     data: Buf<i8>,
     scale: Buf<f32>,
     colsum: Buf<i32>,
+    /// The panels widened to i16 for the SIMD128 tile ([`simd::wasm::widen_q8_panels`]).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    wide: Vec<i16>,
 }
 
 impl Q8Matrix {
@@ -59,6 +62,8 @@ impl Q8Matrix {
             k,
             n,
             k4,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            wide: simd::wasm::widen_q8_panels(&data, k4),
             data: Buf::Owned(data),
             scale: Buf::Owned(scale),
             colsum: Buf::Owned(colsum),
@@ -72,7 +77,10 @@ impl Q8Matrix {
 
     /// Bytes held (a matrix read in place from shared bytes holds none of its own).
     pub fn bytes(&self) -> usize {
-        self.data.held_bytes() + self.scale.held_bytes() + self.colsum.held_bytes()
+        let wide = 0;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        let wide = wide + 2 * self.wide.len();
+        self.data.held_bytes() + self.scale.held_bytes() + self.colsum.held_bytes() + wide
     }
 
     /// Whether the matrix is read in place from shared bytes ([`Self::from_shared`]).
@@ -113,6 +121,8 @@ impl Q8Matrix {
             k,
             n,
             k4,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            wide: simd::wasm::widen_q8_panels(&data, k4),
             data,
             scale,
             colsum,
@@ -120,7 +130,15 @@ impl Q8Matrix {
     }
 }
 
-/// Per-call activation buffers, sized once: `rows × k4` u8 values and `rows` scales.
+/// Bytes a quantized activation may take: the SIMD128 tile reads them widened to 16 bits.
+const A_BYTES: usize = if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+    2
+} else {
+    1
+};
+
+/// Per-call activation buffers, sized once: `rows × k4` u8 values (u16 for the SIMD128 tile)
+/// and `rows` scales.
 pub struct Q8Scratch {
     a: Vec<u8>,
     scale: Vec<f32>,
@@ -130,7 +148,7 @@ impl Q8Scratch {
     /// Scratch for up to `rows` rows of width up to `max_k`.
     pub fn new(rows: usize, max_k: usize) -> Self {
         Q8Scratch {
-            a: vec![0; rows * max_k.next_multiple_of(4)],
+            a: vec![0; rows * max_k.next_multiple_of(4) * A_BYTES],
             scale: vec![0.0; 2 * rows],
         }
     }
@@ -177,8 +195,15 @@ pub(crate) fn gemm_q8_with(
     }
     assert!(lda >= k && ldc >= n, "gemm_q8 strides");
     assert!(a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n);
+    // Bytes per quantized activation, and per row.
+    let ab = match kern {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Int8Kernel::WasmDot => 2,
+        _ => 1,
+    };
+    let ka = ab * k4;
     assert!(
-        s.a.len() >= m * k4 && s.scale.len() >= 2 * m,
+        s.a.len() >= m * ka && s.scale.len() >= 2 * m,
         "gemm_q8 scratch"
     );
     if let Some(bias) = ep.bias {
@@ -191,15 +216,18 @@ pub(crate) fn gemm_q8_with(
         let (lo, hi) = split(m, t, nt);
         for i in lo..hi {
             let row = &a[i * lda..i * lda + k];
-            // SAFETY: row i of the u8 buffer and (scale, min) i belong to this thread alone.
-            let q = unsafe { core::slice::from_raw_parts_mut((ap as *mut u8).add(i * k4), k4) };
+            // SAFETY: row i of the activation buffer and (scale, min) i belong to this thread
+            // alone.
+            let q = unsafe { core::slice::from_raw_parts_mut((ap as *mut u8).add(i * ka), ka) };
             let (sc, lo_v) = match kern {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: only detection makes `Vnni`, which implies AVX-512F and BW.
                 Int8Kernel::Vnni => unsafe { x86::quantize_row(row, q) },
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                Int8Kernel::WasmDot => simd::wasm::quantize_row(row, q),
                 _ => quantize_row(row, q),
             };
-            q[k..].fill(0);
+            q[ab * k..].fill(0);
             unsafe {
                 *qp.get().add(2 * i) = sc;
                 *qp.get().add(2 * i + 1) = lo_v;
@@ -213,9 +241,11 @@ pub(crate) fn gemm_q8_with(
     let gelu = ep.act == Act::QuickGelu;
     // The weight's slices once (each look-up of a shared one goes through its owner).
     let (bd, bs, bc): (&[i8], &[f32], &[i32]) = (&b.data, &b.scale, &b.colsum);
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let bw: &[i16] = &b.wide;
     let kernel = |acc: &mut [[i32; NR]; MR], t: &mut Tile| {
         let bp = &bd[t.p() * k4 * NR..(t.p() + 1) * k4 * NR];
-        let arows = &ua[t.i0() * k4..(t.i0() + t.mr()) * k4];
+        let arows = &ua[t.i0() * ka..(t.i0() + t.mr()) * ka];
         let rows_sa = &sa[2 * t.i0()..2 * (t.i0() + t.mr())];
         match kern {
             #[cfg(target_arch = "x86_64")]
@@ -236,8 +266,19 @@ pub(crate) fn gemm_q8_with(
                 simd::neon::q8_tile(kern == Int8Kernel::Usdot, t.mr(), k4, arows, bp, sums, acc)
             },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            // SAFETY: slices sized above (a tile's rows of k4 bytes, one panel of k4 × NR bytes).
-            Int8Kernel::WasmDot => unsafe { simd::wasm::q8_tile(t.mr(), k4, arows, bp, acc) },
+            Int8Kernel::WasmDot => {
+                let wp = &bw[t.p() * k4 * NR..(t.p() + 1) * k4 * NR];
+                if t.nv() == NR {
+                    // SAFETY: a whole panel; slices sized above (a tile's rows of k4 u16 values,
+                    // one widened panel of k4 × NR values, the rows' scales).
+                    unsafe {
+                        simd::wasm::q8_tile_then_epilogue(t, k4, arows, wp, rows_sa, (bs, bc), &ep)
+                    };
+                    return;
+                }
+                // SAFETY: as above.
+                unsafe { simd::wasm::q8_tile(t.mr(), k4, arows, wp, acc) }
+            }
             _ => tile_portable(t.mr(), k4, arows, bp, acc),
         }
         for (i, (a, s)) in acc.iter().zip(rows_sa.chunks_exact(2)).enumerate() {
@@ -272,7 +313,7 @@ fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
     (sc, lo)
 }
 
-fn row_scale(lo: f32, hi: f32) -> f32 {
+pub(crate) fn row_scale(lo: f32, hi: f32) -> f32 {
     if hi > lo {
         (hi - lo) / 255.0
     } else {
@@ -558,6 +599,59 @@ mod tests {
         }
     }
 
+    /// Every int8 kernel finishes its tiles as the portable one does, bit for bit, with bias,
+    /// accumulation into the output and QuickGELU too (the VNNI and SIMD128 kernels do it in
+    /// registers).
+    #[test]
+    fn int8_kernels_share_the_epilogue_bits() {
+        let mut r = Rng::new(5);
+        for &(m, k, n) in &[(1, 8, 16), (13, 70, 33), (27, 256, 48)] {
+            let a: Vec<f32> = (0..m * k).map(|_| r.uniform(1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| r.uniform(1.0)).collect();
+            let bias: Vec<f32> = (0..n).map(|_| r.uniform(1.0)).collect();
+            let start: Vec<f32> = (0..m * n).map(|_| r.uniform(2.0)).collect();
+            let qm = Q8Matrix::from_out_in(&w, n, k);
+            let kernels = simd::int8_kernels();
+            let mut outs = Vec::new();
+            for &kern in &kernels {
+                let mut c = start.clone();
+                let ep = Epilogue {
+                    bias: Some(&bias),
+                    act: Act::QuickGelu,
+                    accumulate: true,
+                };
+                let mut s = Q8Scratch::new(m, k);
+                gemm_q8_with(
+                    kern,
+                    &Parallel::sequential(),
+                    &a,
+                    k,
+                    m,
+                    &qm,
+                    &mut c,
+                    n,
+                    ep,
+                    &mut s,
+                );
+                outs.push(c);
+            }
+            let portable = outs.last().unwrap();
+            // Not a no-op: the start values moved, and GELU of x + start ≠ x + start.
+            assert!(portable.iter().zip(&start).all(|(x, y)| x != y));
+            for (o, kern) in outs.iter().zip(&kernels) {
+                let first = o
+                    .iter()
+                    .zip(portable)
+                    .position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(
+                    first.is_none(),
+                    "{m}x{k}x{n}: {kern:?} and portable epilogues differ at {first:?}: {:?}",
+                    first.map(|i| (o[i], portable[i]))
+                );
+            }
+        }
+    }
+
     /// Values whose scaled position falls exactly on a half (range 0..255, so scale 1): the
     /// vector quantizer must round them away from zero, as `roundf` does, not to even.
     #[test]
@@ -580,6 +674,18 @@ mod tests {
             let r = unsafe { x86::quantize_row(&row, &mut got) };
             assert_eq!(r, (1.0, 0.0));
             assert_eq!(got, want);
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            // 16-bit values, little-endian.
+            let mut got = vec![0xffu8; 2 * k];
+            assert_eq!(simd::wasm::quantize_row(&row, &mut got), (1.0, 0.0));
+            let wide: Vec<u16> = want.iter().map(|&v| v as u16).collect();
+            let got: Vec<u16> = got
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            assert_eq!(got, wide);
         }
     }
 }
