@@ -119,6 +119,23 @@ async function inPage({ url, labelsText, images, kinds, device }) {
     const dot = (a, b) => a.reduce((s, v, k) => s + v * b[k], 0);
     out.push({ name: images[0], kind: "embed", logits: rows.map((t) => m.logitScale * dot(f, t)),
       dim: f.length === m.embeddingDim && rows.every((t) => t.length === m.embeddingDim) });
+    // A preprocessed image: 32 × 32 pixels (the tiny model's input size: no resize, no crop),
+    // normalised here with CLIP's published mean and std, against embedImage of the same pixels.
+    const S = 32, rgba32 = new Uint8ClampedArray(S * S * 4);
+    for (let i = 0; i < S * S; i++) {
+      rgba32.set([(i * 7) % 256, (i * 13 + 50) % 256, (i * 29 + 100) % 256, 255], 4 * i);
+    }
+    const mean = [0.48145466, 0.4578275, 0.40821073], std = [0.26862954, 0.26130258, 0.27577711];
+    const px = new Float32Array(3 * S * S);
+    for (let c = 0; c < 3; c++) {
+      for (let i = 0; i < S * S; i++) px[c * S * S + i] = (Math.fround(rgba32[4 * i + c] / 255) - mean[c]) / std[c];
+    }
+    const fromImage = await m.embedImage(new ImageData(rgba32, S, S));
+    const fromPixels = await m.embedPixels(px);
+    let pixelsErr = "";
+    try { await m.embedPixels(px.subarray(1)); } catch (e) { pixelsErr = String(e.message || e); }
+    out.push({ kind: "pixels", dim: fromPixels.length === m.embeddingDim, err: pixelsErr,
+      diff: fromImage.reduce((d, v, k) => Math.max(d, Math.abs(v - fromPixels[k])), 0) });
     let err = "";
     try { await m.setLabels(["cat", "cat"]); } catch (e) { err = String(e.message || e); }
     out.push({ kind: "error", err, labels: m.labels });
@@ -129,7 +146,7 @@ async function inPage({ url, labelsText, images, kinds, device }) {
 function goldenDiff(out) {
   let maxDiff = 0;
   for (const { name, kind, logits } of out) {
-    if (kind === "error") continue;
+    if (kind === "error" || kind === "pixels") continue;
     const i = golden.images.indexOf(name);
     let want = golden.maple.logits[i];
     if (kind === "list" || kind === "embed") want = [want[0], want[7]];
@@ -163,6 +180,10 @@ try {
     const want = golden.maple.top5[golden.images.indexOf(r.name)];
     check(JSON.stringify(r.top) === JSON.stringify(want), `${r.name}: top-5 ${r.top} != golden ${want}`);
   }
+  const pixels = first.out.find((r) => r.kind === "pixels");
+  check(pixels.dim && pixels.diff <= 1e-5, `embedPixels differs from embedImage of the same pixels by ${pixels.diff}`);
+  check(/needs 3072 values, got 3071/.test(pixels.err), `embedPixels of a short tensor: ${JSON.stringify(pixels.err)}`);
+  summary.embedPixelsDiff = pixels.diff;
   const err = first.out.find((r) => r.kind === "error");
   check(/duplicate label/.test(err.err) && err.labels.join() === "cat,Eiffel_Tower", `bad labels: ${JSON.stringify(err)}`);
   for (const name of tinyFiles) {
@@ -198,6 +219,8 @@ try {
   check(cpu.device === "cpu" && cpu.adapter.startsWith("CPU"), `device "cpu" runs on ${cpu.device} (${cpu.adapter})`);
   const cpuDiff = goldenDiff(cpu.out);
   check(cpuDiff <= 1e-3, `CPU path: logits differ from the PyTorch golden by ${cpuDiff}`);
+  const cpuPixels = cpu.out.find((r) => r.kind === "pixels");
+  check(cpuPixels.dim && cpuPixels.diff <= 1e-5, `CPU path: embedPixels differs from embedImage by ${cpuPixels.diff}`);
   summary.cpu = { adapter: cpu.adapter, reason: cpu.reason, maxAbsLogitDiff: cpuDiff, msPerImage: Math.round(cpu.msPerImage) };
   // Chromium has relaxed SIMD, so the package loaded its relaxed build; the SIMD128 build (the
   // fallback for engines without it) in a fresh page, told which file to load, and int8 there.

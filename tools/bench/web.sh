@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The browser's CPU path against onnxruntime-web, in one run on this machine: the full-size
 # synthetic model's image tower at batch 1 in Debian's headless Chromium (tools/bench/web/bench.mjs:
-# maple's npm package with device "cpu", f32 and int8; onnxruntime-web's wasm backend at 1 and 2
+# maple's npm package with device "cpu", f32 and int8, embedPixels on the tensor onnxruntime-web
+# gets, and embedImage on a PNG for the cost of decoding and preprocessing; onnxruntime-web's wasm backend at 1 and 2
 # threads on an fp32 ONNX export of the same tower and its dynamic int8 quantisation, per
 # channel), then native maple-bench at 1 and 2 threads. Best and median of 5 after a warm-up.
 # Needs a Python with torch, transformers, onnx and onnxruntime (the export,
@@ -63,14 +64,15 @@ rows = [
 ]
 print(f"Chromium {w['chromium']}, full-size image tower, batch 1, one image ({w['image']}).")
 print()
-print("| engine | precision | threads | images/s (best) | images/s (median) |")
-print("|---|---|---|---|---|")
+print("| engine | precision | threads | images/s (best) | images/s (median) | with PNG decode + preprocessing (best) |")
+print("|---|---|---|---|---|---|")
 for name, prec, t, r in rows:
-    print(f"| {name} | {prec} | {t} | {1 / r['best_s']:.2f} | {1 / r['median_s']:.2f} |")
+    img = f"{1 / r['image']['best_s']:.2f}" if "image" in r else "–"
+    print(f"| {name} | {prec} | {t} | {1 / r['best_s']:.2f} | {1 / r['median_s']:.2f} | {img} |")
 for t in (1, 2):
     n = nat[t]
-    print(f"| maple, native ({n['simd']}) | f32 | {t} | {n['image_b1_images_per_s']:.2f} | – |")
-    print(f"| maple, native ({n['simd']}) | int8 | {t} | {n['int8_image_b1_images_per_s']:.2f} | – |")
+    print(f"| maple, native ({n['simd']}) | f32 | {t} | {n['image_b1_images_per_s']:.2f} | – | – |")
+    print(f"| maple, native ({n['simd']}) | int8 | {t} | {n['int8_image_b1_images_per_s']:.2f} | – | – |")
 r = lambda a, c: w[c]["best_s"] / w[a]["best_s"]
 print()
 for t in (1, 2):

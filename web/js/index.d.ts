@@ -103,6 +103,11 @@ export class MapleModel {
   readonly logitScale: number;
   /** An image's feature row, L2-normalised (what classify compares with the labels' rows). */
   embedImage(image: ImageBitmap | ImageData | Blob): Promise<Float32Array>;
+  /**
+   * The feature row of a preprocessed image: 3 × size × size values (224 for ViT-B/16),
+   * channels first, CLIP-normalised (a PyTorch `pixel_values` tensor of one image).
+   */
+  embedPixels(pixels: Float32Array | ArrayLike<number>): Promise<Float32Array>;
   /** One L2-normalised row per text, each embedded as a label of that name would be. */
   embedTexts(texts: string[]): Promise<Float32Array[]>;
   /** Frees the model's GPU and wasm memory. */

@@ -345,6 +345,18 @@ export class MapleModel {
   }
 
   /**
+   * The feature row of an image you preprocessed yourself: `pixels` holds the image tower's
+   * input, 3 × size × size values (224 for ViT-B/16), channels first, CLIP-normalised (a
+   * PyTorch `pixel_values` tensor of one image).
+   */
+  embedPixels(pixels) {
+    return this.#run(async () => {
+      const px = pixels instanceof Float32Array ? pixels : Float32Array.from(pixels);
+      return this.#inner.embed_pixels(px);
+    });
+  }
+
+  /**
    * Text features, one `Float32Array` row per text, L2-normalised: each text is put in the
    * template as a label of that name would be. The labels stay as they are.
    */

@@ -315,6 +315,27 @@ impl Maple {
         })
     }
 
+    /// The feature row of an image already preprocessed: `pixels` is the image tower's input,
+    /// `3 × size × size` values (channels first, CLIP-normalised, as a PyTorch `pixel_values`
+    /// tensor of one image holds them).
+    #[allow(clippy::await_holding_refcell_ref)] // see `set_labels`
+    pub fn embed_pixels(&self, pixels: Vec<f32>) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut i = inner.try_borrow_mut().map_err(|_| js("busy"))?;
+            let s = i.model.clip.config.vision.image_size;
+            if pixels.len() != 3 * s * s {
+                return Err(js(format!(
+                    "pixels: a 3×{s}×{s} image needs {} values, got {}",
+                    3 * s * s,
+                    pixels.len()
+                )));
+            }
+            let f = pixels_feature(&mut i, &pixels).await?;
+            Ok(js_sys::Float32Array::from(f.as_slice()).into())
+        })
+    }
+
     /// Text features of `texts`, each put in the template as a label of that name would be:
     /// `texts.len() × embedding_dim` values, row after row, each row L2-normalised. The labels
     /// stay as they are.
@@ -365,11 +386,16 @@ async fn image_feature(
     }
     let s = i.model.clip.config.vision.image_size;
     let px = preprocess(&rgb_from_rgba(rgba), w, h, s).map_err(js)?;
+    pixels_feature(i, &px).await
+}
+
+/// The feature row of one preprocessed image (`3 × size × size` values).
+async fn pixels_feature(i: &mut Inner, px: &[f32]) -> Result<Vec<f32>, JsValue> {
     match &mut i.backend {
-        Backend::Gpu(g) => g.encode_images_async(&px, 1).await.map_err(js),
+        Backend::Gpu(g) => g.encode_images_async(px, 1).await.map_err(js),
         Backend::Cpu(ws) => {
             let ws = ws.get_or_insert_with(|| i.model.vision_workspace(1, &i.par));
-            let f = i.model.encode_images(&i.par, ws, &px, 1).map_err(js)?;
+            let f = i.model.encode_images(&i.par, ws, px, 1).map_err(js)?;
             Ok(f.to_vec())
         }
     }

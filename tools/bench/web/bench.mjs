@@ -2,9 +2,10 @@
 // tools/bench/web.sh. One server (127.0.0.1, COOP/COEP headers: the page is cross-origin
 // isolated, so onnxruntime-web may use threads) serves the repository, the model directory and
 // the two ONNX graphs; Debian's headless Chromium loads a fresh page per configuration:
-//   maple   web/pkg on the CPU (device "cpu"), embedImage(blob): decode + preprocess + image tower,
-//           f32 and int8 from MODEL_DIR's f32 weights, and f32 arithmetic on F16_DIR's f16 weights
-//           (kept f16 in memory, widened inside the GEMM);
+//   maple   web/pkg on the CPU (device "cpu"), embedPixels on the same preprocessed tensor as ORT
+//           (the image tower, projection and L2 norm), and embedImage(blob) (PNG decode and
+//           preprocessing too); f32 and int8 from MODEL_DIR's f32 weights, and f32 arithmetic on
+//           F16_DIR's f16 weights (kept f16 in memory, widened inside the GEMM);
 //   ORT     onnxruntime-web's wasm backend (SIMD, its threaded build), session.run on one
 //           preprocessed 1×3×224×224 tensor: the image tower alone, at 1 and 2 threads.
 // maple runs at 1 and 2 threads (its threaded build with one Web Worker), f16 at 1.
@@ -87,16 +88,24 @@ try {
       const blob = await (await fetch("/image")).blob();
       await m.embedImage(blob);
       const afterImage = await window.maple.wasmMemoryBytes();
-      const runs = [];
-      for (let i = 0; i < 5; i++) {
-        const t = performance.now();
-        await m.embedImage(blob);
-        runs.push((performance.now() - t) / 1000);
-      }
-      return { runs, afterLoad, afterImage, device: m.device, threads: m.threads, adapter: m.adapter };
+      const px = new Float32Array(3 * 224 * 224);
+      for (let i = 0; i < px.length; i++) px[i] = Math.sin(i * 0.001) * 1.5;
+      await m.embedPixels(px);
+      const time = async (f) => {
+        const runs = [];
+        for (let i = 0; i < 5; i++) {
+          const t = performance.now();
+          await f();
+          runs.push((performance.now() - t) / 1000);
+        }
+        return runs;
+      };
+      const runs = await time(() => m.embedPixels(px));
+      const imageRuns = await time(() => m.embedImage(blob));
+      return { runs, imageRuns, afterLoad, afterImage, device: m.device, threads: m.threads, adapter: m.adapter };
     }, { dir, precision, threads }).catch((e) => ({ error: String(e.message || e), logs }));
     if (!r.error && r.threads !== threads) r.error = `asked for ${threads} threads, ran ${r.threads} (${r.adapter})`;
-    out[`maple_${key}`] = r.error ? r : { ...stats(r.runs), threads: r.threads, adapter: r.adapter,
+    out[`maple_${key}`] = r.error ? r : { ...stats(r.runs), image: stats(r.imageRuns), threads: r.threads, adapter: r.adapter,
       wasm_memory_after_load_bytes: r.afterLoad, wasm_memory_after_image_bytes: r.afterImage };
     await p.close();
   }
