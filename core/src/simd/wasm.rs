@@ -50,11 +50,12 @@ fn madd(a: v128, b: v128, c: v128) -> v128 {
     }
 }
 
-/// Cephes' `exp` on 4 lanes, unfused. A NaN stays NaN (`f32x4.min`/`max` return NaN when either
-/// operand is one).
+/// Cephes' `exp` on 4 lanes, unfused. A NaN stays NaN ([`clamp_exp`]). The power of two is built
+/// from `n` by adding 2²³ + 127 and shifting the float's bits: exact for the whole numbers `n`
+/// is, one instruction where `i32x4.trunc_sat_f32x4` costs several under V8.
 #[inline]
 fn exp4(x: v128) -> v128 {
-    let x = f32x4_min(f32x4_splat(EXP_HI), f32x4_max(f32x4_splat(EXP_LO), x));
+    let x = clamp_exp(x);
     let n = f32x4_floor(f32x4_add(
         f32x4_mul(x, f32x4_splat(LOG2E)),
         f32x4_splat(0.5),
@@ -67,8 +68,28 @@ fn exp4(x: v128) -> v128 {
     }
     let y = f32x4_add(f32x4_mul(y, f32x4_mul(r, r)), r);
     let y = f32x4_add(y, f32x4_splat(1.0));
-    let e = i32x4_shl(i32x4_add(i32x4_trunc_sat_f32x4(n), i32x4_splat(127)), 23);
+    // n + 127 ∈ [0, 255] lands in the low mantissa bits of 2²³ + n + 127; shifted by 23 it is the
+    // exponent field of 2ⁿ (the 2²³ exponent bits fall off the top).
+    let e = i32x4_shl(f32x4_add(n, f32x4_splat(8_388_608.0 + 127.0)), 23);
     f32x4_mul(y, e)
+}
+
+/// `x` clamped to exp's range, a NaN kept. Without relaxed SIMD: `pmax`/`pmin` with `x` as the
+/// operand they return when the comparison is false (a NaN's), one instruction each under V8,
+/// where `f32x4.min`/`max` cost several. With it, LLVM may take `pmin`/`pmax` for the relaxed
+/// min/max, whose NaN handling is the machine's, so that build keeps `f32x4.min`/`max`.
+#[inline(always)]
+fn clamp_exp(x: v128) -> v128 {
+    let (lo, hi) = (f32x4_splat(EXP_LO), f32x4_splat(EXP_HI));
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        // pmax(a, b) = a < b ? b : a; pmin(a, b) = b < a ? b : a.
+        f32x4_pmin(f32x4_pmax(x, lo), hi)
+    }
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        f32x4_min(hi, f32x4_max(lo, x))
+    }
 }
 
 #[inline]
