@@ -53,9 +53,9 @@ pub enum Precision {
     /// [`Device::Gpu`] with it is [`Error::Invalid`].
     Int8,
     /// bf16 Linears in the image tower, on the CPU (bf16 weights and activations, f32
-    /// accumulation, AVX-512 BF16's `vdpbf16ps`). About 1.3× the f32 speed; logits within about
-    /// 0.05 of f32 (tests/int8.rs measures it), closer than int8. A CPU without AVX-512 BF16
-    /// computes in f32 instead, with a warning. Devices as for [`Precision::Int8`].
+    /// accumulation, AVX-512 BF16's `vdpbf16ps` or Arm BF16's `bfdot`). About 1.3× the f32
+    /// speed on x86; logits within about 0.05 of f32 (tests/int8.rs measures it), closer than
+    /// int8. A CPU without bf16 instructions computes in f32 instead, with a warning. Devices as for [`Precision::Int8`].
     Bf16,
 }
 
@@ -341,7 +341,7 @@ impl ClassifierBuilder {
         }
         if self.precision == Precision::Bf16 && !maple_core::bf16::has_bf16() {
             warnings.push(
-                "this CPU has no AVX-512 BF16: --precision bf16 computes in f32 instead".into(),
+                "this CPU has no bf16 instructions (AVX-512 BF16 or Arm BF16): --precision bf16 computes in f32 instead".into(),
             );
             self.precision = Precision::F32;
         }

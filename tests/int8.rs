@@ -103,7 +103,7 @@ fn int8_and_bf16_are_within_ort_int8_error_of_f32_with_the_same_top1() {
             "bf16: max |Δlogit| {bf16} is not below int8's {int8}"
         );
     } else {
-        eprintln!("this CPU has no AVX-512 BF16: bf16 is not offered here, not compared");
+        eprintln!("this CPU has no bf16 instructions: bf16 is not offered here, not compared");
     }
 }
 
@@ -144,6 +144,42 @@ fn bf16_on_the_gpu_is_refused() {
 /// span 20–30; int8's worst error measured on x86 was 0.44, 2.4% of its image's range).
 #[test]
 fn tiny_int8_is_near_pytorch_with_its_top1() {
+    let (max, worst) = tiny_against_pytorch(Precision::Int8);
+    eprintln!(
+        "tiny int8 ({}): max |Δlogit| vs PyTorch {max:.2e}, {:.1}% of the image's range",
+        maple::engine::simd::int8_kernel_name(),
+        100.0 * worst
+    );
+    assert!(
+        worst <= 0.05,
+        "tiny int8: |Δlogit| {:.1}% of the range",
+        100.0 * worst
+    );
+}
+
+/// bf16 where the CPU has bf16 instructions (AVX-512 BF16, or Arm's BF16 as qemu's `max` CPU in
+/// the aarch64 CI): PyTorch's top-1 on every image, logits within 2% of each image's range.
+#[test]
+fn tiny_bf16_is_near_pytorch_with_its_top1() {
+    if !maple::engine::bf16::has_bf16() {
+        eprintln!("tiny bf16: not offered (this CPU has no bf16 instructions)");
+        return;
+    }
+    let (max, worst) = tiny_against_pytorch(Precision::Bf16);
+    eprintln!(
+        "tiny bf16 (hardware): max |Δlogit| vs PyTorch {max:.2e}, {:.1}% of the image's range",
+        100.0 * worst
+    );
+    assert!(
+        worst <= 0.02,
+        "tiny bf16: |Δlogit| {:.1}% of the range",
+        100.0 * worst
+    );
+}
+
+/// The tiny model's golden images at `precision` on the CPU against PyTorch's f32 logits, the
+/// top-1 asserted on each: (max |Δlogit|, max |Δlogit| / the image's logit range).
+fn tiny_against_pytorch(precision: Precision) -> (f32, f32) {
     let g = golden("golden_tiny.json");
     let dir = common::tiny_dir();
     let names: Vec<&str> = g["labels"]
@@ -157,10 +193,12 @@ fn tiny_int8_is_near_pytorch_with_its_top1() {
         .label_set(LabelSet::parse(&names.join("\n"), "labels").unwrap())
         .template(g["template"].as_str().unwrap())
         .device(Device::Cpu)
-        .precision(Precision::Int8)
+        .precision(precision)
         .build()
         .unwrap();
-    assert!(c.model().is_int8());
+    assert_eq!(c.model().is_int8(), precision == Precision::Int8);
+    let bf16 = c.model().image_precision() == maple::engine::model::LinearPrecision::Bf16;
+    assert_eq!(bf16, precision == Precision::Bf16);
     let images: Vec<std::path::PathBuf> = g["images"]
         .as_array()
         .unwrap()
@@ -186,16 +224,11 @@ fn tiny_int8_is_near_pytorch_with_its_top1() {
             - want.iter().fold(f32::MAX, |m, &v| m.min(v));
         max = max.max(d);
         worst = worst.max(d / range);
-        assert_eq!(top_k(&got, 1), top_k(&want, 1), "image {i}: top-1");
+        assert_eq!(
+            top_k(&got, 1),
+            top_k(&want, 1),
+            "{precision:?} image {i}: top-1"
+        );
     }
-    eprintln!(
-        "tiny int8 ({}): max |Δlogit| vs PyTorch {max:.2e}, {:.1}% of the image's range",
-        maple::engine::simd::int8_kernel_name(),
-        100.0 * worst
-    );
-    assert!(
-        worst <= 0.05,
-        "tiny int8: |Δlogit| {:.1}% of the range",
-        100.0 * worst
-    );
+    (max, worst)
 }

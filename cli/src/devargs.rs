@@ -20,8 +20,8 @@ pub enum PrecisionArg {
     F16,
     /// int8 image-tower Linears on the CPU, about three times as fast; logits within ~0.1 of f32.
     Int8,
-    /// bf16 image-tower Linears on CPUs with AVX-512 BF16, about 1.3× as fast; logits within
-    /// ~0.05 of f32.
+    /// bf16 image-tower Linears on CPUs with AVX-512 BF16 or Arm BF16, about 1.3× as fast;
+    /// logits within ~0.05 of f32.
     Bf16,
 }
 

@@ -297,7 +297,7 @@ fn int8_and_bf16_caches_are_read_and_rebuilt() {
     for precision in ["int8", "bf16"] {
         // Without a cache: the conversion done at start-up, the reference for every run below.
         let (reference, err) = run(precision, false);
-        if err.contains("no AVX-512 BF16") {
+        if err.contains("no bf16 instructions") {
             continue; // bf16 runs in f32 on this CPU: no bf16 file to test
         }
         assert!(err.is_empty(), "{err}");

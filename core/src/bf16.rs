@@ -2,7 +2,8 @@
 //!
 //! Weights are rounded once to bf16 (round to nearest even) and laid out in panels of `NR`
 //! columns with k in pairs, `[panel][k/2][NR][2]`; each call rounds the rows of A to bf16 the
-//! same way, and AVX-512 BF16's `vdpbf16ps` adds two bf16 products per lane to f32 accumulators:
+//! same way, and AVX-512 BF16's `vdpbf16ps` (x86) or Arm BF16's `bfdot` (aarch64) adds two bf16
+//! products per lane to f32 accumulators:
 //!
 //! `C[i,j] = Σ_k bf16(A[i,k])·bf16(W[j,k]) + bias[j]`, then the epilogue.
 //!
@@ -120,14 +121,19 @@ impl Bf16Scratch {
     }
 }
 
-/// Whether the AVX-512 BF16 kernel runs here (else the portable one): the CPU has AVX-512 BF16
-/// and the chosen path ([`simd::isa`], which `MAPLE_SIMD` sets) is `avx512`.
+/// Whether a bf16 kernel runs here (else the portable one): AVX-512 BF16 where the CPU has it
+/// and the chosen path ([`simd::isa`], which `MAPLE_SIMD` sets) is `avx512`; Arm's BF16
+/// (`bfdot`) where the CPU has it and the path is `neon`.
 pub fn has_bf16() -> bool {
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     {
         simd::isa().path() == simd::Path::Avx512 && std::is_x86_feature_detected!("avx512bf16")
     }
-    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        simd::isa().path() == simd::Path::Neon && simd::neon::has_bf16()
+    }
+    #[cfg(not(any(all(target_arch = "x86_64", feature = "std"), target_arch = "aarch64")))]
     {
         false
     }
@@ -188,8 +194,8 @@ pub(crate) fn gemm_bf16_with(
     });
     // 2. Products per (row tile, column panel), then bias and accumulation per row.
     let ua: &[u16] = &s.a;
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = hw; // one kernel off x86
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = hw; // one kernel here
     let isa = simd::isa();
     let gelu = ep.act == Act::QuickGelu;
     let bd: &[u16] = &b.data; // once (a shared weight's look-up goes through its owner)
@@ -203,7 +209,14 @@ pub(crate) fn gemm_bf16_with(
         } else {
             tile_portable(t.mr(), k2, arows, bp, acc);
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        if hw {
+            // SAFETY: bf16 detected (`has_bf16`, the only source of `hw`); slices sized above.
+            unsafe { simd::neon::bf16_tile(t.mr(), k2, arows, bp, acc) };
+        } else {
+            tile_portable(t.mr(), k2, arows, bp, acc);
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         tile_portable(t.mr(), k2, arows, bp, acc);
         #[cfg(target_arch = "x86_64")]
         if isa.path() == simd::Path::Avx512 && t.nv() == NR {

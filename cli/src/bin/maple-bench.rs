@@ -43,7 +43,7 @@ struct Args {
     #[arg(long)]
     int8: bool,
     /// Instead of --int8: the image tower with bf16 Linears (bf16 weights and activations, f32
-    /// accumulation; AVX-512 BF16 where the CPU has it), timed and checked the same way.
+    /// accumulation; AVX-512 BF16 or Arm BF16 where the CPU has it), timed and checked the same way.
     #[arg(long, conflicts_with = "int8")]
     bf16: bool,
     /// With --int8 or --bf16: time only the converted tower (the f32 one is still run once,

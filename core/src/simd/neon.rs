@@ -55,6 +55,18 @@ pub(super) fn has_i8mm() -> bool {
     }
 }
 
+/// The `bfdot` instruction (FEAT_BF16).
+pub(crate) fn has_bf16() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "bf16")
+    }
+}
+
 /// [`super::exp`] on 4 lanes, step for step (every `fmaf` there is one fused instruction here).
 /// A NaN stays NaN: `fmax`/`fmin` return NaN when either operand is one.
 #[inline]
@@ -296,4 +308,74 @@ unsafe fn dots_s<const R: usize>(k4: usize, ap: *const u8, bp: *const i8, out: *
         }
     }
     store_rows(&s, out);
+}
+
+/// The bf16 tile (`bf16`'s `tile_portable`, same pairs): `acc[i][j] = Σ_q (a[i,2q]·b[q,j,0] +
+/// a[i,2q+1]·b[q,j,1])` for `i < mr`, with `bfdot`. The panel format `[k/2][16][2]` is `bfdot`'s
+/// operand as it is: a 16-byte row holds 4 columns' k-pairs, against one row's pair in every
+/// lane. `bfdot` rounds each pair's sum its own way (Arm's BFDotAdd), so the sums differ from the
+/// portable twin's by roundings, as AVX-512 BF16's do.
+///
+/// # Safety
+/// The CPU has bf16; `a` holds `mr · 2k2` values, `b` `k2 · 2NR`; `mr ≤ MR`.
+pub(crate) unsafe fn bf16_tile(
+    mr: usize,
+    k2: usize,
+    a: &[u16],
+    b: &[u16],
+    acc: &mut [[f32; NR]; MR],
+) {
+    debug_assert!(mr <= MR && a.len() >= mr * 2 * k2 && b.len() >= k2 * 2 * NR);
+    let mut i = 0;
+    while i < mr {
+        let rows = (mr - i).min(4);
+        let (at, out) = (a.as_ptr().add(i * 2 * k2), acc[i..].as_mut_ptr());
+        dispatch!(rows, bf16_rows, (k2, at, b.as_ptr(), out); 1 2 3 4);
+        i += rows;
+    }
+}
+
+/// `bfdot`: each f32 lane plus its pair of bf16 products.
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+unsafe fn bfdot(acc: float32x4_t, a: uint16x8_t, b: uint16x8_t) -> float32x4_t {
+    let mut r = acc;
+    // SAFETY: bf16 enabled on this function (the caller's contract); registers only.
+    core::arch::asm!("bfdot {0:v}.4s, {1:v}.8h, {2:v}.8h", inout(vreg) r, in(vreg) a,
+        in(vreg) b, options(pure, nomem, nostack));
+    r
+}
+
+/// R rows × 16 columns in 4R registers; per k-pair 4 B loads, R pairs (one 32-bit load each, in
+/// every lane), 4R `bfdot`s.
+#[target_feature(enable = "neon,bf16")]
+unsafe fn bf16_rows<const R: usize>(
+    k2: usize,
+    ap: *const u16,
+    bp: *const u16,
+    out: *mut [f32; NR],
+) {
+    let mut s = [[vdupq_n_f32(0.0); 4]; R];
+    for q in 0..k2 {
+        let p = bp.add(q * 2 * NR);
+        let w = [
+            vld1q_u16(p),
+            vld1q_u16(p.add(8)),
+            vld1q_u16(p.add(16)),
+            vld1q_u16(p.add(24)),
+        ];
+        for i in 0..R {
+            let pair = (ap.add(i * 2 * k2 + 2 * q) as *const u32).read_unaligned();
+            let av = vreinterpretq_u16_u32(vdupq_n_u32(pair));
+            for t in 0..4 {
+                s[i][t] = bfdot(s[i][t], w[t], av);
+            }
+        }
+    }
+    for i in 0..R {
+        let o = (*out.add(i)).as_mut_ptr();
+        for t in 0..4 {
+            vst1q_f32(o.add(4 * t), s[i][t]);
+        }
+    }
 }
