@@ -42,4 +42,6 @@ pub use error::{Error, Result};
 pub use model::{Model, TextFeatures, TextWorkspace, TokenRow, VisionWorkspace};
 pub use par::Parallel;
 pub use prompts::{maple, MaplePrompts, MetaNet, Method, Prompts, TowerPrompts};
-pub use safetensors::{Dtype, SafeTensors, TensorSource, TensorView};
+pub use safetensors::{
+    Dtype, FetchedTensors, SafeTensors, SafeTensorsIndex, TensorSource, TensorView,
+};

@@ -151,72 +151,12 @@ pub const MAX_HEADER: usize = 100 << 20;
 impl<'a> SafeTensors<'a> {
     /// Reads the header and checks every tensor's offsets; the data stays borrowed.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        if bytes.len() < 8 {
-            return Err(Error::Safetensors(format!(
-                "file is {} bytes, shorter than the 8-byte header length",
-                bytes.len()
-            )));
-        }
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
-        if n > MAX_HEADER as u64 {
-            return Err(Error::Safetensors(format!(
-                "header length {n} is larger than the {MAX_HEADER}-byte limit"
-            )));
-        }
-        let n = n as usize;
-        if n > bytes.len() - 8 {
-            return Err(Error::Safetensors(format!(
-                "header length {n} runs past the end of the {}-byte file (truncated?)",
-                bytes.len()
-            )));
-        }
-        let header = core::str::from_utf8(&bytes[8..8 + n])
-            .map_err(|_| Error::Safetensors("header is not UTF-8".into()))?;
-        let root: Value = serde_json::from_str(header)
-            .map_err(|e| Error::Safetensors(format!("header is not valid JSON ({e})")))?;
-        let obj = root
-            .as_object()
-            .ok_or_else(|| Error::Safetensors("header is not a JSON object".into()))?;
-        let data = &bytes[8 + n..];
-        let mut entries = Vec::with_capacity(obj.len());
-        let mut metadata = Vec::new();
-        for (name, v) in obj {
-            if name == "__metadata__" {
-                let m = v
-                    .as_object()
-                    .ok_or_else(|| Error::Safetensors("`__metadata__` is not an object".into()))?;
-                for (k, val) in m {
-                    let s = val.as_str().ok_or_else(|| {
-                        Error::Safetensors(format!("metadata `{k}` is not a string"))
-                    })?;
-                    metadata.push((k.clone(), s.to_owned()));
-                }
-                continue;
-            }
-            entries.push(parse_entry(name, v, data.len())?);
-        }
-        // Data regions must not overlap (the format requires it; it also rules out aliasing tricks).
-        let mut spans: Vec<(usize, usize, usize)> = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.end > e.start)
-            .map(|(i, e)| (e.start, e.end, i))
-            .collect();
-        spans.sort_unstable();
-        for w in spans.windows(2) {
-            if w[1].0 < w[0].1 {
-                return Err(Error::Safetensors(format!(
-                    "tensors `{}` and `{}` overlap in the data section",
-                    entries[w[0].2].name, entries[w[1].2].name
-                )));
-            }
-        }
-        // Keep file order (by offset) for listings.
-        entries.sort_by_key(|e| (e.start, e.end));
+        let head = SafeTensorsIndex::head_len(bytes, bytes.len())?;
+        let index = SafeTensorsIndex::parse(&bytes[..head], bytes.len())?;
         Ok(SafeTensors {
-            entries,
-            metadata,
-            data,
+            entries: index.entries,
+            metadata: index.metadata,
+            data: &bytes[head..],
         })
     }
 
@@ -315,6 +255,147 @@ impl TensorSource for SafeTensors<'_> {
     }
 }
 
+/// A safetensors header parsed on its own: where each tensor lies in a file of known length,
+/// for a source that fetches tensors one at a time ([`FetchedTensors`]: in the browser the file
+/// stays in JavaScript's memory and only one tensor at a time is copied into wasm's).
+pub struct SafeTensorsIndex {
+    entries: Vec<Entry>,
+    metadata: Vec<(String, String)>,
+    head: usize,
+}
+
+impl SafeTensorsIndex {
+    /// How many bytes from the file's start hold the header (8 + its length), from the file's
+    /// first 8 bytes (`start`, at least 8 of them) and its length.
+    pub fn head_len(start: &[u8], file_len: usize) -> Result<usize> {
+        if start.len() < 8 || file_len < 8 {
+            return Err(Error::Safetensors(format!(
+                "file is {} bytes, shorter than the 8-byte header length",
+                file_len.min(start.len())
+            )));
+        }
+        let n = u64::from_le_bytes(start[..8].try_into().unwrap_or([0; 8]));
+        if n > MAX_HEADER as u64 {
+            return Err(Error::Safetensors(format!(
+                "header length {n} is larger than the {MAX_HEADER}-byte limit"
+            )));
+        }
+        let n = n as usize;
+        if n > file_len - 8 {
+            return Err(Error::Safetensors(format!(
+                "header length {n} runs past the end of the {file_len}-byte file (truncated?)"
+            )));
+        }
+        Ok(8 + n)
+    }
+
+    /// Parses the header in `head` (the file's first [`Self::head_len`] bytes) of a
+    /// `file_len`-byte file, checking every tensor's offsets against the data section.
+    pub fn parse(head: &[u8], file_len: usize) -> Result<Self> {
+        let h = Self::head_len(head, file_len)?;
+        if head.len() < h {
+            return Err(Error::Safetensors(format!(
+                "{} bytes given for a {h}-byte header",
+                head.len()
+            )));
+        }
+        let header = core::str::from_utf8(&head[8..h])
+            .map_err(|_| Error::Safetensors("header is not UTF-8".into()))?;
+        let root: Value = serde_json::from_str(header)
+            .map_err(|e| Error::Safetensors(format!("header is not valid JSON ({e})")))?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| Error::Safetensors("header is not a JSON object".into()))?;
+        let data_len = file_len - h;
+        let mut entries = Vec::with_capacity(obj.len());
+        let mut metadata = Vec::new();
+        for (name, v) in obj {
+            if name == "__metadata__" {
+                let m = v
+                    .as_object()
+                    .ok_or_else(|| Error::Safetensors("`__metadata__` is not an object".into()))?;
+                for (k, val) in m {
+                    let s = val.as_str().ok_or_else(|| {
+                        Error::Safetensors(format!("metadata `{k}` is not a string"))
+                    })?;
+                    metadata.push((k.clone(), s.to_owned()));
+                }
+                continue;
+            }
+            entries.push(parse_entry(name, v, data_len)?);
+        }
+        // Data regions must not overlap (the format requires it; it also rules out aliasing tricks).
+        let mut spans: Vec<(usize, usize, usize)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.end > e.start)
+            .map(|(i, e)| (e.start, e.end, i))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Error::Safetensors(format!(
+                    "tensors `{}` and `{}` overlap in the data section",
+                    entries[w[0].2].name, entries[w[1].2].name
+                )));
+            }
+        }
+        // Keep file order (by offset) for listings.
+        entries.sort_by_key(|e| (e.start, e.end));
+        Ok(SafeTensorsIndex {
+            entries,
+            metadata,
+            head: h,
+        })
+    }
+
+    /// A `__metadata__` string entry.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Tensors fetched one at a time from a safetensors file held elsewhere: `fetch(start, end)`
+/// returns the file's bytes `start..end` (absolute offsets, checked against the file's length
+/// when the index was parsed). A loader copies each tensor into its own layout and drops the
+/// fetched bytes, so loading never holds the whole file in this memory.
+pub struct FetchedTensors<F> {
+    index: SafeTensorsIndex,
+    fetch: F,
+}
+
+impl<F: Fn(usize, usize) -> Vec<u8>> FetchedTensors<F> {
+    /// Tensors of the file that `index` describes, read through `fetch`.
+    pub fn new(index: SafeTensorsIndex, fetch: F) -> Self {
+        FetchedTensors { index, fetch }
+    }
+}
+
+impl<F: Fn(usize, usize) -> Vec<u8>> TensorSource for FetchedTensors<F> {
+    fn metadata(&self, key: &str) -> Option<&str> {
+        self.index.metadata(key)
+    }
+
+    fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+        let e = self.index.entries.iter().find(|e| e.name == name)?;
+        let h = self.index.head;
+        let data = (self.fetch)(h + e.start, h + e.end);
+        // A fetch that comes back short is a tensor this source cannot give.
+        (data.len() == e.end - e.start).then(|| TensorView {
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            data: Cow::Owned(data),
+        })
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.index.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+}
+
 /// One tensor to write.
 pub struct OwnedTensor {
     /// Tensor name.
@@ -373,6 +454,52 @@ pub fn serialize(tensors: &[OwnedTensor], metadata: &[(&str, &str)]) -> Vec<u8> 
 mod tests {
     use super::*;
     use alloc::vec;
+
+    /// Fetched one tensor at a time (as the browser reads a file held in JavaScript), the same
+    /// tensors and metadata as parsed from the bytes; a short fetch is a missing tensor; a header
+    /// that runs past the file is refused before anything is fetched.
+    #[test]
+    fn fetched_tensors_are_the_parsed_ones() {
+        let t = |name: &str, v: &[f32]| OwnedTensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape: vec![v.len()],
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        let bytes = serialize(&[t("a", &[1.0, 2.0]), t("b", &[-3.5])], &[("k", "v")]);
+        let head = SafeTensorsIndex::head_len(&bytes[..8], bytes.len()).unwrap();
+        let index = SafeTensorsIndex::parse(&bytes[..head], bytes.len()).unwrap();
+        let fetches = core::cell::Cell::new(0);
+        let src = FetchedTensors::new(index, |s: usize, e: usize| {
+            fetches.set(fetches.get() + 1);
+            bytes[s..e].to_vec()
+        });
+        let parsed = SafeTensors::parse(&bytes).unwrap();
+        assert_eq!(src.names(), parsed.names());
+        assert_eq!(src.metadata("k"), Some("v"));
+        for name in ["a", "b"] {
+            let (x, y) = (src.tensor(name).unwrap(), parsed.tensor(name).unwrap());
+            assert_eq!(
+                (x.dtype, &x.shape, &x.data[..]),
+                (y.dtype, &y.shape, &y.data[..])
+            );
+        }
+        assert_eq!(src.tensor("b").unwrap().to_f32("b").unwrap(), [-3.5]);
+        assert!(src.tensor("c").is_none());
+        assert_eq!(
+            fetches.get(),
+            3,
+            "one fetch per tensor asked for, none for a missing one"
+        );
+        let short = FetchedTensors::new(
+            SafeTensorsIndex::parse(&bytes[..head], bytes.len()).unwrap(),
+            |s: usize, e: usize| bytes[s..e - 1].to_vec(),
+        );
+        assert!(short.tensor("a").is_none());
+        let err = SafeTensorsIndex::head_len(&bytes[..8], head - 1).unwrap_err();
+        assert!(alloc::format!("{err}").contains("runs past the end"), "{err}");
+        assert!(SafeTensorsIndex::parse(&bytes[..head - 1], bytes.len()).is_err());
+    }
 
     fn one() -> Vec<u8> {
         let t = OwnedTensor {

@@ -16,8 +16,8 @@
 
 use maple_core::preprocess::{preprocess, rgb_from_rgba};
 use maple_core::{
-    Clip, ClipConfig, Model, Parallel, Prompts, SafeTensors, TextFeatures, TextWorkspace, TokenRow,
-    VisionWorkspace,
+    Clip, ClipConfig, FetchedTensors, Model, Parallel, Prompts, SafeTensors, SafeTensorsIndex,
+    TextFeatures, TextWorkspace, TokenRow, VisionWorkspace,
 };
 use maple_gpu::{AdapterChoice, Gpu, GpuModel, Precision};
 use maple_text::labels::check_template;
@@ -87,7 +87,7 @@ impl Maple {
     /// module docs) or keeps it on the CPU.
     pub async fn load(
         config_json: String,
-        weights: Vec<u8>,
+        weights: js_sys::Uint8Array,
         prompts: Option<Vec<u8>>,
         device: Option<String>,
         precision: Option<String>,
@@ -100,9 +100,9 @@ impl Maple {
         };
         let cfg =
             ClipConfig::from_hf_json(&config_json).map_err(|e| js(format!("config.json: {e}")))?;
-        let st = SafeTensors::parse(&weights).map_err(|e| js(format!("model: {e}")))?;
+        let st = js_tensors(&weights).map_err(|e| js(format!("model: {e}")))?;
         let clip = Clip::load(&cfg, &st).map_err(|e| js(format!("model: {e}")))?;
-        drop(weights);
+        drop(st);
         let (prompts, template) = match prompts {
             Some(p) => {
                 let st = SafeTensors::parse(&p).map_err(|e| js(format!("prompts: {e}")))?;
@@ -399,6 +399,21 @@ async fn pixels_feature(i: &mut Inner, px: &[f32]) -> Result<Vec<f32>, JsValue> 
             Ok(f.to_vec())
         }
     }
+}
+
+/// The model file's tensors, read one at a time from its bytes in JavaScript's memory: only the
+/// header and one tensor at a time are copied into wasm memory (which never shrinks), so loading
+/// an f32 file peaks at about the packed model, not the file plus the model.
+fn js_tensors(
+    bytes: &js_sys::Uint8Array,
+) -> maple_core::Result<FetchedTensors<impl Fn(usize, usize) -> Vec<u8> + '_>> {
+    let len = bytes.length() as usize;
+    let head = SafeTensorsIndex::head_len(&bytes.subarray(0, len.min(8) as u32).to_vec(), len)?;
+    let index = SafeTensorsIndex::parse(&bytes.subarray(0, head as u32).to_vec(), len)?;
+    // Offsets fit: the index checked them against `len`, a u32.
+    Ok(FetchedTensors::new(index, move |start, end| {
+        bytes.subarray(start as u32, end as u32).to_vec()
+    }))
 }
 
 /// The CPU path's threads: the page's alone, or (in the threaded build, on a cross-origin
