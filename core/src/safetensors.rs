@@ -497,7 +497,10 @@ mod tests {
         );
         assert!(short.tensor("a").is_none());
         let err = SafeTensorsIndex::head_len(&bytes[..8], head - 1).unwrap_err();
-        assert!(alloc::format!("{err}").contains("runs past the end"), "{err}");
+        assert!(
+            alloc::format!("{err}").contains("runs past the end"),
+            "{err}"
+        );
         assert!(SafeTensorsIndex::parse(&bytes[..head - 1], bytes.len()).is_err());
     }
 

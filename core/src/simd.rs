@@ -13,6 +13,14 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 /// A micro-kernel's row count at run time → its const-generic instance: `dispatch!(mr, k,
 /// (args...); 1 2 3)` calls `k::<mr>(args...)` for each listed count (callers never pass another).
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(unused_macros)
+)] // a build without SIMD kernels (scalar wasm) has no caller
 macro_rules! dispatch {
     ($mr:expr, $f:ident, $args:tt; $($r:literal)*) => {
         match $mr {
