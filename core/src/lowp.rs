@@ -44,30 +44,6 @@ impl Tile {
         self.n0
     }
 
-    /// Columns (1..=NR; fewer only in the last panel).
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )] // the x86 and SIMD128 tiles' epilogues
-    pub fn nv(&self) -> usize {
-        self.nv
-    }
-
-    /// Floats between output rows.
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )] // the x86 and SIMD128 tiles' epilogues
-    pub fn ldc(&self) -> usize {
-        self.ldc
-    }
-
     /// Output row `i` (`< mr`) of the tile: `nv` values.
     pub fn row(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.mr);
@@ -75,16 +51,30 @@ impl Tile {
         // alone (see `for_each_tile`).
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(i * self.ldc), self.nv) }
     }
+}
+
+/// What the x86 and SIMD128 tiles' own epilogues read (other builds finish tiles through
+/// [`Tile::row`]).
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(dead_code)
+)]
+impl Tile {
+    /// Columns (1..=NR; fewer only in the last panel).
+    pub fn nv(&self) -> usize {
+        self.nv
+    }
+
+    /// Floats between output rows.
+    pub fn ldc(&self) -> usize {
+        self.ldc
+    }
 
     /// The tile's first output value: `mr` rows of `nv` values, `ldc` apart, which this thread
     /// alone writes.
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )] // the x86 and SIMD128 tiles' epilogues
     pub fn out_ptr(&mut self) -> *mut f32 {
         self.ptr
     }
