@@ -75,7 +75,8 @@ impl Q8Matrix {
         Self::from_out_in(&p.to_out_in(), p.n, p.k)
     }
 
-    /// Bytes held (a matrix read in place from shared bytes holds none of its own).
+    /// Bytes held (a matrix read in place from shared bytes holds none of its own, but for the
+    /// SIMD128 build's widened copy).
     pub fn bytes(&self) -> usize {
         let wide = 0;
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
