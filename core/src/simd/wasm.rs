@@ -233,25 +233,37 @@ pub(crate) unsafe fn q8_tile(
     acc: &mut [[i32; NR]; Q8_MR],
 ) {
     debug_assert!(mr <= Q8_MR && a.len() >= 2 * mr * k4 && w.len() >= k4 * NR);
+    each_row_sums(mr, k4, a, w, |i, s| {
+        for t in 0..4 {
+            v128_store(acc[i].as_mut_ptr().add(4 * t) as *mut v128, s[t]);
+        }
+    });
+}
+
+/// [`q8_dots`] over a tile's `mr` rows, two at a time (one left over), handing `f` each row's
+/// index and sums.
+///
+/// # Safety
+/// As [`q8_tile`].
+#[inline(always)]
+unsafe fn each_row_sums(
+    mr: usize,
+    k4: usize,
+    a: &[u8],
+    w: &[i16],
+    mut f: impl FnMut(usize, &[v128; 4]),
+) {
     let mut i = 0;
     while i < mr {
         let ap = a.as_ptr().add(2 * i * k4);
         if i + 2 <= mr {
             let s = q8_dots::<2>(k4, ap, w.as_ptr());
-            store_sums(&s, &mut acc[i..i + 2]);
+            f(i, &s[0]);
+            f(i + 1, &s[1]);
             i += 2;
         } else {
-            let s = q8_dots::<1>(k4, ap, w.as_ptr());
-            store_sums(&s, &mut acc[i..i + 1]);
+            f(i, &q8_dots::<1>(k4, ap, w.as_ptr())[0]);
             i += 1;
-        }
-    }
-}
-
-unsafe fn store_sums<const R: usize>(s: &[[v128; 4]; R], acc: &mut [[i32; NR]]) {
-    for r in 0..R {
-        for t in 0..4 {
-            v128_store(acc[r].as_mut_ptr().add(4 * t) as *mut v128, s[r][t]);
         }
     }
 }
@@ -305,19 +317,7 @@ pub(crate) unsafe fn q8_tile_then_epilogue(
             v128_store(o, v);
         }
     };
-    let mut i = 0;
-    while i < mr {
-        let ap = a.as_ptr().add(2 * i * k4);
-        if i + 2 <= mr {
-            let s = q8_dots::<2>(k4, ap, w.as_ptr());
-            finish(i, &s[0]);
-            finish(i + 1, &s[1]);
-            i += 2;
-        } else {
-            finish(i, &q8_dots::<1>(k4, ap, w.as_ptr())[0]);
-            i += 1;
-        }
-    }
+    each_row_sums(mr, k4, a, w, finish);
 }
 
 /// R rows × 16 columns in 4R accumulators (each lane one column's whole sum): per k-pair 4
