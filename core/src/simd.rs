@@ -386,8 +386,20 @@ pub fn exp_scaled_sum(isa: Isa, v: &mut [f32], scale: f32, shift: f32) -> f32 {
     }
 }
 
-/// Largest element (−∞ for an empty slice).
+/// Largest element (−∞ for an empty slice); a NaN element is skipped (except in the wasm build
+/// with relaxed SIMD, where the result is then NaN).
 pub fn max(v: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return wasm::max(v);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    max_portable(v)
+}
+
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    allow(dead_code)
+)]
+fn max_portable(v: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 8];
     let mut c = v.chunks_exact(8);
     for x in &mut c {
@@ -496,6 +508,31 @@ mod tests {
                 (s as f64 - want).abs() <= 1e-5 * want,
                 "{isa:?} {s} vs {want}"
             );
+        }
+    }
+
+    /// `max` (SIMD128 in the wasm build) against a fold with `f32::max` over every length up to
+    /// 70, the maximum placed at each position; and with NaNs, which the fold skips (the relaxed
+    /// wasm build returns NaN instead).
+    #[test]
+    fn max_is_the_largest_element() {
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        for n in 1..=70usize {
+            for at in 0..n {
+                let mut xs: Vec<f32> = (0..n).map(|i| -((i * 37 % 11) as f32) - 0.5).collect();
+                xs[at] = 3.25;
+                assert_eq!(max(&xs), 3.25, "n={n} at={at}");
+                let want = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(want, 3.25);
+                xs[(at + 1) % n] = f32::NAN;
+                let got = max(&xs);
+                let skipped = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if cfg!(target_feature = "relaxed-simd") {
+                    assert!(got.is_nan() || got == skipped, "n={n} at={at}: {got}");
+                } else {
+                    assert_eq!(got, skipped, "n={n} at={at}");
+                }
+            }
         }
     }
 

@@ -128,6 +128,46 @@ fn map4(v: &mut [f32], f: impl Fn(v128) -> v128) -> f32 {
     s
 }
 
+/// [`super::max`] on 16 lanes (4 registers). Without relaxed SIMD: `pmax` with the running
+/// maximum as the operand a false comparison returns, so a NaN element is skipped as `f32::max`
+/// skips it, the same result as the portable loop. With relaxed SIMD, `f32x4.max` (see
+/// [`clamp_exp`]), which returns NaN for a row holding one. Under V8 `f32::max` on one float is a
+/// call (wasm's `f32.max` propagates NaN, Rust's skips it), which was 5% of the int8 tower.
+pub(super) fn max(v: &[f32]) -> f32 {
+    #[inline(always)]
+    fn mx(m: v128, x: v128) -> v128 {
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            // pmax(a, b) = a < b ? b : a.
+            f32x4_pmax(m, x)
+        }
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            f32x4_max(m, x)
+        }
+    }
+    let mut m = [f32x4_splat(f32::NEG_INFINITY); 4];
+    let mut c = v.chunks_exact(16);
+    for x in &mut c {
+        let p = x.as_ptr() as *const v128;
+        for (j, m) in m.iter_mut().enumerate() {
+            // SAFETY: 16 floats are 4 vectors; unaligned access is allowed in wasm.
+            *m = mx(*m, unsafe { v128_load(p.add(j)) });
+        }
+    }
+    let mut r = mx(mx(m[0], m[1]), mx(m[2], m[3]));
+    let mut rest = c.remainder().chunks_exact(4);
+    for x in &mut rest {
+        // SAFETY: 4 floats.
+        r = mx(r, unsafe { v128_load(x.as_ptr() as *const v128) });
+    }
+    for &x in rest.remainder() {
+        r = mx(r, f32x4_splat(x));
+    }
+    let r = mx(r, i32x4_shuffle::<2, 3, 0, 1>(r, r));
+    f32x4_extract_lane::<0>(mx(r, i32x4_shuffle::<1, 0, 3, 2>(r, r)))
+}
+
 /// [`super::quick_gelu_slice`] on 4 lanes.
 pub(super) fn gelu(v: &mut [f32]) {
     map4(v, gelu4);
@@ -409,6 +449,44 @@ pub(crate) fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
         d[1] = 0;
     }
     (sc, lo)
+}
+
+/// `q8`'s weight quantization, `roundf(v / s)` clamped to ±127, 16 values at a time; returns
+/// how many it did (a multiple of 16; the caller does the rest). The same values: the same
+/// division, and `roundf` (half away from zero) as truncation plus ±1 where the fraction's
+/// magnitude is ≥ ½ (`x − trunc(x)` is exact). A NaN becomes 0, as `NaN as i8` does: masked
+/// to zero before the clamp, so the relaxed build's min/max and conversion see no NaN.
+pub(crate) fn quantize_weight_row(row: &[f32], s: f32, q: &mut [i8]) -> usize {
+    let n = row.len().min(q.len()) / 16 * 16;
+    let (sv, half, one, sign) = (
+        f32x4_splat(s),
+        f32x4_splat(0.5),
+        f32x4_splat(1.0),
+        f32x4_splat(-0.0),
+    );
+    let (lo, hi) = (f32x4_splat(-127.0), f32x4_splat(127.0));
+    let round = |v: v128| {
+        let x = f32x4_div(v, sv);
+        let t = f32x4_trunc(x);
+        let up = f32x4_ge(f32x4_abs(f32x4_sub(x, t)), half);
+        // ±1 with x's sign where the fraction rounds away from zero, else 0.
+        let r = f32x4_add(t, v128_and(up, v128_or(one, v128_and(x, sign))));
+        let r = v128_and(r, f32x4_eq(r, r));
+        i32x4_trunc_sat_f32x4(f32x4_min(f32x4_max(r, lo), hi))
+    };
+    for i in (0..n).step_by(16) {
+        // SAFETY: 16 values from i, i + 16 ≤ n ≤ both lengths.
+        unsafe {
+            let p = row.as_ptr().add(i) as *const v128;
+            let v: [v128; 4] = core::array::from_fn(|j| round(v128_load(p.add(j))));
+            let b = i8x16_narrow_i16x8(
+                i16x8_narrow_i32x4(v[0], v[1]),
+                i16x8_narrow_i32x4(v[2], v[3]),
+            );
+            v128_store(q.as_mut_ptr().add(i) as *mut v128, b);
+        }
+    }
+    n
 }
 
 /// f16 bits → f32, 8 at a time, exactly (`half`'s values: NaNs quieted with their payloads,
