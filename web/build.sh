@@ -29,18 +29,21 @@ cmp -s web/pkg/maple_web.js target/wasm-relaxed/pkg/maple_web.js \
 cp target/wasm-relaxed/pkg/maple_web_bg.wasm web/pkg/maple_web_relaxed_bg.wasm
 # The threaded build (relaxed SIMD + atomics, shared memory): index.js loads it on a
 # cross-origin-isolated page and starts Web Workers (worker.js) on it. Rust's std must be rebuilt
-# with atomics, which needs the nightly toolchain and its rust-src.
-if ! rustup run nightly rustc --version >/dev/null 2>&1 \
-  || ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
-  || ! rustup target list --toolchain nightly --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-  rustup toolchain install nightly --profile minimal --component rust-src --target wasm32-unknown-unknown >&2
+# with atomics, which needs a nightly toolchain and its rust-src: one dated nightly, so the build
+# does not change under us (-Z build-std and the atomics flags are unstable). Override with
+# MAPLE_NIGHTLY=nightly-YYYY-MM-DD.
+NIGHTLY="${MAPLE_NIGHTLY:-nightly-2026-05-20}"
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
+  || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src' \
+  || ! rustup target list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --target wasm32-unknown-unknown >&2
 fi
 threads="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128,+relaxed-simd"
 for a in --shared-memory --max-memory=4294967296 --import-memory --export=__wasm_init_tls \
   --export=__tls_size --export=__tls_align --export=__tls_base; do
   threads="$threads -C link-arg=$a"
 done
-CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads" cargo +nightly build -Z build-std=panic_abort,std \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$threads" cargo "+$NIGHTLY" build -Z build-std=panic_abort,std \
   -p maple-web --lib --target wasm32-unknown-unknown --profile wasm --target-dir target/wasm-threads >&2
 rm -rf web/pkg/threads
 wasm-bindgen --target web --out-dir web/pkg/threads \
