@@ -18,6 +18,9 @@
 //!   (scales, bias, accumulation, QuickGELU) runs in registers. Integer sums: exact, so the same
 //!   result as every other int8 kernel. Widening inside the loop, as this tile first did, ran at
 //!   42 GOP/s in Node on fc1's shape; widened once, 68.
+//! - Row maximum ([`max`]) and weight quantization ([`quantize_weight_row`]): there because
+//!   `f32::max` on one float is a call under wasm (its `f32.max` keeps NaN, Rust's skips it),
+//!   and `roundf` a software routine; both give the portable code's values.
 //!
 //! The intrinsics on values are safe functions here (the whole build has `simd128`); only the
 //! loads and stores through pointers are `unsafe`.
