@@ -56,9 +56,10 @@ fn madd(a: v128, b: v128, c: v128) -> v128 {
     }
 }
 
-/// Cephes' `exp` on 4 lanes, unfused but for the relaxed build's polynomial. A NaN stays NaN ([`clamp_exp`]). The power of two is built
-/// from `n` by adding 2²³ + 127 and shifting the float's bits: exact for the whole numbers `n`
-/// is, one instruction where `i32x4.trunc_sat_f32x4` costs several under V8.
+/// Cephes' `exp` on 4 lanes, unfused but for the relaxed build's polynomial. A NaN stays NaN
+/// ([`clamp_exp`]). The power of two is built from `n` by adding 2²³ + 127 and shifting the
+/// float's bits: exact for the whole numbers `n` is, one instruction where
+/// `i32x4.trunc_sat_f32x4` costs several under V8.
 #[inline]
 fn exp4(x: v128) -> v128 {
     let x = clamp_exp(x);
@@ -82,22 +83,50 @@ fn exp4(x: v128) -> v128 {
     f32x4_mul(y, e)
 }
 
-/// `x` clamped to exp's range, a NaN kept. Without relaxed SIMD: `pmax`/`pmin` with `x` as the
-/// operand they return when the comparison is false (a NaN's), one instruction each under V8,
-/// where `f32x4.min`/`max` cost several. With it, LLVM may take `pmin`/`pmax` for the relaxed
-/// min/max, whose NaN handling is the machine's, so that build keeps `f32x4.min`/`max`.
+/// The larger of `a` and `b`, lane by lane. Without relaxed SIMD: `pmax` (`a < b ? b : a`), one
+/// instruction under V8 where `f32x4.max` costs several; a NaN in `b` gives `a`, a NaN in `a`
+/// stays. With relaxed SIMD, LLVM may take `pmax` for the relaxed max, whose NaN handling is the
+/// machine's, so that build uses `f32x4.max` (NaN in either gives NaN).
 #[inline(always)]
-fn clamp_exp(x: v128) -> v128 {
-    let (lo, hi) = (f32x4_splat(EXP_LO), f32x4_splat(EXP_HI));
+fn vmax(a: v128, b: v128) -> v128 {
     #[cfg(not(target_feature = "relaxed-simd"))]
     {
-        // pmax(a, b) = a < b ? b : a; pmin(a, b) = b < a ? b : a.
-        f32x4_pmin(f32x4_pmax(x, lo), hi)
+        f32x4_pmax(a, b)
     }
     #[cfg(target_feature = "relaxed-simd")]
     {
-        f32x4_min(hi, f32x4_max(lo, x))
+        f32x4_max(a, b)
     }
+}
+
+/// The smaller of `a` and `b`, as [`vmax`]: `pmin` (`b < a ? b : a`) or, with relaxed SIMD,
+/// `f32x4.min`.
+#[inline(always)]
+fn vmin(a: v128, b: v128) -> v128 {
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        f32x4_pmin(a, b)
+    }
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        f32x4_min(a, b)
+    }
+}
+
+/// `x` clamped to exp's range, a NaN kept (`x` is the operand [`vmax`] and [`vmin`] keep).
+#[inline(always)]
+fn clamp_exp(x: v128) -> v128 {
+    vmin(vmax(x, f32x4_splat(EXP_LO)), f32x4_splat(EXP_HI))
+}
+
+/// `roundf` on 4 lanes (half away from zero; NaN stays NaN): truncation, plus ±1 with `x`'s
+/// sign where the fraction's magnitude is ≥ ½ (`x − trunc(x)` is exact), so libm's values.
+#[inline(always)]
+fn roundf4(x: v128) -> v128 {
+    let t = f32x4_trunc(x);
+    let up = f32x4_ge(f32x4_abs(f32x4_sub(x, t)), f32x4_splat(0.5));
+    let step = v128_or(f32x4_splat(1.0), v128_and(x, f32x4_splat(-0.0)));
+    f32x4_add(t, v128_and(up, step))
 }
 
 #[inline]
@@ -136,44 +165,31 @@ fn map4(v: &mut [f32], f: impl Fn(v128) -> v128) -> f32 {
     s
 }
 
-/// [`super::max`] on 16 lanes (4 registers). Without relaxed SIMD: `pmax` with the running
-/// maximum as the operand a false comparison returns, so a NaN element is skipped as `f32::max`
-/// skips it, the same result as the portable loop. With relaxed SIMD, `f32x4.max` (see
-/// [`clamp_exp`]), which returns NaN for a row holding one. Under V8 `f32::max` on one float is a
-/// call (wasm's `f32.max` propagates NaN, Rust's skips it), which was 5% of the int8 tower.
+/// [`super::max`] on 16 lanes (4 registers), through [`vmax`] with the running maximum first:
+/// without relaxed SIMD a NaN element is skipped as `f32::max` skips it, the same result as the
+/// portable loop; with relaxed SIMD a row holding one gives NaN. Under V8 `f32::max` on one float
+/// is a call (wasm's `f32.max` propagates NaN, Rust's skips it), which was 5% of the int8 tower.
 pub(super) fn max(v: &[f32]) -> f32 {
-    #[inline(always)]
-    fn mx(m: v128, x: v128) -> v128 {
-        #[cfg(not(target_feature = "relaxed-simd"))]
-        {
-            // pmax(a, b) = a < b ? b : a.
-            f32x4_pmax(m, x)
-        }
-        #[cfg(target_feature = "relaxed-simd")]
-        {
-            f32x4_max(m, x)
-        }
-    }
     let mut m = [f32x4_splat(f32::NEG_INFINITY); 4];
     let mut c = v.chunks_exact(16);
     for x in &mut c {
         let p = x.as_ptr() as *const v128;
         for (j, m) in m.iter_mut().enumerate() {
             // SAFETY: 16 floats are 4 vectors; unaligned access is allowed in wasm.
-            *m = mx(*m, unsafe { v128_load(p.add(j)) });
+            *m = vmax(*m, unsafe { v128_load(p.add(j)) });
         }
     }
-    let mut r = mx(mx(m[0], m[1]), mx(m[2], m[3]));
+    let mut r = vmax(vmax(m[0], m[1]), vmax(m[2], m[3]));
     let mut rest = c.remainder().chunks_exact(4);
     for x in &mut rest {
         // SAFETY: 4 floats.
-        r = mx(r, unsafe { v128_load(x.as_ptr() as *const v128) });
+        r = vmax(r, unsafe { v128_load(x.as_ptr() as *const v128) });
     }
     for &x in rest.remainder() {
-        r = mx(r, f32x4_splat(x));
+        r = vmax(r, f32x4_splat(x));
     }
-    let r = mx(r, i32x4_shuffle::<2, 3, 0, 1>(r, r));
-    f32x4_extract_lane::<0>(mx(r, i32x4_shuffle::<1, 0, 3, 2>(r, r)))
+    let r = vmax(r, i32x4_shuffle::<2, 3, 0, 1>(r, r));
+    f32x4_extract_lane::<0>(vmax(r, i32x4_shuffle::<1, 0, 3, 2>(r, r)))
 }
 
 /// [`super::quick_gelu_slice`] on 4 lanes.
@@ -394,8 +410,7 @@ unsafe fn q8_dots<const R: usize>(k4: usize, ap: *const u8, w: *const i16) -> [[
 /// `q8`'s `quantize_row` into 16-bit values (`q` holds 2 little-endian bytes a value, the
 /// layout [`q8_tile`] reads), 16 values at a time, bit for bit for rows without NaN (as the VNNI
 /// one; with relaxed SIMD the engine may take `pmin`/`pmax` as its own min/max, whose NaN
-/// handling is the machine's): `roundf` (half away from zero) is truncation plus one where the
-/// fraction is ≥ ½ (exact for the non-negative values quantized here).
+/// handling is the machine's), with `roundf` as [`roundf4`].
 pub(crate) fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
     let n = row.len().min(q.len() / 2);
     let (row, q) = (&row[..n], &mut q[..2 * n]);
@@ -425,19 +440,14 @@ pub(crate) fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
         .fold(f32::MIN, f32::max);
     let sc = crate::q8::row_scale(lo, hi);
     let inv = 1.0 / sc;
-    let (l, s, half, one, zero, top) = (
+    let (l, s, zero, top) = (
         f32x4_splat(lo),
         f32x4_splat(inv),
-        f32x4_splat(0.5),
-        f32x4_splat(1.0),
         f32x4_splat(0.0),
         f32x4_splat(255.0),
     );
     let round = |v: v128| {
-        let x = f32x4_mul(f32x4_sub(v, l), s);
-        let t = f32x4_trunc(x);
-        let up = f32x4_ge(f32x4_sub(x, t), half);
-        let r = f32x4_add(t, v128_and(up, one));
+        let r = roundf4(f32x4_mul(f32x4_sub(v, l), s));
         i32x4_trunc_sat_f32x4(f32x4_pmin(top, f32x4_pmax(zero, r)))
     };
     let mut i = 0;
@@ -461,24 +471,13 @@ pub(crate) fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, f32) {
 
 /// `q8`'s weight quantization, `roundf(v / s)` clamped to ±127, 16 values at a time; returns
 /// how many it did (a multiple of 16; the caller does the rest). The same values: the same
-/// division, and `roundf` (half away from zero) as truncation plus ±1 where the fraction's
-/// magnitude is ≥ ½ (`x − trunc(x)` is exact). A NaN becomes 0, as `NaN as i8` does: masked
-/// to zero before the clamp, so the relaxed build's min/max and conversion see no NaN.
+/// division, `roundf` as [`roundf4`]. A NaN becomes 0, as `NaN as i8` does: masked to zero
+/// before the clamp, so the relaxed build's min/max and conversion see no NaN.
 pub(crate) fn quantize_weight_row(row: &[f32], s: f32, q: &mut [i8]) -> usize {
     let n = row.len().min(q.len()) / 16 * 16;
-    let (sv, half, one, sign) = (
-        f32x4_splat(s),
-        f32x4_splat(0.5),
-        f32x4_splat(1.0),
-        f32x4_splat(-0.0),
-    );
-    let (lo, hi) = (f32x4_splat(-127.0), f32x4_splat(127.0));
+    let (sv, lo, hi) = (f32x4_splat(s), f32x4_splat(-127.0), f32x4_splat(127.0));
     let round = |v: v128| {
-        let x = f32x4_div(v, sv);
-        let t = f32x4_trunc(x);
-        let up = f32x4_ge(f32x4_abs(f32x4_sub(x, t)), half);
-        // ±1 with x's sign where the fraction rounds away from zero, else 0.
-        let r = f32x4_add(t, v128_and(up, v128_or(one, v128_and(x, sign))));
+        let r = roundf4(f32x4_div(v, sv));
         let r = v128_and(r, f32x4_eq(r, r));
         i32x4_trunc_sat_f32x4(f32x4_min(f32x4_max(r, lo), hi))
     };
