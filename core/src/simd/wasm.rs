@@ -60,9 +60,11 @@ fn madd(a: v128, b: v128, c: v128) -> v128 {
 /// ([`clamp_exp`]). The power of two is built from `n` by adding 2²³ + 127 and shifting the
 /// float's bits: exact for the whole numbers `n` is, one instruction where
 /// `i32x4.trunc_sat_f32x4` costs several under V8.
-#[inline]
-fn exp4(x: v128) -> v128 {
-    let x = clamp_exp(x);
+///
+/// `clamp` puts `x` in exp's range: [`clamp_exp`], or for QuickGELU [`clamp_exp_cheap`].
+#[inline(always)]
+fn exp4(x: v128, clamp: impl Fn(v128) -> v128) -> v128 {
+    let x = clamp(x);
     let n = f32x4_floor(f32x4_add(
         f32x4_mul(x, f32x4_splat(LOG2E)),
         f32x4_splat(0.5),
@@ -119,6 +121,15 @@ fn clamp_exp(x: v128) -> v128 {
     vmin(vmax(x, f32x4_splat(EXP_LO)), f32x4_splat(EXP_HI))
 }
 
+/// `x` clamped to exp's range by `pmax`/`pmin`: one instruction each under V8, where the relaxed
+/// build's NaN-keeping [`vmax`]/[`vmin`] take 8 (16 of QuickGELU's 40). A NaN lane may come out
+/// as either bound (the relaxed build may run the machine's min/max), so only for callers whose
+/// result is NaN on a NaN lane through another operand: QuickGELU's `x / (1 + e)`.
+#[inline(always)]
+fn clamp_exp_cheap(x: v128) -> v128 {
+    f32x4_pmin(f32x4_pmax(x, f32x4_splat(EXP_LO)), f32x4_splat(EXP_HI))
+}
+
 /// `roundf` on 4 lanes (half away from zero; NaN stays NaN): truncation, plus ±1 with `x`'s
 /// sign where the fraction's magnitude is ≥ ½ (`x − trunc(x)` is exact), so libm's values.
 #[inline(always)]
@@ -129,9 +140,12 @@ fn roundf4(x: v128) -> v128 {
     f32x4_add(t, v128_and(up, step))
 }
 
+/// QuickGELU, `a · σ(1.702a) = a / (1 + e^(−1.702a))`. A NaN `a` gives NaN whatever `e` is, so
+/// exp's argument takes the cheap clamp; for every other `a` the clamp is the same as
+/// [`clamp_exp`]'s.
 #[inline]
 fn gelu4(a: v128) -> v128 {
-    let e = exp4(f32x4_mul(a, f32x4_splat(-1.702)));
+    let e = exp4(f32x4_mul(a, f32x4_splat(-1.702)), clamp_exp_cheap);
     f32x4_div(a, f32x4_add(f32x4_splat(1.0), e))
 }
 
@@ -201,7 +215,7 @@ pub(super) fn gelu(v: &mut [f32]) {
 /// the portable path does.
 pub(super) fn exp_sum(v: &mut [f32], scale: f32, shift: f32) -> f32 {
     let (sc, sh) = (f32x4_splat(scale), f32x4_splat(shift));
-    map4(v, |x| exp4(f32x4_sub(f32x4_mul(x, sc), sh)))
+    map4(v, |x| exp4(f32x4_sub(f32x4_mul(x, sc), sh), clamp_exp))
 }
 
 /// The f32 GEMM micro-kernel (`gemm::Kernel`): `mr` ≤ [`MR`] rows.
@@ -297,15 +311,18 @@ pub(crate) unsafe fn q8_tile(
     acc: &mut [[i32; NR]; Q8_MR],
 ) {
     debug_assert!(mr <= Q8_MR && a.len() >= 2 * mr * k4 && w.len() >= k4 * NR);
-    each_row_sums(mr, k4, a, w, |i, s| {
-        for t in 0..4 {
-            v128_store(acc[i].as_mut_ptr().add(4 * t) as *mut v128, s[t]);
+    each_row_sums(mr, k4, a, w, |i, rows| {
+        for (r, s) in rows.iter().enumerate() {
+            for t in 0..4 {
+                v128_store(acc[i + r].as_mut_ptr().add(4 * t) as *mut v128, s[t]);
+            }
         }
     });
 }
 
-/// [`q8_dots`] over a tile's `mr` rows, two at a time (one left over), handing `f` each row's
-/// index and sums.
+/// [`q8_dots`] over a tile's `mr` rows, two at a time (one left over), handing `f` the first
+/// row's index and the rows' sums (two rows a call, so what `f` sets up, such as QuickGELU's
+/// constants, serves 32 values).
 ///
 /// # Safety
 /// As [`q8_tile`].
@@ -315,18 +332,16 @@ unsafe fn each_row_sums(
     k4: usize,
     a: &[u8],
     w: &[i16],
-    mut f: impl FnMut(usize, &[v128; 4]),
+    mut f: impl FnMut(usize, &[[v128; 4]]),
 ) {
     let mut i = 0;
     while i < mr {
         let ap = a.as_ptr().add(2 * i * k4);
         if i + 2 <= mr {
-            let s = q8_dots::<2>(k4, ap, w.as_ptr());
-            f(i, &s[0]);
-            f(i + 1, &s[1]);
+            f(i, &q8_dots::<2>(k4, ap, w.as_ptr()));
             i += 2;
         } else {
-            f(i, &q8_dots::<1>(k4, ap, w.as_ptr())[0]);
+            f(i, &q8_dots::<1>(k4, ap, w.as_ptr()));
             i += 1;
         }
     }
@@ -359,26 +374,28 @@ pub(crate) unsafe fn q8_tile_then_epilogue(
         core::array::from_fn(|q| v128_load(scale.as_ptr().add(n0 + 4 * q) as *const v128));
     let (out, ldc) = (t.out_ptr(), t.ldc());
     let gelu = ep.act == Act::QuickGelu;
-    let finish = |i: usize, s: &[v128; 4]| {
-        let (s0, s1) = (f32x4_splat(sa[2 * i]), f32x4_splat(sa[2 * i + 1]));
-        for q in 0..4 {
-            // bs · (s0 · acc + s1 · colsum), as the scalar epilogue computes it.
-            let v = f32x4_add(
-                f32x4_mul(s0, f32x4_convert_i32x4(s[q])),
-                f32x4_mul(s1, cs[q]),
-            );
-            let mut v = f32x4_mul(sw[q], v);
-            if let Some(b) = bias {
-                v = f32x4_add(v, v128_load(b.as_ptr().add(4 * q) as *const v128));
+    let finish = |i0: usize, rows: &[[v128; 4]]| {
+        for (i, s) in (i0..).zip(rows) {
+            let (s0, s1) = (f32x4_splat(sa[2 * i]), f32x4_splat(sa[2 * i + 1]));
+            for q in 0..4 {
+                // bs · (s0 · acc + s1 · colsum), as the scalar epilogue computes it.
+                let v = f32x4_add(
+                    f32x4_mul(s0, f32x4_convert_i32x4(s[q])),
+                    f32x4_mul(s1, cs[q]),
+                );
+                let mut v = f32x4_mul(sw[q], v);
+                if let Some(b) = bias {
+                    v = f32x4_add(v, v128_load(b.as_ptr().add(4 * q) as *const v128));
+                }
+                let o = out.add(i * ldc + 4 * q) as *mut v128;
+                if ep.accumulate {
+                    v = f32x4_add(v128_load(o), v);
+                }
+                if gelu {
+                    v = gelu4(v);
+                }
+                v128_store(o, v);
             }
-            let o = out.add(i * ldc + 4 * q) as *mut v128;
-            if ep.accumulate {
-                v = f32x4_add(v128_load(o), v);
-            }
-            if gelu {
-                v = gelu4(v);
-            }
-            v128_store(o, v);
         }
     };
     each_row_sums(mr, k4, a, w, finish);
@@ -389,20 +406,32 @@ pub(crate) unsafe fn q8_tile_then_epilogue(
 /// 4R dot products.
 /// Two rows fit the 16 vector registers of an x86-64 machine under the engine; the loop runs
 /// about 11 of a Zen 4 core's 16 multiply-adds per cycle (`vpmaddwd` at 2 per cycle) in Node.
+///
+/// The panel's address runs as an integer, made a pointer in each step: LLVM's loop strength
+/// reduction cannot see through that cast, so the 4 loads keep one base and the offsets 0, 16,
+/// 32 and 48 in the wasm load's immediate, which V8 folds into the x86 address. Through a pointer
+/// (or an index) LLVM gives each load its own `i32.add` (wrapping, so V8 cannot fold it): 3 more
+/// instructions per k-pair, and fc1's int8 GEMM in Node 2–3% slower.
 #[inline(always)]
 unsafe fn q8_dots<const R: usize>(k4: usize, ap: *const u8, w: *const i16) -> [[v128; 4]; R] {
     let mut s = [[i32x4_splat(0); 4]; R];
-    let w = w as *const v128;
-    for p in 0..k4 / 2 {
-        let wp = w.add(4 * p);
-        let wv = (wp as *const [v128; 4]).read();
+    // Bytes: k4 / 2 k-pairs of 4 vectors.
+    let mut wa = w as usize;
+    let end = wa + 32 * k4;
+    // Row r's k-pairs (two u16 values, read as one u32) start k4 / 2 pairs after row r − 1's.
+    let mut a: [*const u32; R] = core::array::from_fn(|r| (ap as *const u32).add(r * k4 / 2));
+    while wa != end {
+        let wp = wa as *const v128;
+        let wv: [v128; 4] = core::array::from_fn(|q| v128_load(wp.add(q)));
         for r in 0..R {
             // The row's k-pair, repeated: [a0 a1 a0 a1 …] as i16.
-            let av = v128_load32_splat(ap.add(2 * (r * k4 + 2 * p)) as *const u32);
+            let av = v128_load32_splat(a[r]);
             for q in 0..4 {
                 s[r][q] = i32x4_add(s[r][q], i32x4_dot_i16x8(av, wv[q]));
             }
+            a[r] = a[r].add(1);
         }
+        wa += 64;
     }
     s
 }
