@@ -82,6 +82,26 @@ fn main() {
         q * 1e3,
         2.0 * (t * d * mlp) as f64 / q / 1e9
     );
+    // The same without QuickGELU: what the activation costs inside the int8 epilogue.
+    let qn = best(|| {
+        gemm_q8(
+            &seq,
+            &a,
+            d,
+            t,
+            &q8,
+            &mut c,
+            mlp,
+            Epilogue::store(Some(&bias)),
+            &mut qs,
+        )
+    });
+    println!(
+        "int8 fc1 + bias 197x768x3072 on {}: {:.3} ms, {:.1} GOP/s",
+        int8_kernel_name(),
+        qn * 1e3,
+        2.0 * (t * d * mlp) as f64 / qn / 1e9
+    );
     // fc2's shape: the long reduction (3072), whose weight panel (96 KiB widened) outgrows L1.
     let q8_2 = Q8Matrix::from_out_in(&w, d, mlp);
     let mut qs2 = Q8Scratch::new(t, mlp);

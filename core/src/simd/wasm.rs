@@ -60,29 +60,41 @@ fn madd(a: v128, b: v128, c: v128) -> v128 {
 /// ([`clamp_exp`]). The power of two is built from `n` by adding 2²³ + 127 and shifting the
 /// float's bits: exact for the whole numbers `n` is, one instruction where
 /// `i32x4.trunc_sat_f32x4` costs several under V8.
-///
+#[inline(always)]
+fn exp4(x: v128) -> v128 {
+    exp4n([x], clamp_exp)[0]
+}
+
+/// [`exp4`] on `N` vectors at once, each step on all of them before the next: the same
+/// operations on each lane, so the same values, but `N` independent chains side by side for the
+/// CPU (one chain is ~70 cycles of latency, and an out-of-order core holds only a few of them).
 /// `clamp` puts `x` in exp's range: [`clamp_exp`], or for QuickGELU [`clamp_exp_cheap`].
 #[inline(always)]
-fn exp4(x: v128, clamp: impl Fn(v128) -> v128) -> v128 {
-    let x = clamp(x);
-    let n = f32x4_floor(f32x4_add(
-        f32x4_mul(x, f32x4_splat(LOG2E)),
-        f32x4_splat(0.5),
-    ));
-    let r = f32x4_sub(x, f32x4_mul(n, f32x4_splat(LN2_HI)));
-    let r = f32x4_sub(r, f32x4_mul(n, f32x4_splat(LN2_LO)));
+fn exp4n<const N: usize>(x: [v128; N], clamp: impl Fn(v128) -> v128) -> [v128; N] {
+    let each = |f: &dyn Fn(usize) -> v128| -> [v128; N] { core::array::from_fn(f) };
+    let x = each(&|i| clamp(x[i]));
+    let n = each(&|i| {
+        f32x4_floor(f32x4_add(
+            f32x4_mul(x[i], f32x4_splat(LOG2E)),
+            f32x4_splat(0.5),
+        ))
+    });
+    let r = each(&|i| f32x4_sub(x[i], f32x4_mul(n[i], f32x4_splat(LN2_HI))));
+    let r = each(&|i| f32x4_sub(r[i], f32x4_mul(n[i], f32x4_splat(LN2_LO))));
     // The polynomial through `madd`: fused in the relaxed build (on machines with FMA), the
     // same two roundings as before otherwise.
-    let mut y = f32x4_splat(P[0]);
+    let mut y = [f32x4_splat(P[0]); N];
     for &c in &P[1..] {
-        y = madd(y, r, f32x4_splat(c));
+        y = each(&|i| madd(y[i], r[i], f32x4_splat(c)));
     }
-    let y = madd(y, f32x4_mul(r, r), r);
-    let y = f32x4_add(y, f32x4_splat(1.0));
+    let y = each(&|i| madd(y[i], f32x4_mul(r[i], r[i]), r[i]));
+    let y = each(&|i| f32x4_add(y[i], f32x4_splat(1.0)));
     // n + 127 ∈ [0, 255] lands in the low mantissa bits of 2²³ + n + 127; shifted by 23 it is the
     // exponent field of 2ⁿ (the 2²³ exponent bits fall off the top).
-    let e = i32x4_shl(f32x4_add(n, f32x4_splat(8_388_608.0 + 127.0)), 23);
-    f32x4_mul(y, e)
+    each(&|i| {
+        let e = i32x4_shl(f32x4_add(n[i], f32x4_splat(8_388_608.0 + 127.0)), 23);
+        f32x4_mul(y[i], e)
+    })
 }
 
 /// The larger of `a` and `b`, lane by lane. Without relaxed SIMD: `pmax` (`a < b ? b : a`), one
@@ -145,8 +157,17 @@ fn roundf4(x: v128) -> v128 {
 /// [`clamp_exp`]'s.
 #[inline]
 fn gelu4(a: v128) -> v128 {
-    let e = exp4(f32x4_mul(a, f32x4_splat(-1.702)), clamp_exp_cheap);
-    f32x4_div(a, f32x4_add(f32x4_splat(1.0), e))
+    gelu4n([a])[0]
+}
+
+/// [`gelu4`] on `N` vectors side by side, as [`exp4n`].
+#[inline(always)]
+fn gelu4n<const N: usize>(a: [v128; N]) -> [v128; N] {
+    let e: [v128; N] = exp4n(
+        core::array::from_fn(|i| f32x4_mul(a[i], f32x4_splat(-1.702))),
+        clamp_exp_cheap,
+    );
+    core::array::from_fn(|i| f32x4_div(a[i], f32x4_add(f32x4_splat(1.0), e[i])))
 }
 
 /// Runs `f` over `v` four lanes at a time, the tail on a zero-padded copy; returns the lanes' sum
@@ -215,7 +236,7 @@ pub(super) fn gelu(v: &mut [f32]) {
 /// the portable path does.
 pub(super) fn exp_sum(v: &mut [f32], scale: f32, shift: f32) -> f32 {
     let (sc, sh) = (f32x4_splat(scale), f32x4_splat(shift));
-    map4(v, |x| exp4(f32x4_sub(f32x4_mul(x, sc), sh), clamp_exp))
+    map4(v, |x| exp4(f32x4_sub(f32x4_mul(x, sc), sh)))
 }
 
 /// The f32 GEMM micro-kernel (`gemm::Kernel`): `mr` ≤ [`MR`] rows.
@@ -377,7 +398,8 @@ pub(crate) unsafe fn q8_tile_then_epilogue(
     let finish = |i0: usize, rows: &[[v128; 4]]| {
         for (i, s) in (i0..).zip(rows) {
             let (s0, s1) = (f32x4_splat(sa[2 * i]), f32x4_splat(sa[2 * i + 1]));
-            for q in 0..4 {
+            let o = out.add(i * ldc) as *mut v128;
+            let v: [v128; 4] = core::array::from_fn(|q| {
                 // bs · (s0 · acc + s1 · colsum), as the scalar epilogue computes it.
                 let v = f32x4_add(
                     f32x4_mul(s0, f32x4_convert_i32x4(s[q])),
@@ -387,14 +409,15 @@ pub(crate) unsafe fn q8_tile_then_epilogue(
                 if let Some(b) = bias {
                     v = f32x4_add(v, v128_load(b.as_ptr().add(4 * q) as *const v128));
                 }
-                let o = out.add(i * ldc + 4 * q) as *mut v128;
                 if ep.accumulate {
-                    v = f32x4_add(v128_load(o), v);
+                    v = f32x4_add(v128_load(o.add(q)), v);
                 }
-                if gelu {
-                    v = gelu4(v);
-                }
-                v128_store(o, v);
+                v
+            });
+            // The row's 16 values through QuickGELU side by side ([`gelu4n`]).
+            let v = if gelu { gelu4n(v) } else { v };
+            for (q, v) in v.into_iter().enumerate() {
+                v128_store(o.add(q), v);
             }
         }
     };
