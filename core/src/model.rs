@@ -9,7 +9,8 @@ use crate::config::TowerConfig;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, Epilogue, PackedMatrix};
 use crate::ops::{
-    attention, attention_scratch_len, l2_normalize, layer_norm, layer_norm_in_place, layer_norm_row,
+    attention, attention_rows, attention_scratch_len, l2_normalize, layer_norm,
+    layer_norm_in_place, layer_norm_row,
 };
 use crate::par::{split, Parallel, SyncPtr};
 use crate::prompts::{Prompts, TowerPrompts};
@@ -188,6 +189,24 @@ impl Ctx<'_> {
             self.par, qkv, out, s.seqs, s.t, d, s.heads, s.causal, scratch,
         );
     }
+
+    /// As [`Self::attention`] for query row `q` of each sequence only: `out [seqs, D]`.
+    fn attention_row(&mut self, qkv: &[f32], out: &mut [f32], s: Shape, q: usize) {
+        let d = out.len() / s.seqs;
+        let scratch = &mut self.scratch.attn;
+        attention_rows(
+            self.par,
+            qkv,
+            out,
+            s.seqs,
+            s.t,
+            d,
+            s.heads,
+            s.causal,
+            q..q + 1,
+            scratch,
+        );
+    }
 }
 
 /// Where a tower's deep prompts go: before layer `l` (1 ≤ l < depth) rows `at..at + n` of
@@ -219,12 +238,16 @@ pub(crate) struct Shape {
 }
 
 /// Runs every layer of a tower over `a.x` (`[B·T, D]`), splicing prompts before each layer.
+/// With `pooled = Some(q)` the caller reads only row `q` of each sequence afterwards, so the
+/// last layer runs the rest of its rows no further than their keys and values
+/// ([`last_block_at`]); the other rows of `a.x` then hold the last layer's input.
 fn tower(
     cx: &mut Ctx,
     layers: &[EncoderLayer],
     a: &mut Activations,
     s: Shape,
     splice: Option<Splice>,
+    pooled: Option<usize>,
 ) {
     for (l, layer) in layers.iter().enumerate() {
         let (d, f, r) = (
@@ -235,6 +258,10 @@ fn tower(
         if let Some(sp) = splice {
             sp.apply(l, &mut a.x, s.seqs, s.t, d);
         }
+        if let (Some(q), true) = (pooled, l + 1 == layers.len() && s.t >= 2) {
+            last_block_at(cx, layer, a, s, q);
+            continue;
+        }
         let bufs = BlockBufs {
             x: &mut a.x[..r * d],
             h: &mut a.h[..r * d],
@@ -243,6 +270,36 @@ fn tower(
             mlp: &mut a.mlp[..r * f],
         };
         block(cx, layer, bufs, s, None);
+    }
+}
+
+/// [`block`] for row `q` of each sequence alone (`B = seqs` rows), the rest of the block's rows
+/// needed only as keys and values: LayerNorm and q/k/v for every row, then attention, the output
+/// projection, LayerNorm and the MLP for the B rows. Each of those is row by row, so row `q`'s
+/// values are those of the whole block; the work is that of one row in `t` (at ViT-B/16's 197
+/// rows, 3 of the layer's 12 row-GEMM units remain: the q/k/v projection).
+fn last_block_at(cx: &mut Ctx, l: &EncoderLayer, a: &mut Activations, s: Shape, q: usize) {
+    let (d, f, b, r) = (
+        l.layer_norm1.weight.len(),
+        l.fc1.bias.len(),
+        s.seqs,
+        s.seqs * s.t,
+    );
+    let (x, h) = (&mut a.x[..r * d], &mut a.h[..r * d]);
+    cx.ln(&l.layer_norm1, x, h); //                       h = ln1(x)                  [R, D]
+    cx.linear(h, &l.qkv_proj, &mut a.qkv[..r * 3 * d], Then::Store); // qkv         [R, 3D]
+    let (xq, hq) = h[..2 * b * d].split_at_mut(b * d); // (h is free again)
+    cx.attention_row(&a.qkv[..r * 3 * d], &mut a.attn[..b * d], s, q); // attn_q      [B, D]
+    for (i, row) in xq.chunks_exact_mut(d).enumerate() {
+        row.copy_from_slice(&x[(i * s.t + q) * d..][..d]); // xq = x[row q of each]  [B, D]
+    }
+    cx.linear(&a.attn[..b * d], &l.out_proj, xq, Then::AddTo); // xq += attn_q·Wᵀ + b
+    cx.ln(&l.layer_norm2, xq, hq); //                     hq = ln2(xq)                [B, D]
+    let mlp = &mut a.mlp[..b * f];
+    cx.linear(hq, &l.fc1, mlp, Then::Gelu); //            mlp = QuickGELU(hq·Wᵀ + b)   [B, F]
+    cx.linear(mlp, &l.fc2, xq, Then::AddTo); //           xq += mlp·Wᵀ + b             [B, D]
+    for (i, row) in xq.chunks_exact(d).enumerate() {
+        x[(i * s.t + q) * d..][..d].copy_from_slice(row); // x[row q of each] = xq
     }
 }
 
@@ -532,8 +589,8 @@ impl Model {
         });
         self.embed_images(par, ws, pixels, count); //    x = ln_pre([CLS; patches·W] + pos; ctx)  [B·T, Dv]
         let (mut cx, a) = ws.buf.split(par);
-        tower(&mut cx, &vm.layers, a, shape, splice); // x = blocks(x), deep prompts spliced [B·T, Dv]
-        let cls = (0..count).map(|b| b * t); //          row 0 (CLS) of each image
+        tower(&mut cx, &vm.layers, a, shape, splice, Some(0)); // x = blocks(x), deep prompts spliced [B·T, Dv]
+        let cls = (0..count).map(|b| b * t); //          row 0 (CLS) of each image, all the pooling reads
         let (pl, proj) = (&vm.post_layernorm, &self.clip.visual_projection);
         let n = pool_project(par, &a.x, cls, pl, proj, &mut ws.pooled, &mut ws.feats);
         Ok(&ws.feats[..n * proj.n]) //                   l2(ln_post(x_cls)·proj)          [B, E]
@@ -777,7 +834,7 @@ impl Model {
             self.embed_text_with(row, t, x, ctx.or(own)); // x = [SOT; ctx; tokens] + pos [t, Dt]
         }
         let (mut cx, a) = ws.buf.split(par);
-        tower(&mut cx, &tm.layers, a, shape, splice); // x = causal blocks(x), prompts spliced [B·t, Dt]
+        tower(&mut cx, &tm.layers, a, shape, splice, None); // x = causal blocks(x), prompts spliced [B·t, Dt]
         let eot = ws.eot.iter().enumerate().map(|(b, &e)| b * t + e); // each label's EOT row
         let (fl, proj) = (&tm.final_layer_norm, &self.clip.text_projection);
         // feats = l2(ln_final(x_eot)·proj)                                                  [B, E]

@@ -80,9 +80,10 @@ pub fn attention_scratch_len(t: usize, hd: usize) -> usize {
     t * t + panel_len(hd, t) + panel_len(t, hd)
 }
 
-/// The softmax probabilities `P = softmax(Q·Kᵀ / √hd)` of head `h` of one sequence, into `p`
-/// (`[t, t]`; `causal`: query i sees keys 0..=i, the rest of its row is zero). `rows` is the
-/// sequence's fused qkv `[t, 3d]`; `kbuf` holds the packed `Kᵀ`. The forward and the backward
+/// The softmax probabilities `P = softmax(Q·Kᵀ / √hd)` of head `h` of one sequence for the query
+/// rows `q.start..q.end`, into `p` (`[q.len(), t]`; `causal`: query i sees keys 0..=i, the rest
+/// of its row is zero). `rows` is the sequence's fused qkv `[t, 3d]`; `kbuf` holds the packed
+/// `Kᵀ`. The forward (all rows, or the rows a tower's pooling reads) and the backward
 /// ([`crate::train::attention_backward`]) compute P with this one function.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_probs(
@@ -93,27 +94,27 @@ pub(crate) fn attention_probs(
     hd: usize,
     t: usize,
     causal: bool,
+    q: core::ops::Range<usize>,
     kbuf: &mut [f32],
     p: &mut [f32],
 ) {
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let kt = pack_rows_as_columns(kbuf, hd, t, |j| &rows[j * 3 * d + d + h * hd..]);
-    // SAFETY: `p` holds [t, t] floats.
+    // SAFETY: `p` holds [q.len(), t] floats.
     unsafe {
         gemm_seq(
             isa,
-            &rows[h * hd..],
+            &rows[q.start * 3 * d + h * hd..],
             3 * d,
-            t,
+            q.len(),
             kt,
             p.as_mut_ptr(),
             t,
             Epilogue::store(None),
         )
     };
-    for i in 0..t {
+    for (i, row) in q.zip(p.chunks_exact_mut(t)) {
         let lim = if causal { i + 1 } else { t };
-        let row = &mut p[i * t..(i + 1) * t];
         let mx = simd::max(&row[..lim]);
         let sum = simd::exp_scaled_sum(isa, &mut row[..lim], scale, mx * scale);
         let inv = 1.0 / sum;
@@ -139,9 +140,29 @@ pub fn attention(
     causal: bool,
     scratch: &mut [f32],
 ) {
-    let hd = d / heads;
+    attention_rows(par, qkv, out, batch, t, d, heads, causal, 0..t, scratch)
+}
+
+/// [`attention`] for the query rows `q` of each sequence only (every key and value still
+/// counts): `out [batch·q.len(), d]`, sequence by sequence. A tower's last layer needs no more
+/// than the rows its pooling reads (the class token, one row in 197).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_rows(
+    par: &Parallel,
+    qkv: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    causal: bool,
+    q: core::ops::Range<usize>,
+    scratch: &mut [f32],
+) {
+    let (hd, nq) = (d / heads, q.len());
     let per = attention_scratch_len(t, hd);
-    assert!(qkv.len() >= batch * t * 3 * d && out.len() >= batch * t * d);
+    assert!(q.end <= t, "attention query rows");
+    assert!(qkv.len() >= batch * t * 3 * d && out.len() >= batch * nq * d);
     assert!(scratch.len() >= par.threads() * per, "attention scratch");
     let isa = simd::isa();
     let op = SyncPtr(out.as_mut_ptr());
@@ -155,12 +176,12 @@ pub fn attention(
         let (kbuf, vbuf) = rest.split_at_mut(panel_len(hd, t));
         let (bi, h) = (unit / heads, unit % heads);
         let rows = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-        attention_probs(isa, rows, d, h, hd, t, causal, kbuf, s);
+        attention_probs(isa, rows, d, h, hd, t, causal, q.clone(), kbuf, s);
         let vp = pack_rows(vbuf, t, hd, |kk| &rows[kk * 3 * d + 2 * d + h * hd..]);
-        // SAFETY: rows bi·t.. of `out`, columns h·hd..(h+1)·hd belong to this unit alone.
+        // SAFETY: rows bi·nq.. of `out`, columns h·hd..(h+1)·hd belong to this unit alone.
         unsafe {
-            let o = op.get().add(bi * t * d + h * hd);
-            gemm_seq(isa, s, t, t, vp, o, d, Epilogue::store(None))
+            let o = op.get().add(bi * nq * d + h * hd);
+            gemm_seq(isa, s, t, nq, vp, o, d, Epilogue::store(None))
         };
     });
 }
@@ -264,6 +285,32 @@ mod tests {
             let want = naive(&qkv, b, t, d, h, causal);
             for (x, y) in out.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+            // Some query rows only (a tower's last layer): those rows of the naive result.
+            for q in [0..1, t / 2..t, t - 1..t] {
+                let nq = q.len();
+                let mut rows = vec![f32::NAN; b * nq * d];
+                attention_rows(
+                    &par,
+                    &qkv,
+                    &mut rows,
+                    b,
+                    t,
+                    d,
+                    h,
+                    causal,
+                    q.clone(),
+                    &mut sc,
+                );
+                for bi in 0..b {
+                    for (i, qi) in q.clone().enumerate() {
+                        let got = &rows[(bi * nq + i) * d..][..d];
+                        let want = &want[(bi * t + qi) * d..][..d];
+                        for (x, y) in got.iter().zip(want) {
+                            assert!((x - y).abs() < 1e-5, "rows {q:?}: {x} vs {y}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -788,7 +788,7 @@ pub fn attention_backward(
             let v = |i: usize| &rows[i * 3 * d + 2 * d + h * hd..][..hd];
             let dob = &dout[bi * t * d + h * hd..];
             // P, by the forward's own function.
-            attention_probs(isa, rows, d, h, hd, t, causal, buf, p);
+            attention_probs(isa, rows, d, h, hd, t, causal, 0..t, buf, p);
             // dP = dO · Vᵀ.
             let vt = pack_rows_as_columns(buf, hd, t, |j| v(j));
             // SAFETY: `dp` is this thread's [t, t] block.
