@@ -21,6 +21,19 @@ fn best(mut f: impl FnMut()) -> f64 {
         .fold(f64::MAX, f64::min)
 }
 
+/// Times the int8 GEMM `out = x · wᵀ` (`x`: `m` rows) with epilogue `ep`, one thread, and prints
+/// its line: `int8 {what}: … ms, … GOP/s`.
+fn int8_row(what: &str, x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32], ep: Epilogue<'_>) {
+    let seq = Parallel::sequential();
+    let mut s = Q8Scratch::new(m, w.k);
+    let secs = best(|| gemm_q8(&seq, x, w.k, m, w, out, w.n, ep, &mut s));
+    println!(
+        "int8 {what}: {:.3} ms, {:.1} GOP/s",
+        secs * 1e3,
+        2.0 * (m * w.k * w.n) as f64 / secs / 1e9
+    );
+}
+
 fn main() {
     let (t, d, mlp) = (197, 768, 3072);
     let mut r = Rng::new(1);
@@ -60,71 +73,18 @@ fn main() {
         rows.push(("QuickGELU 197x3072", isa, q));
     }
     // int8 runs on the chosen path's kernel (MAPLE_SIMD=portable for the portable one).
+    let kern = int8_kernel_name();
     let q8 = Q8Matrix::from_out_in(&w, mlp, d);
-    let mut qs = Q8Scratch::new(t, d);
-    let q = best(|| {
-        gemm_q8(
-            &seq,
-            &a,
-            d,
-            t,
-            &q8,
-            &mut c,
-            mlp,
-            Epilogue::gelu(&bias),
-            &mut qs,
-        )
-    });
-    println!(
-        "int8 fc1 + GELU 197x768x3072 on {} ({}): {:.3} ms, {:.1} GOP/s",
-        int8_kernel_name(),
-        isa().name(),
-        q * 1e3,
-        2.0 * (t * d * mlp) as f64 / q / 1e9
-    );
+    let what = format!("fc1 + GELU 197x768x3072 on {kern} ({})", isa().name());
+    int8_row(&what, &a, t, &q8, &mut c, Epilogue::gelu(&bias));
     // The same without QuickGELU: what the activation costs inside the int8 epilogue.
-    let qn = best(|| {
-        gemm_q8(
-            &seq,
-            &a,
-            d,
-            t,
-            &q8,
-            &mut c,
-            mlp,
-            Epilogue::store(Some(&bias)),
-            &mut qs,
-        )
-    });
-    println!(
-        "int8 fc1 + bias 197x768x3072 on {}: {:.3} ms, {:.1} GOP/s",
-        int8_kernel_name(),
-        qn * 1e3,
-        2.0 * (t * d * mlp) as f64 / qn / 1e9
-    );
+    let what = format!("fc1 + bias 197x768x3072 on {kern}");
+    int8_row(&what, &a, t, &q8, &mut c, Epilogue::store(Some(&bias)));
     // fc2's shape: the long reduction (3072), whose weight panel (96 KiB widened) outgrows L1.
     let q8_2 = Q8Matrix::from_out_in(&w, d, mlp);
-    let mut qs2 = Q8Scratch::new(t, mlp);
     let mut c2 = vec![0.0f32; t * d];
-    let q2 = best(|| {
-        gemm_q8(
-            &seq,
-            &hidden,
-            mlp,
-            t,
-            &q8_2,
-            &mut c2,
-            d,
-            Epilogue::store(None),
-            &mut qs2,
-        )
-    });
-    println!(
-        "int8 fc2 197x3072x768 on {}: {:.3} ms, {:.1} GOP/s",
-        int8_kernel_name(),
-        q2 * 1e3,
-        2.0 * (t * d * mlp) as f64 / q2 / 1e9
-    );
+    let what = format!("fc2 197x3072x768 on {kern}");
+    int8_row(&what, &hidden, t, &q8_2, &mut c2, Epilogue::store(None));
     println!("kernel                    path          time   vs portable");
     for (name, isa, secs) in &rows {
         let base = rows
