@@ -11,12 +11,8 @@
 // (core/examples under tools/wasi-run.mjs) need not carry over; this measures the browser's.
 // With PROFILE=1 Chromium's V8 also writes perf maps for `perf record -k 1 node … ab.mjs …`,
 // then `perf inject --jit` (jit-PID.dump files land in the working directory).
-import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve, extname } from "node:path";
-import { chromium } from "playwright-core";
+import { join, resolve } from "node:path";
+import { serveIsolated, launchChromium } from "./serve.mjs";
 
 const here = resolve(new URL(".", import.meta.url).pathname);
 const [pkgA, pkgB, modelDir, int8] = process.argv.slice(2, 6).map((p) => p && resolve(p));
@@ -27,8 +23,6 @@ if (!int8 || !(rounds > 0) || !(reps > 0)) {
   process.exit(2);
 }
 
-const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
-  ".json": "application/json" };
 const mounts = { "/a/": pkgA, "/b/": pkgB, "/model/": modelDir, "/int8.onnx": int8,
   "/ort/": join(here, "node_modules/onnxruntime-web/dist") };
 const page = `<!doctype html><meta charset="utf-8"><title>maple a/b</title>
@@ -36,31 +30,10 @@ const page = `<!doctype html><meta charset="utf-8"><title>maple a/b</title>
 window.pkgs = { a: await import("/a/index.js"), b: await import("/b/index.js") };
 window.loadOrt = async () => { window.ort = await import("/ort/ort.wasm.min.mjs"); };
 </script>`;
-const isolate = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
-const server = createServer(async (req, res) => {
-  const url = decodeURIComponent(new URL(req.url, "http://x").pathname);
-  if (url === "/") {
-    res.writeHead(200, { ...isolate, "content-type": "text/html" }).end(page);
-    return;
-  }
-  const at = Object.keys(mounts).find((m) => url === m || (m.endsWith("/") && url.startsWith(m)));
-  if (!at) { res.writeHead(404, isolate).end(); return; }
-  const path = at.endsWith("/") ? join(mounts[at], url.slice(at.length)) : mounts[at];
-  try {
-    const body = await readFile(path);
-    res.writeHead(200, { ...isolate, "content-type": types[extname(path)] || "application/octet-stream",
-      "content-length": body.length }).end(body);
-  } catch { res.writeHead(404, isolate).end(); }
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const base = `http://127.0.0.1:${server.address().port}`;
+const { base, close } = await serveIsolated(mounts, page);
 
 const jsFlags = ["--max-old-space-size=8192", ...(process.env.PROFILE === "1" ? ["--perf-prof", "--no-write-protect-code-memory"] : [])];
-const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "maple-web-ab-")), {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true,
-  args: ["--headless=new", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic", `--js-flags=${jsFlags.join(" ")}`],
-});
+const ctx = await launchChromium(jsFlags);
 
 // Seconds per image of `reps` runs in a fresh page: maple package `pkg` (int8, `threads`), or
 // onnxruntime-web when `pkg` is null.
@@ -120,5 +93,5 @@ try {
   }
 } finally {
   await ctx.close();
-  server.close();
+  close();
 }

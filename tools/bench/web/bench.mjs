@@ -11,12 +11,9 @@
 // maple runs at 1 and 2 threads (its threaded build with one Web Worker), f16 at 1.
 // Each: one warm-up, then 5 timed runs; prints one JSON line with best and median seconds per
 // image, and maple's wasm memory after loading and after one image.
-import { createServer } from "node:http";
-import { readFile, stat } from "node:fs/promises";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve, extname } from "node:path";
-import { chromium } from "playwright-core";
+import { stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { serveIsolated, launchChromium } from "./serve.mjs";
 
 const root = resolve(new URL("../../..", import.meta.url).pathname);
 const here = resolve(new URL(".", import.meta.url).pathname);
@@ -26,8 +23,6 @@ if (!image) {
   process.exit(2);
 }
 
-const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
-  ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg" };
 const mounts = { "/model/": modelDir, "/model16/": f16Dir, "/onnx/fp32.onnx": fp32, "/onnx/int8.onnx": int8, "/image": image,
   "/ort/": join(here, "node_modules/onnxruntime-web/dist"), "/pkg/": join(root, "web/pkg") };
 const page = `<!doctype html><meta charset="utf-8"><title>maple web bench</title>
@@ -36,30 +31,8 @@ import * as maple from "/pkg/index.js";
 window.maple = maple;
 window.loadOrt = async () => { window.ort = await import("/ort/ort.wasm.min.mjs"); };
 </script>`;
-const server = createServer(async (req, res) => {
-  const url = decodeURIComponent(new URL(req.url, "http://x").pathname);
-  const headers = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
-  if (url === "/") {
-    res.writeHead(200, { ...headers, "content-type": "text/html" }).end(page);
-    return;
-  }
-  const at = Object.keys(mounts).find((m) => url === m || (m.endsWith("/") && url.startsWith(m)));
-  if (!at) { res.writeHead(404, headers).end(); return; }
-  const path = at.endsWith("/") ? join(mounts[at], url.slice(at.length)) : mounts[at];
-  try {
-    const body = await readFile(path);
-    res.writeHead(200, { ...headers, "content-type": types[extname(path)] || "application/octet-stream",
-      "content-length": body.length }).end(body);
-  } catch { res.writeHead(404, headers).end(); }
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const base = `http://127.0.0.1:${server.address().port}`;
-
-const args = ["--headless=new", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
-  "--disable-sync", "--no-first-run", "--disable-quic", "--js-flags=--max-old-space-size=8192"];
-const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "maple-web-bench-")), {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args,
-});
+const { base, close } = await serveIsolated(mounts, page);
+const ctx = await launchChromium();
 const stats = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return { best_s: s[0], median_s: s[Math.floor(s.length / 2)], runs_s: xs };
@@ -136,7 +109,7 @@ try {
   }
 } finally {
   await ctx.close();
-  server.close();
+  close();
 }
 out.model_bytes = (await stat(join(modelDir, "model.safetensors"))).size;
 out.f16_model_bytes = (await stat(join(f16Dir, "model.safetensors"))).size;
